@@ -1,0 +1,49 @@
+"""napari-featup: look inside vision backbones with FeatUp-style feature upsampling.
+
+The public interface (see docs/ and DESIGN.md)::
+
+    import napari_featup as nf
+    nf.list_backbones(); nf.list_upsamplers()
+    bb = nf.load_backbone("dinov2", weights="pretrained" | "random" | PATH)
+    up = nf.load_upsampler("bilinear")
+    res = nf.extract_features(image, backbone="dinov2", upsampler="bilinear")
+"""
+
+__version__ = "0.1.0"
+
+from .analysis import PCAProjection, cosine_similarity, fit_pca, make_query  # noqa: E402
+from .backbones import Backbone, BackboneError, list_backbones, load_backbone  # noqa: E402
+from .pipeline import (  # noqa: E402
+    Cancelled,
+    FeatureResult,
+    Progress,
+    extract_features,
+    iter_extract,
+)
+from .preprocess import ImageError, prepare_image  # noqa: E402
+from .upsamplers import Upsampler, UpsamplerError, list_upsamplers, load_upsampler  # noqa: E402
+from .weights import WeightsFileError, WeightsUnavailableError  # noqa: E402
+
+__all__ = [
+    "Backbone",
+    "BackboneError",
+    "Cancelled",
+    "FeatureResult",
+    "ImageError",
+    "PCAProjection",
+    "Progress",
+    "Upsampler",
+    "UpsamplerError",
+    "WeightsFileError",
+    "WeightsUnavailableError",
+    "cosine_similarity",
+    "extract_features",
+    "fit_pca",
+    "iter_extract",
+    "list_backbones",
+    "list_upsamplers",
+    "load_backbone",
+    "load_upsampler",
+    "make_query",
+    "prepare_image",
+]

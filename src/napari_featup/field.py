@@ -1,0 +1,152 @@
+"""Cheap full-resolution views of one image's features, for interaction.
+
+A :class:`FeatureField` keeps the low-res features, the guidance image and the
+upsampler. For channel-linear upsamplers it computes the upsampling kernels once and
+answers PCA colours and similarity queries as 3- or 1-channel upsamples of low-res
+projections; the per-pixel feature norms (not linear) are computed once, in tiles.
+Other upsamplers are evaluated once and kept (as float16 by default).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .analysis import PCAProjection, make_query
+from .upsamplers.base import Kernels, Upsampler
+
+
+def rows_per_tile(channels: int, width: int, budget_bytes: int = 256 << 20) -> int:
+    """Output rows per tile so a (channels, rows, width) float32 tile and its
+    temporaries stay within ``budget_bytes``."""
+    return max(1, int(budget_bytes // (4 * 4 * max(1, channels) * max(1, width))))
+
+
+class FeatureField:
+    """Full-resolution access to features of one image.
+
+    ``lowres`` (1, C, h, w) tensor (after any channel norm), ``image`` (1, 3, Hp, Wp)
+    the normalised, padded guidance, ``size`` (H, W) the unpadded image size. All
+    outputs are cropped to ``size``.
+    """
+
+    def __init__(
+        self,
+        lowres: torch.Tensor,
+        image: torch.Tensor,
+        upsampler: Upsampler,
+        size: tuple[int, int],
+        tile_budget_bytes: int = 256 << 20,
+        dense_dtype: torch.dtype = torch.float16,
+    ):
+        self.lowres = lowres
+        self.image = image
+        self.upsampler = upsampler
+        self.size = (int(size[0]), int(size[1]))
+        self.tile_budget_bytes = tile_budget_bytes
+        self.dense_dtype = dense_dtype
+        self._kernels: Kernels | None = None
+        self._dense: torch.Tensor | None = None
+        self._norms: torch.Tensor | None = None
+
+    @property
+    def channels(self) -> int:
+        return int(self.lowres.shape[1])
+
+    @property
+    def linear(self) -> bool:
+        return bool(self.upsampler.linear)
+
+    @property
+    def kernels(self) -> Kernels:
+        if self._kernels is None:
+            with torch.inference_mode():
+                self._kernels = self.upsampler.kernels(self.image, tuple(self.lowres.shape[-2:]))
+        return self._kernels
+
+    def tile_rows(self, channels: int | None = None) -> int:
+        return rows_per_tile(channels or self.channels, self.image.shape[-1], self.tile_budget_bytes)
+
+    def _dense_rows(self, rows: slice) -> torch.Tensor:
+        if self._dense is None:
+            with torch.inference_mode():
+                full = self.upsampler.upsample(self.lowres, self.image)
+            self._dense = full[0, :, : self.size[0], : self.size[1]].to(self.dense_dtype)
+        return self._dense[:, rows].float()
+
+    @torch.inference_mode()
+    def highres_rows(self, rows: slice) -> torch.Tensor:
+        """Features of output ``rows``: (C, R, W) float32 on the compute device."""
+        if self.linear:
+            return self.kernels(self.lowres, rows)[0, :, :, : self.size[1]].float()
+        return self._dense_rows(rows)
+
+    def iter_tiles(self, channels: int | None = None) -> Iterator[slice]:
+        step = self.tile_rows(channels)
+        for r0 in range(0, self.size[0], step):
+            yield slice(r0, min(self.size[0], r0 + step))
+
+    @torch.inference_mode()
+    def project(
+        self, weight: np.ndarray | torch.Tensor, bias: np.ndarray | torch.Tensor | None = None
+    ) -> np.ndarray:
+        """``weight @ f + bias`` at every pixel: (K, C), (K,) -> (K, H, W) float32."""
+        w = torch.as_tensor(np.asarray(weight, dtype=np.float32), device=self.lowres.device)
+        b = None if bias is None else torch.as_tensor(
+            np.asarray(bias, dtype=np.float32), device=self.lowres.device
+        )
+        out = np.empty((w.shape[0],) + self.size, np.float32)
+        for rows in self.iter_tiles(w.shape[0]):
+            if self.linear:
+                t = self.kernels.project(self.lowres, w, b, rows)[0, :, :, : self.size[1]]
+            else:
+                t = torch.einsum("kc,chw->khw", w, self._dense_rows(rows))
+                if b is not None:
+                    t = t + b[:, None, None]
+            out[:, rows] = t.float().cpu().numpy()
+        return out
+
+    @torch.inference_mode()
+    def norms(self) -> np.ndarray:
+        """Per-pixel feature norm (H, W), computed once in tiles and cached."""
+        if self._norms is None:
+            parts = [torch.linalg.vector_norm(self.highres_rows(r), dim=0) for r in self.iter_tiles()]
+            self._norms = torch.cat(parts, dim=0)
+        return self._norms.cpu().numpy()
+
+    @torch.inference_mode()
+    def features_at(self, points: Sequence[tuple[float, float]]) -> np.ndarray:
+        """Full-resolution features at (row, col) pixels -> (N, C) float32."""
+        out = np.zeros((len(points), self.channels), np.float32)
+        for i, (r, c) in enumerate(points):
+            ri, ci = self._check_point(r, c)
+            out[i] = self.highres_rows(slice(ri, ri + 1))[:, 0, ci].cpu().numpy()
+        return out
+
+    def _check_point(self, r: float, c: float) -> tuple[int, int]:
+        ri, ci = int(round(float(r))), int(round(float(c)))
+        if not (0 <= ri < self.size[0] and 0 <= ci < self.size[1]):
+            raise ValueError(f"point ({r}, {c}) lies outside the {self.size[0]} x {self.size[1]} image")
+        return ri, ci
+
+    def similarity(
+        self,
+        positives: Sequence[tuple[float, float]],
+        negatives: Sequence[tuple[float, float]] = (),
+    ) -> np.ndarray:
+        """Cosine similarity (H, W) of every pixel to the query made at the points."""
+        pos = self.features_at(positives)
+        neg = self.features_at(negatives) if len(negatives) else None
+        q = make_query(pos, neg)
+        qn = float(np.linalg.norm(q))
+        if qn == 0:
+            return np.zeros(self.size, np.float32)
+        dots = self.project((q / qn)[None])[0]
+        return dots / np.maximum(self.norms(), 1e-12)
+
+    def pca_rgb(self, pca: PCAProjection) -> np.ndarray:
+        """(H, W, K) colours of the full-resolution features under ``pca``."""
+        w, b = pca.weight_bias()
+        return pca.colorize(self.project(w, b))

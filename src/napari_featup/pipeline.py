@@ -1,0 +1,223 @@
+"""From a numpy image to aligned low-res and full-res features.
+
+:func:`iter_extract` is a generator: it yields :class:`Progress` events between
+steps (a consumer that stops iterating cancels the run there) and returns a
+:class:`FeatureResult`. napari runs it in a ``thread_worker``; the command line drives
+it with a progress bar; :func:`extract_features` simply runs it to the end.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from dataclasses import field as dc_field
+from typing import Any, Callable, Generator, Sequence
+
+import numpy as np
+import torch
+
+from . import __version__
+from .analysis import PCAProjection, fit_pca
+from .backbones import Backbone, load_backbone, pad_to_stride
+from .field import FeatureField
+from .preprocess import Preprocessing, normalize, prepare_image
+from .upsamplers import Upsampler, channel_norm, load_upsampler
+
+RANDOM_WEIGHTS_LABEL = "random (untrained weights, for tests and demos only)"
+
+
+@dataclass
+class Progress:
+    """One step of a run: ``step`` of ``total``, with what is being done."""
+
+    step: int
+    total: int
+    message: str
+
+
+@dataclass
+class FeatureResult:
+    """Features of one image.
+
+    ``lowres`` (C, h, w) float32: the backbone grid (after FeatUp's channel norm if
+    used); cell (i, j) is centred on image pixel (i*s + (s-1)/2, j*s + (s-1)/2) with
+    s = ``metadata["stride"]``. ``highres`` (C, H, W) on the input's pixel grid, or
+    None when not materialised. ``field`` answers PCA and similarity queries at full
+    resolution without materialising ``highres``.
+    """
+
+    lowres: np.ndarray
+    highres: np.ndarray | None
+    metadata: dict
+    field: FeatureField | None = None
+    pca: PCAProjection | None = dc_field(default=None, repr=False)
+
+    def fit_pca(self, n_components: int = 3, **kwargs: Any) -> PCAProjection:
+        """Fit (and keep) a PCA on the low-res features."""
+        self.pca = fit_pca(self.lowres, n_components=n_components, **kwargs)
+        return self.pca
+
+
+class Cancelled(Exception):
+    """Raised by :func:`extract_features` when ``should_cancel`` returned True."""
+
+
+def iter_extract(
+    image: Any,
+    backbone: str | Backbone = "dinov2",
+    upsampler: str | Upsampler = "bilinear",
+    *,
+    weights: str = "pretrained",
+    device: str | torch.device = "auto",
+    precision: str = "float32",
+    use_norm: bool | None = None,
+    upsampler_weights: Any = None,
+    upsampler_options: dict | None = None,
+    highres: bool = True,
+    highres_dtype: str = "float32",
+    rgb: bool | None = None,
+    channel_axis: int | None = None,
+    channels: Sequence[Any] | None = None,
+    scaling: str = "auto",
+    contrast_limits: Sequence[float] | None = None,
+    percentiles: tuple[float, float] = (0.5, 99.5),
+    tile_budget_mb: float = 256,
+) -> Generator[Progress, None, FeatureResult]:
+    """Generator version of :func:`extract_features` (same arguments)."""
+    t_start = time.perf_counter()
+    x01, prep = prepare_image(
+        image, rgb=rgb, channel_axis=channel_axis, channels=channels, scaling=scaling,
+        contrast_limits=contrast_limits, percentiles=percentiles,
+    )
+    height, width = x01.shape[-2:]
+    n_steps = 4 + (1 if highres else 0)
+    step = 0
+
+    def event(msg: str) -> Progress:
+        nonlocal step
+        step += 1
+        return Progress(step, n_steps, msg)
+
+    yield event("loading backbone")
+    bb = backbone if isinstance(backbone, Backbone) else load_backbone(
+        backbone, weights=weights, device=device, precision=precision
+    )
+    bb.check_size(height, width)
+    dev = bb.device
+
+    yield event(f"running backbone {bb.name}")
+    img = normalize(torch.from_numpy(x01)[None].to(dev))
+    padded = pad_to_stride(img, bb.patch_size)
+    with torch.inference_mode():
+        lowres = bb(padded).float()
+
+    yield event("loading upsampler")
+    up = upsampler if isinstance(upsampler, Upsampler) else load_upsampler(
+        upsampler, backbone=bb, use_norm=use_norm, weights=upsampler_weights, device=dev,
+        **(upsampler_options or {}),
+    )
+    if use_norm is not None and isinstance(upsampler, Upsampler):
+        up.use_norm = bool(use_norm)
+    if up.use_norm:
+        lowres = channel_norm(lowres)
+    for done, total, msg in up.iter_fit(lowres, padded.float()):
+        yield Progress(step, n_steps, f"{msg} ({done}/{total})")
+    feature_field = FeatureField(
+        lowres, padded.float(), up, (height, width), tile_budget_bytes=int(tile_budget_mb * 2**20)
+    )
+
+    yield event(f"upsampling with {up.name}")
+    hr = None
+    if highres:
+        hr = np.empty((bb.dim, height, width), dtype=np.dtype(highres_dtype))
+        tiles = list(feature_field.iter_tiles())
+        for i, rows in enumerate(tiles):
+            hr[:, rows] = feature_field.highres_rows(rows).cpu().numpy()
+            if i + 1 < len(tiles):
+                yield Progress(step, n_steps, f"upsampling with {up.name}: tile {i + 1}/{len(tiles)}")
+        yield event("done")
+
+    metadata = _metadata(bb, up, prep, lowres, padded, (height, width), hr is not None)
+    metadata["seconds"] = round(time.perf_counter() - t_start, 3)
+    return FeatureResult(
+        lowres=lowres[0].cpu().numpy(), highres=hr, metadata=metadata, field=feature_field
+    )
+
+
+def _metadata(
+    bb: Backbone,
+    up: Upsampler,
+    prep: Preprocessing,
+    lowres: torch.Tensor,
+    padded: torch.Tensor,
+    size: tuple[int, int],
+    has_highres: bool,
+) -> dict:
+    s = bb.patch_size
+    grid = tuple(int(v) for v in lowres.shape[-2:])
+    native = up.native_size(grid, tuple(padded.shape[-2:]))
+    return {
+        "napari_featup_version": __version__,
+        "backbone": bb.name,
+        "timm_model": bb.spec.timm_name,
+        "weights": RANDOM_WEIGHTS_LABEL if bb.weights == "random" else bb.weights,
+        "random_weights": bb.weights == "random",
+        "upsampler": up.name,
+        "upsampler_info": up.extra_metadata(),
+        "use_norm": bool(up.use_norm),
+        "device": str(bb.device),
+        "precision": str(bb.dtype).replace("torch.", ""),
+        "preprocessing": prep.to_dict(),
+        "image_size": list(size),
+        "padded_size": [int(v) for v in padded.shape[-2:]],
+        "padding": "reflect, bottom and right, to a multiple of the stride",
+        "stride": s,
+        "grid": list(grid),
+        "dim": bb.dim,
+        # napari puts pixel centres on integers: grid cell (i, j) is centred on pixel
+        # (i*s + (s-1)/2, j*s + (s-1)/2). Multiply by the image layer's scale and add its
+        # translate to place the low-res layer in world coordinates.
+        "lowres_scale": [float(s), float(s)],
+        "lowres_translate": [(s - 1) / 2, (s - 1) / 2],
+        "upsampler_native_size": [int(v) for v in native],
+        "highres": (
+            f"{up.name} output at {native[0]} x {native[1]}, resized to the padded image "
+            f"({padded.shape[-2]} x {padded.shape[-1]}) and cropped to {size[0]} x {size[1]}"
+            if has_highres else None
+        ),
+    }
+
+
+def extract_features(
+    image: Any,
+    backbone: str | Backbone = "dinov2",
+    upsampler: str | Upsampler = "bilinear",
+    *,
+    progress: Callable[[Progress], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    **kwargs: Any,
+) -> FeatureResult:
+    """Features of one 2-D image: low-res grid, full-res map and metadata.
+
+    ``image``: numpy or dask array as napari holds it: (H, W) grey, (H, W, 3|4) RGB(A)
+    or multichannel with ``channel_axis``; any numeric or bool dtype. Keyword
+    arguments: ``weights`` (``"pretrained"``, ``"random"`` or a path), ``device``
+    (``"auto"``), ``precision``, ``use_norm``, ``upsampler_weights``,
+    ``upsampler_options``, ``highres`` (False to skip materialising (C, H, W)),
+    ``highres_dtype``, ``rgb``, ``channel_axis``, ``channels``, ``scaling``
+    (``auto``/``range``/``contrast_limits``/``percentile``/``minmax``),
+    ``contrast_limits``, ``percentiles``, ``tile_budget_mb``.
+    ``progress`` is called with each :class:`Progress`; ``should_cancel`` is polled at
+    every step and raises :class:`Cancelled` when it returns True.
+    """
+    gen = iter_extract(image, backbone, upsampler, **kwargs)
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(ev)
+        if should_cancel is not None and should_cancel():
+            gen.close()
+            raise Cancelled(f"cancelled at step {ev.step}/{ev.total}: {ev.message}")

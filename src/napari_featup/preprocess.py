@@ -1,0 +1,246 @@
+"""Turn an image as napari holds it into the normalised tensor a backbone eats.
+
+Every step is explicit and recorded in a :class:`Preprocessing` record, so a result
+says exactly how its input was made: which channels fed R, G and B, how intensities
+were scaled to [0, 1], and how the image was padded to a whole number of patches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Sequence
+
+import numpy as np
+
+# FeatUp feeds every backbone (CLIP included) ImageNet statistics, and the JBU
+# guidance is the same normalised tensor, so pretrained JBU stacks only fit this.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+Scaling = Literal["auto", "range", "contrast_limits", "percentile", "minmax"]
+SCALINGS = ("auto", "range", "contrast_limits", "percentile", "minmax")
+
+
+class ImageError(ValueError):
+    """The input image cannot be used; the message says what was wrong and what works."""
+
+
+@dataclass
+class Preprocessing:
+    """How an input array became the backbone's (3, H, W) input in [0, 1]."""
+
+    input_shape: tuple[int, ...]
+    input_dtype: str
+    layout: str  # "grey", "rgb", "rgba" or "multichannel"
+    channels: list[Any]  # source channel (or mixing row) for R, G, B
+    scaling: str
+    limits: tuple[float, float]  # intensity mapped to 0 and to 1
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["input_shape"] = list(self.input_shape)
+        d["limits"] = [float(v) for v in self.limits]
+        return d
+
+
+def _as_numpy(image: Any) -> np.ndarray:
+    if hasattr(image, "compute") and not isinstance(image, np.ndarray):  # dask
+        image = image.compute()
+    try:
+        arr = np.asarray(image)
+    except Exception as exc:  # noqa: BLE001 - any array-like failure is a bad input
+        raise ImageError(f"cannot read the image as an array: {exc}") from exc
+    if arr.dtype == object or not (
+        np.issubdtype(arr.dtype, np.number) or arr.dtype == bool
+    ):
+        raise ImageError(
+            f"image has dtype {arr.dtype}; expected a numeric or boolean array "
+            "(uint8, uint16, int, float, bool)"
+        )
+    if np.iscomplexobj(arr):
+        raise ImageError("image is complex-valued; pass its magnitude or real part")
+    return arr
+
+
+def to_channels_last(
+    image: Any, *, rgb: bool | None = None, channel_axis: int | None = None
+) -> tuple[np.ndarray, str]:
+    """Return a (H, W, K) array and its layout name.
+
+    ``image`` is 2-D grey (H, W), RGB/RGBA (H, W, 3|4) or multichannel with the
+    channel axis named by ``channel_axis``. ``rgb=None`` guesses like napari does:
+    a 3-D array whose last axis has 3 or 4 entries is RGB(A).
+    """
+    arr = _as_numpy(image)
+    if arr.size == 0:
+        raise ImageError(f"image is empty (shape {arr.shape})")
+    if channel_axis is not None:
+        if not -arr.ndim <= channel_axis < arr.ndim:
+            raise ImageError(
+                f"channel_axis={channel_axis} is out of range for a {arr.ndim}-D image "
+                f"of shape {arr.shape}"
+            )
+        arr = np.moveaxis(arr, channel_axis, -1)
+        if arr.ndim != 3:
+            raise ImageError(
+                f"image of shape {arr.shape} (channels last) has {arr.ndim - 1} spatial "
+                "axes; pass one 2-D plane (with its channel axis), e.g. one slice of a stack"
+            )
+        k = arr.shape[-1]
+        layout = "grey" if k == 1 else "multichannel"
+        return arr, layout
+    if arr.ndim == 2:
+        return arr[..., None], "grey"
+    if arr.ndim == 3 and (rgb or (rgb is None and arr.shape[-1] in (3, 4))):
+        if arr.shape[-1] not in (3, 4):
+            raise ImageError(f"rgb=True needs a last axis of 3 or 4, got shape {arr.shape}")
+        return arr, "rgb" if arr.shape[-1] == 3 else "rgba"
+    raise ImageError(
+        f"image has shape {arr.shape}: expected (H, W) grey, (H, W, 3|4) RGB(A), or a "
+        "multichannel image with channel_axis= naming its channel axis; for a stack "
+        "pass one 2-D plane at a time"
+    )
+
+
+def _mix(arr: np.ndarray, layout: str, channels: Any) -> tuple[np.ndarray, list[Any]]:
+    """(H, W, K) float -> (H, W, 3) float and the recorded channel choice."""
+    k = arr.shape[-1]
+    if channels is None:
+        if layout in ("rgb", "rgba"):
+            channels = [0, 1, 2]
+        elif k == 1:
+            channels = [0, 0, 0]
+        elif k == 3:
+            channels = [0, 1, 2]
+        else:
+            # No natural colour mapping: the mean of all channels as grey.
+            channels = [[1.0 / k] * k] * 3
+    channels = list(channels) if not isinstance(channels, np.ndarray) else channels.tolist()
+    if len(channels) == 1:
+        channels = channels * 3
+    if len(channels) != 3:
+        raise ImageError(
+            f"channels must name 1 or 3 source channels (or be a 3 x {k} mixing matrix), "
+            f"got {len(channels)} entries"
+        )
+    planes = []
+    for c in channels:
+        if np.ndim(c) == 0:
+            ci = int(c)
+            if not -k <= ci < k:
+                raise ImageError(f"channel {ci} does not exist: the image has {k} channel(s)")
+            planes.append(arr[..., ci])
+        else:
+            w = np.asarray(c, dtype=np.float64)
+            if w.shape != (k,):
+                raise ImageError(f"a mixing row must have {k} weights, got shape {w.shape}")
+            planes.append(arr @ w)
+    return np.stack(planes, axis=-1), channels
+
+
+def _limits(
+    arr: np.ndarray,
+    dtype: np.dtype,
+    scaling: str,
+    contrast_limits: Sequence[float] | None,
+    percentiles: tuple[float, float],
+) -> tuple[str, tuple[float, float]]:
+    if scaling not in SCALINGS:
+        raise ImageError(f"unknown scaling {scaling!r}; choose one of {', '.join(SCALINGS)}")
+    if scaling == "auto":
+        if contrast_limits is not None:
+            scaling = "contrast_limits"
+        elif dtype == np.uint8 or dtype == bool:
+            scaling = "range"
+        else:
+            scaling = "percentile"
+    if scaling == "contrast_limits":
+        if contrast_limits is None or len(contrast_limits) != 2:
+            raise ImageError("scaling='contrast_limits' needs contrast_limits=(low, high)")
+        lo, hi = (float(v) for v in contrast_limits)
+    elif scaling == "range":
+        if dtype == bool:
+            lo, hi = 0.0, 1.0
+        elif np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            lo, hi = float(info.min), float(info.max)
+        else:
+            lo, hi = 0.0, 1.0  # floats are taken to be in [0, 1]
+    elif scaling == "percentile":
+        lo, hi = (float(v) for v in np.percentile(arr, percentiles))
+    else:  # minmax
+        lo, hi = float(arr.min()), float(arr.max())
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ImageError(f"intensity limits ({lo}, {hi}) are not finite")
+    return scaling, (lo, hi)
+
+
+def prepare_image(
+    image: Any,
+    *,
+    rgb: bool | None = None,
+    channel_axis: int | None = None,
+    channels: Sequence[Any] | None = None,
+    scaling: Scaling = "auto",
+    contrast_limits: Sequence[float] | None = None,
+    percentiles: tuple[float, float] = (0.5, 99.5),
+) -> tuple[np.ndarray, Preprocessing]:
+    """Convert an image to float32 (3, H, W) in [0, 1] and record how.
+
+    Scaling: ``"range"`` maps the dtype's full range (uint8, bool; floats as [0, 1]),
+    ``"contrast_limits"`` maps the given (low, high) (napari's layer contrast limits),
+    ``"percentile"`` the given percentiles, ``"minmax"`` the data's min and max.
+    ``"auto"`` uses contrast limits when given, the dtype range for uint8/bool, and
+    percentiles otherwise (uint16 microscopy rarely fills its range).
+    ``channels`` picks the source channel for R, G and B (1 or 3 indices) or gives a
+    3 x K mixing matrix; by default grey is repeated, RGB(A) keeps R, G, B (alpha is
+    dropped), three channels become R, G, B and any other count is averaged to grey.
+    """
+    arr, layout = to_channels_last(image, rgb=rgb, channel_axis=channel_axis)
+    dtype = arr.dtype
+    h, w = arr.shape[:2]
+    if h < 1 or w < 1:
+        raise ImageError(f"image has no pixels (shape {arr.shape})")
+    data = arr.astype(np.float32, copy=False)
+    if not np.isfinite(data).all():
+        bad = int((~np.isfinite(data)).sum())
+        raise ImageError(
+            f"image contains {bad} NaN or infinite value(s); replace them (e.g. "
+            "np.nan_to_num) before extracting features"
+        )
+    mixed, chosen = _mix(data, layout, channels)
+    scaling_used, (lo, hi) = _limits(mixed, dtype, scaling, contrast_limits, percentiles)
+    span = hi - lo
+    if span <= 0:
+        # A flat image (or flat within the limits) carries no contrast: map it to 0.5
+        # rather than dividing by zero.
+        out = np.full_like(mixed, 0.5)
+    else:
+        out = np.clip((mixed - lo) / span, 0.0, 1.0)
+    record = Preprocessing(
+        input_shape=tuple(np.shape(image)),
+        input_dtype=str(dtype),
+        layout=layout,
+        channels=chosen,
+        scaling=scaling_used,
+        limits=(lo, hi),
+    )
+    if scaling_used == "percentile":
+        record.extra["percentiles"] = list(percentiles)
+    return np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32), record
+
+
+def normalize(x01: "np.ndarray | Any") -> Any:
+    """ImageNet-normalise a (..., 3, H, W) array or tensor in [0, 1]."""
+    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(IMAGENET_STD, dtype=np.float32).reshape(3, 1, 1)
+    if isinstance(x01, np.ndarray):
+        return (x01 - mean) / std
+    import torch
+
+    m = torch.as_tensor(mean, device=x01.device, dtype=x01.dtype)
+    s = torch.as_tensor(std, device=x01.device, dtype=x01.dtype)
+    return (x01 - m) / s

@@ -1,0 +1,39 @@
+"""Bilinear upsampling: the baseline, image-blind and channel-linear."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Kernels, Upsampler, resize_bilinear
+
+
+class BilinearKernels(Kernels):
+    def __init__(self, out_size: tuple[int, int]):
+        self.out_size = out_size
+
+    def apply_linear(self, values: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
+        return resize_bilinear(values, self.out_size, rows)
+
+
+class Bilinear(Upsampler):
+    """Bilinear interpolation of the grid to the image (pixel centres aligned)."""
+
+    name = "bilinear"
+    linear = True
+    description = "bilinear interpolation (no guidance, no weights)"
+
+    def forward(self, lowres: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        return resize_bilinear(lowres, tuple(image.shape[-2:]))
+
+    def kernels(self, image: torch.Tensor, grid: tuple[int, int]) -> Kernels:
+        return BilinearKernels(tuple(image.shape[-2:]))
+
+
+def make(backbone=None, use_norm=None, weights=None, device=None, **options) -> Bilinear:
+    if weights is not None:
+        raise ValueError("the bilinear upsampler has no weights; do not pass weights=")
+    if options:
+        raise ValueError(f"the bilinear upsampler takes no options, got {sorted(options)}")
+    up = Bilinear()
+    up.use_norm = bool(use_norm)
+    return up

@@ -1,0 +1,104 @@
+"""Weight files: safe loading, a cache folder, atomic downloads and offline errors."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+#: environment variable that moves the cache of FeatUp checkpoints and other weights
+CACHE_ENV = "NAPARI_FEATUP_CACHE"
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Weights could not be found or fetched; the message says where to put them."""
+
+
+class WeightsFileError(ValueError):
+    """A weights file exists but is not what it should be."""
+
+
+def cache_dir() -> Path:
+    """Folder for downloaded weights: ``$NAPARI_FEATUP_CACHE``, else the user cache."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "napari-featup"
+
+
+def torch_load(path: "str | os.PathLike") -> Any:
+    """``torch.load`` without unpickling arbitrary objects, with clear errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsUnavailableError(f"weights file {str(path)!r} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError) as exc:
+        raise WeightsFileError(
+            f"{str(path)!r} is not a readable PyTorch weights file (truncated, corrupt or of "
+            f"another format): {type(exc).__name__}: {exc}"
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types
+        raise WeightsFileError(
+            f"{str(path)!r} could not be loaded safely (weights_only=True): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def load_state_dict_file(path: "str | os.PathLike") -> dict[str, torch.Tensor]:
+    """A flat state dict from .safetensors or a torch file (unwrapping state_dict/model)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # noqa: BLE001
+            raise WeightsFileError(f"{str(path)!r} is not a readable safetensors file: {exc}") from exc
+    obj = torch_load(path)
+    for key in ("state_dict", "model", "module"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsFileError(f"{str(path)!r} does not hold a state dict of tensors")
+    return obj
+
+
+def download(url: str, dest: "str | os.PathLike", progress: bool = True) -> Path:
+    """Download ``url`` to ``dest`` atomically (temporary name, then rename).
+
+    Reuses ``dest`` when it exists. Raises :class:`WeightsUnavailableError` offline,
+    naming the URL and where to put the file by hand.
+    """
+    import urllib.request
+
+    dest = Path(dest)
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + f".part-{os.getpid()}")
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp, open(tmp, "wb") as out:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            from tqdm.auto import tqdm
+
+            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name,
+                      disable=not progress) as bar:
+                while chunk := resp.read(1 << 20):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+        os.replace(tmp, dest)
+    except OSError as exc:
+        raise WeightsUnavailableError(
+            f"could not download {url}: {exc}\nDownload it on a machine with internet "
+            f"(`napari-featup download`) and put it at {dest} (the cache folder moves with "
+            f"${CACHE_ENV}), or pass weights=PATH."
+        ) from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return dest
