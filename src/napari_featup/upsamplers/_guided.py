@@ -153,7 +153,8 @@ class GuidedKernels(Kernels):
 
     ``colour`` (B, 3, H, W) guidance in [0, 1]; ``grid`` (h, w); ``a, b, c, rho``: the
     spatial quadratic-form coefficients and the range precision ``1 / (2 sigma_r^2)``,
-    each a float or a (B, h, w) map; ``radius``: window half-size in cells.
+    each a float or a (B, h, w) map; ``radius``: window half-size in cells;
+    ``consistency``: back-projection steps (see :meth:`correct`), 0 for none.
     """
 
     def __init__(
@@ -165,6 +166,7 @@ class GuidedKernels(Kernels):
         c: torch.Tensor | float,
         rho: torch.Tensor | float,
         radius: int,
+        consistency: int = 0,
     ):
         B, _, H, W = colour.shape
         h, w = int(grid[0]), int(grid[1])
@@ -172,7 +174,9 @@ class GuidedKernels(Kernels):
         self.out_size = (int(H), int(W))
         self.grid = (h, w)
         self.radius = int(radius)
+        self.consistency = int(consistency)
         self.colour = colour
+        self._cell_op: torch.Tensor | None = None
         dev, dt = colour.device, colour.dtype
 
         def as_map(v) -> torch.Tensor:
@@ -222,7 +226,7 @@ class GuidedKernels(Kernels):
         if values.shape[0] != self.table.shape[0]:
             raise ValueError(f"values batch {values.shape[0]} != guidance batch {self.table.shape[0]}")
         r0, r1, _ = (rows or slice(None)).indices(self.out_size[0])
-        values = values.to(self.table.dtype)
+        values = self.correct(values.to(self.table.dtype))
         H, W = self.out_size
         if H % h == 0 and W % w == 0:
             return self._apply_blocks(values, r0, r1)
@@ -231,6 +235,35 @@ class GuidedKernels(Kernels):
     # Bound on the per-chunk (taps x pixels) weight tensors of the block path.
     max_tap_pixels: int = 8_000_000
 
+    def _block_weights(
+        self, colour: torch.Tensor, i0: int, i1: int
+    ) -> torch.Tensor:
+        """Normalised weights (B, i1-i0, w, taps, sy*sx) of the pixels of cell rows
+        i0:i1 of ``colour``, an image of whole cells (sy x sx px each)."""
+        B = colour.shape[0]
+        h, w = self.grid
+        sy, sx = colour.shape[-2] // h, colour.shape[-1] // w
+        r = self.radius
+        if self._block_geom is None or self._block_geom[0] != (sy, sx):
+            dev = self.table.device
+            u = torch.arange(sy, device=dev).repeat_interleave(sx)
+            v = torch.arange(sx, device=dev).repeat(sy)
+            fy, fx = cell_positions(sy, sx, u, v)
+            ones = torch.ones((1, 1, h, w), device=dev, dtype=self.table.dtype)
+            self._block_geom = ((sy, sx), fy.to(self.table.dtype), fx.to(self.table.dtype), ones)
+        _, fy, fx, ones = self._block_geom
+        nb = i1 - i0
+        pix = colour[:, :, i0 * sy : i1 * sy].reshape(B, 3, nb, sy, w, sx)
+        pix = pix.permute(0, 2, 4, 1, 3, 5).reshape(B, nb, w, 3, sy * sx)
+        table = unfold_cells(self.table, i0, i1, r)
+        valid = unfold_cells(ones, i0, i1, r)[..., 0, :] > 0
+        # Softmax over taps: the maximum is subtracted first, and the centre tap is
+        # always valid, so no pixel loses all its weight.
+        return torch.softmax(block_logits(table, valid, pix, fy, fx, r), dim=-2)
+
+    def _chunk_cells(self, sy: int, W: int) -> int:
+        return max(1, self.max_tap_pixels // (len(self.offsets) * sy * W))
+
     def _apply_blocks(self, values: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
         """Whole cells per pixel block (the pipeline's padded images): every pixel of cell
         (i, j) uses the same neighbours, so a block is one small matmul
@@ -238,31 +271,60 @@ class GuidedKernels(Kernels):
         B, K, h, w = values.shape
         H, W = self.out_size
         sy, sx = H // h, W // w
-        r, n_taps = self.radius, len(self.offsets)
-        if self._block_geom is None:
-            dev = self.table.device
-            u = torch.arange(sy, device=dev).repeat_interleave(sx)
-            v = torch.arange(sx, device=dev).repeat(sy)
-            fy, fx = cell_positions(sy, sx, u, v)
-            ones = torch.ones((1, 1, h, w), device=dev, dtype=self.table.dtype)
-            self._block_geom = (fy.to(self.table.dtype), fx.to(self.table.dtype), ones)
-        fy, fx, ones = self._block_geom
         i_start, i_end = r0 // sy, -(-r1 // sy)
-        step = max(1, self.max_tap_pixels // (n_taps * sy * W))
+        step = self._chunk_cells(sy, W)
         outs = []
         for i0 in range(i_start, i_end, step):
             i1 = min(i_end, i0 + step)
             nb, y0 = i1 - i0, i0 * sy
-            pix = self.colour[:, :, y0 : i1 * sy].reshape(B, 3, nb, sy, w, sx)
-            pix = pix.permute(0, 2, 4, 1, 3, 5).reshape(B, nb, w, 3, sy * sx)
-            table = unfold_cells(self.table, i0, i1, r)
-            valid = unfold_cells(ones, i0, i1, r)[..., 0, :] > 0
-            wts = torch.softmax(block_logits(table, valid, pix, fy, fx, r), dim=-2)  # (B, nb, w, T, P)
+            wts = self._block_weights(self.colour, i0, i1)
             # Neighbour values of each cell, zero outside the grid (where weights are 0).
-            blk = unfold_cells(values, i0, i1, r) @ wts  # (B, nb, w, K, P)
+            blk = unfold_cells(values, i0, i1, self.radius) @ wts  # (B, nb, w, K, P)
             out = blk.reshape(B, nb, w, K, sy, sx).permute(0, 3, 1, 4, 2, 5).reshape(B, K, nb * sy, W)
             outs.append(out[:, :, max(r0 - y0, 0) : min(r1, i1 * sy) - y0])
         return outs[0] if len(outs) == 1 else torch.cat(outs, 2)
+
+    def cell_operator(self) -> torch.Tensor:
+        """M (B, h, w, taps): the upsampled map average-pooled back over each cell, as
+        weights on that cell's window of low-res values (computed once, cached).
+        Images that are not whole cells use a resampled copy of the guidance."""
+        if self._cell_op is None:
+            (H, W), (h, w) = self.out_size, self.grid
+            sy, sx = max(1, round(H / h)), max(1, round(W / w))
+            colour = self.colour
+            if (H, W) != (h * sy, w * sx):
+                colour = F.interpolate(
+                    colour, size=(h * sy, w * sx), mode="bilinear", align_corners=False, antialias=True
+                )
+            step = self._chunk_cells(sy, w * sx)
+            parts = [self._block_weights(colour, i0, min(h, i0 + step)).mean(-1) for i0 in range(0, h, step)]
+            self._cell_op = torch.cat(parts, 1)
+        return self._cell_op
+
+    def _apply_cell_operator(self, g: torch.Tensor) -> torch.Tensor:
+        """M g for (B, K, h, w) values, one window offset at a time (O(K h w) memory)."""
+        M = self.cell_operator().permute(0, 3, 1, 2)  # (B, T, h, w)
+        h, w = self.grid
+        r = self.radius
+        gp = F.pad(g, (r, r, r, r))
+        out = torch.zeros_like(g)
+        for t, (di, dj) in enumerate(self.offsets):
+            out.addcmul_(gp[:, :, r + di : r + di + h, r + dj : r + dj + w], M[:, t : t + 1])
+        return out
+
+    def correct(self, values: torch.Tensor) -> torch.Tensor:
+        """Low-res values g with ``avgpool(upsample(g))`` closer to ``values``.
+
+        Back-projection: ``g <- g + (values - M g)``, ``consistency`` times from
+        ``g = values``. Pooling the upsampled map then gives back the input grid more
+        closely, which lets a cell that is a mixture (a thin structure crossing a
+        background) hand its pixels sharper values than any single cell holds. Linear in
+        ``values`` and computed on the whole grid, so tiles agree with untiled output.
+        """
+        g = values
+        for _ in range(self.consistency):
+            g = g + (values - self._apply_cell_operator(g))
+        return g
 
     def _apply_stream(self, values: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
         """Any grid/image ratio: stream over window offsets, O((K + 12) R W) memory."""

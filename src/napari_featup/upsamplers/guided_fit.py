@@ -39,12 +39,13 @@ from .base import Kernels, Upsampler
 
 DEFAULTS = {
     "steps": 50,
-    "lr": 0.1,
+    "lr": 0.01,
     "radius": 2,
     "sigma_spatial": 1.0,
-    "sigma_range": 0.1,
+    "sigma_range": 0.05,
     "samples": 32,
     "seed": 0,
+    "consistency": 5,
 }
 # Fitted sigmas are kept in a sane range (cells / RGB distance): kernels narrower than a
 # tenth of a cell or a 1e-3 colour step only add noise.
@@ -101,6 +102,7 @@ class GuidedFit(Upsampler):
         self.sigma_range = positive_option("sigma_range", o["sigma_range"], self.name)
         self.samples = positive_option("samples", o["samples"], self.name, integer=True)
         self.seed = positive_option("seed", o["seed"], self.name, integer=True, allow_zero=True)
+        self.consistency = positive_option("consistency", o["consistency"], self.name, integer=True, allow_zero=True)
         self.fitted: FittedParams | None = None
 
     # -- fitting -------------------------------------------------------------------
@@ -166,7 +168,18 @@ class GuidedFit(Upsampler):
         a, b, c, rho = _coefficients(st["raw"])
         table = unfold_cells(torch.cat([torch.stack([a, b, c, rho], 1), st["mean"]], 1), 0, h, r)
         wts = torch.softmax(block_logits(table, st["valid"], pix, fy, fx, r), dim=-2)
-        loss = (st["mean_nb"] @ wts - pix).abs().mean()
+        source = st["mean_nb"]  # (B, h, w, 3, taps)
+        if self.consistency:
+            # Fit what is applied: the same back-projection, with the cell operator
+            # estimated from this step's sampled pixels (an unbiased mean over each cell).
+            m_op = wts.mean(-1)[..., None, :]  # (B, h, w, 1, taps)
+            mean = st["mean"]
+            g = mean
+            for _ in range(self.consistency):
+                mg = (unfold_cells(g, 0, h, r) * m_op).sum(-1).permute(0, 3, 1, 2)
+                g = g + (mean - mg)
+            source = unfold_cells(g, 0, h, r)
+        loss = (source @ wts - pix).abs().mean()
         st["opt"].zero_grad(set_to_none=True)
         loss.backward()
         st["opt"].step()
@@ -187,7 +200,7 @@ class GuidedFit(Upsampler):
         with torch.no_grad():
             fitted = self._fitted_for(colour, grid)
             a, b, c, rho = _coefficients(fitted.raw)
-        return GuidedKernels(colour, grid, a, b, c, rho, radius=self.radius)
+        return GuidedKernels(colour, grid, a, b, c, rho, radius=self.radius, consistency=self.consistency)
 
     def forward(self, lowres: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         return self.upsample(lowres, image)

@@ -17,7 +17,7 @@ import torch
 from ._guided import GuidedKernels, check_grid, guidance_colour, positive_option
 from .base import Kernels, Upsampler
 
-DEFAULTS = {"sigma_spatial": 1.0, "sigma_range": 0.1, "radius": 2}
+DEFAULTS = {"sigma_spatial": 1.0, "sigma_range": 0.05, "radius": 2, "consistency": 5}
 
 
 class JBUClassic(Upsampler):
@@ -32,11 +32,13 @@ class JBUClassic(Upsampler):
         sigma_spatial: float = DEFAULTS["sigma_spatial"],
         sigma_range: float = DEFAULTS["sigma_range"],
         radius: int = DEFAULTS["radius"],
+        consistency: int = DEFAULTS["consistency"],
     ):
         super().__init__()
         self.sigma_spatial = positive_option("sigma_spatial", sigma_spatial, self.name)
         self.sigma_range = positive_option("sigma_range", sigma_range, self.name)
         self.radius = positive_option("radius", radius, self.name, integer=True)
+        self.consistency = positive_option("consistency", consistency, self.name, integer=True, allow_zero=True)
 
     def kernels(self, image: torch.Tensor, grid: tuple[int, int]) -> Kernels:
         """Bilateral weights for a ``grid`` over ``image`` (B, 3, H, W), normalised guidance."""
@@ -45,7 +47,7 @@ class JBUClassic(Upsampler):
         inv = 1.0 / self.sigma_spatial**2
         return GuidedKernels(
             colour, tuple(grid), a=inv, b=0.0, c=inv,
-            rho=0.5 / self.sigma_range**2, radius=self.radius,
+            rho=0.5 / self.sigma_range**2, radius=self.radius, consistency=self.consistency,
         )
 
     def forward(self, lowres: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
@@ -61,6 +63,7 @@ class JBUClassic(Upsampler):
             "sigma_spatial_cells": self.sigma_spatial,
             "sigma_range_rgb01": self.sigma_range,
             "radius_cells": self.radius,
+            "consistency_steps": self.consistency,
         }
 
 
