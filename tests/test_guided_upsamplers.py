@@ -58,7 +58,9 @@ def test_tiled_equals_untiled(name, size, consistency):
     with torch.inference_mode():
         k = up.kernels(img, (4, 6))
         full = k.apply_linear(low)
-        tiles = torch.cat([k.apply_linear(low, slice(r, min(size[0], r + 7))) for r in range(0, size[0], 7)], 2)
+        tiles = torch.cat(
+            [k.apply_linear(low, slice(r, min(size[0], r + 7))) for r in range(0, size[0], 7)], 2
+        )
         upsampled = up.upsample(low, img)
     assert torch.allclose(full, tiles, atol=1e-5)
     assert torch.allclose(full, upsampled, atol=1e-5)
@@ -110,7 +112,9 @@ def test_jbu_classic_respects_edges():
     low[..., 3:] = 1.0  # features follow the image's left/right halves
     img = torch.zeros(1, 3, 64, 96)
     img[..., 48:] = 1.0
-    img = (img - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    img = (img - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / torch.tensor(
+        [0.229, 0.224, 0.225]
+    )[:, None, None]
     jbu = _up("jbu-classic")
     bil = load_upsampler("bilinear")
     with torch.inference_mode():
@@ -194,8 +198,13 @@ def test_pipeline_end_to_end(name):
     image = (rng.random((40, 56, 3)) * 255).astype(np.uint8)
     events = []
     res = nf.extract_features(
-        image, backbone="dino16", upsampler=name, weights="random", device="cpu",
-        upsampler_options=FAST[name], progress=events.append,
+        image,
+        backbone="dino16",
+        upsampler=name,
+        weights="random",
+        device="cpu",
+        upsampler_options=FAST[name],
+        progress=events.append,
     )
     assert res.highres.shape == (384, 40, 56)
     assert res.metadata["upsampler"] == name
@@ -215,8 +224,15 @@ def test_pipeline_cancel_during_fit():
         return bool(seen) and "guided kernels" in seen[-1].message
 
     with pytest.raises(nf.Cancelled):
-        nf.extract_features(image, backbone="dino16", upsampler=up, weights="random", device="cpu",
-                            progress=seen.append, should_cancel=cancel)
+        nf.extract_features(
+            image,
+            backbone="dino16",
+            upsampler=up,
+            weights="random",
+            device="cpu",
+            progress=seen.append,
+            should_cancel=cancel,
+        )
     assert up.fitted is None
 
 
@@ -251,7 +267,10 @@ def test_small_benchmark_ordering():
         # The target: at least 30% lower boundary error, and no metric worse.
         assert mean[n]["boundary_err"] < 0.7 * base["boundary_err"], (n, mean)
         assert mean[n]["cos"] > base["cos"], (n, mean)
-        assert mean[n]["thin_iou"] >= base["thin_iou"] and mean[n]["miou"] >= base["miou"], (n, mean)
+        assert mean[n]["thin_iou"] >= base["thin_iou"] and mean[n]["miou"] >= base["miou"], (
+            n,
+            mean,
+        )
         assert mean[n]["lowres_err"] <= base["lowres_err"], (n, mean)
 
 

@@ -73,8 +73,9 @@ def _box_mean(values: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _local_descriptor(image: np.ndarray, labels: np.ndarray, k: int = 15) -> np.ndarray:
-    """(6, H, W) per pixel, over the k x k window (k at least the longest texture period) restricted to the pixel's own region:
-    mean colour (3), luminance std, mean |d/dx| and mean |d/dy| of luminance."""
+    """(6, H, W): mean colour (3), luminance std, mean |d/dx| and mean |d/dy| of
+    luminance over each pixel's k x k window restricted to its own region (k at least
+    the longest texture period, so the stripes do not show)."""
     img = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
     lum = img.mean(0)
     lab = torch.from_numpy(labels)
@@ -88,7 +89,9 @@ def _local_descriptor(image: np.ndarray, labels: np.ndarray, k: int = 15) -> np.
     oky = torch.zeros((H, W))
     okx[:, 1:-1] = ((lab[:, 2:] == lab[:, 1:-1]) & (lab[:, :-2] == lab[:, 1:-1])).float()
     oky[1:-1] = ((lab[2:] == lab[1:-1]) & (lab[:-2] == lab[1:-1])).float()
-    vals = torch.cat([img, lum[None], (lum * lum)[None], gx.abs()[None], gy.abs()[None]])  # (7, H, W)
+    vals = torch.cat(
+        [img, lum[None], (lum * lum)[None], gx.abs()[None], gy.abs()[None]]
+    )  # (7, H, W)
     out = torch.zeros((6, H, W))
     for v in torch.unique(lab).tolist():
         sel = lab == v
@@ -146,10 +149,18 @@ def make_scene(
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float64)
     # Curved region boundaries: a warped Voronoi partition.
-    wy = sum(rng.uniform(6, 14) * np.sin(2 * np.pi * (xx * rng.uniform(0.5, 2) / W + rng.uniform())) for _ in range(2))
-    wx = sum(rng.uniform(6, 14) * np.sin(2 * np.pi * (yy * rng.uniform(0.5, 2) / H + rng.uniform())) for _ in range(2))
+    wy = sum(
+        rng.uniform(6, 14) * np.sin(2 * np.pi * (xx * rng.uniform(0.5, 2) / W + rng.uniform()))
+        for _ in range(2)
+    )
+    wx = sum(
+        rng.uniform(6, 14) * np.sin(2 * np.pi * (yy * rng.uniform(0.5, 2) / H + rng.uniform()))
+        for _ in range(2)
+    )
     centres = rng.uniform([0, 0], [H, W], (n_regions, 2))
-    d2 = (yy[None] + wy[None] - centres[:, 0, None, None]) ** 2 + (xx[None] + wx[None] - centres[:, 1, None, None]) ** 2
+    d2 = (yy[None] + wy[None] - centres[:, 0, None, None]) ** 2 + (
+        xx[None] + wx[None] - centres[:, 1, None, None]
+    ) ** 2
     labels = d2.argmin(0).astype(np.int64)
 
     colours = rng.uniform(0.15, 0.85, (n_regions, 3))
@@ -158,7 +169,12 @@ def make_scene(
     image = np.zeros((H, W, 3))
     for k in range(n_regions):
         m = labels == k
-        amp, period, ang, ph = rng.uniform(0.02, 0.12), rng.uniform(4, 14), rng.uniform(0, np.pi), rng.uniform(0, 2 * np.pi)
+        amp, period, ang, ph = (
+            rng.uniform(0.02, 0.12),
+            rng.uniform(4, 14),
+            rng.uniform(0, np.pi),
+            rng.uniform(0, 2 * np.pi),
+        )
         if k in (0, 2):
             amp = 0.01  # its twin (1 or 3) gets a strong texture
         tex = amp * np.sin(2 * np.pi * (xx * np.cos(ang) + yy * np.sin(ang)) / period + ph)
@@ -176,7 +192,9 @@ def make_scene(
     feats = ground_truth_features(image, labels, dim)
     low = F.avg_pool2d(torch.from_numpy(feats)[None], stride)[0].numpy()
     if noise > 0:
-        low = low + np.random.default_rng(seed + 7919).normal(0, noise * feats.std(), low.shape).astype(np.float32)
+        low = low + np.random.default_rng(seed + 7919).normal(
+            0, noise * feats.std(), low.shape
+        ).astype(np.float32)
     return Scene(image, labels, thin_classes, feats, low.astype(np.float32), stride, seed)
 
 
@@ -229,7 +247,9 @@ def score(pred: np.ndarray | torch.Tensor, scene: Scene, band: int = 3) -> dict[
     return {
         "cos": float(cos.mean()),
         "boundary_err": float(err[bmask].mean() / fn[bmask].mean()),
-        "thin_iou": float(np.mean([iou(c) for c in scene.thin_classes])) if scene.thin_classes else float("nan"),
+        "thin_iou": float(np.mean([iou(c) for c in scene.thin_classes]))
+        if scene.thin_classes
+        else float("nan"),
         "miou": float(np.mean([iou(int(c)) for c in classes])),
         "lowres_err": float(torch.linalg.vector_norm(pooled - low) / torch.linalg.vector_norm(low)),
     }

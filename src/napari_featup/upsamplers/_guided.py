@@ -120,7 +120,9 @@ def tap_coefficients(table: torch.Tensor, valid: torch.Tensor, radius: int) -> t
     const = torch.where(valid, const, torch.full_like(const, _INVALID))
     return torch.cat(
         [
-            torch.stack([-0.5 * a, -b, -0.5 * c, a * dj + b * di, b * dj + c * di, const, -rho], -1),
+            torch.stack(
+                [-0.5 * a, -b, -0.5 * c, a * dj + b * di, b * dj + c * di, const, -rho], -1
+            ),
             (2 * rho[..., None, :] * m).transpose(-1, -2),
         ],
         dim=-1,
@@ -135,13 +137,21 @@ def pixel_features(pix: torch.Tensor, fy: torch.Tensor, fx: torch.Tensor) -> tor
     return torch.cat([geo, pix.square().sum(-2, keepdim=True), pix], dim=-2)
 
 
-def cell_positions(sy: int, sx: int, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def cell_positions(
+    sy: int, sx: int, u: torch.Tensor, v: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Positions (fy, fx), in cells from the cell centre, of pixels (u, v) of a sy x sx cell."""
     return (u.float() + 0.5) / sy - 0.5, (v.float() + 0.5) / sx - 0.5
 
 
-def block_logits(table: torch.Tensor, valid: torch.Tensor, pix: torch.Tensor,
-                 fy: torch.Tensor, fx: torch.Tensor, radius: int) -> torch.Tensor:
+def block_logits(
+    table: torch.Tensor,
+    valid: torch.Tensor,
+    pix: torch.Tensor,
+    fy: torch.Tensor,
+    fx: torch.Tensor,
+    radius: int,
+) -> torch.Tensor:
     """Log-weights (B, nb, w, taps, P): ``table`` (B, nb, w, 7, taps) from
     :func:`unfold_cells` of (a, b, c, rho, mean colour), ``valid`` (1, nb, w, taps),
     ``pix`` (B, nb, w, 3, P) colours of P pixels per cell at positions ``fy``, ``fx``."""
@@ -186,7 +196,10 @@ class GuidedKernels(Kernels):
 
         # One (B, 7, h, w) table gathered once per offset: a, b, c, rho, mean colour.
         self.table = torch.cat(
-            [torch.stack([as_map(a), as_map(b), as_map(c), as_map(rho)], 1), cell_mean(colour, (h, w))],
+            [
+                torch.stack([as_map(a), as_map(b), as_map(c), as_map(rho)], 1),
+                cell_mean(colour, (h, w)),
+            ],
             dim=1,
         ).contiguous()
         self.row_idx, self.row_pos = nearest_cell(H, h, dev)
@@ -221,11 +234,13 @@ class GuidedKernels(Kernels):
             yield di, logw, qi, qj
 
     def apply_linear(self, values: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
-        B, K, h, w = values.shape
+        h, w = values.shape[-2:]
         if (h, w) != self.grid:
             raise ValueError(f"values grid {h} x {w} does not match the kernels' grid {self.grid}")
         if values.shape[0] != self.table.shape[0]:
-            raise ValueError(f"values batch {values.shape[0]} != guidance batch {self.table.shape[0]}")
+            raise ValueError(
+                f"values batch {values.shape[0]} != guidance batch {self.table.shape[0]}"
+            )
         r0, r1, _ = (rows or slice(None)).indices(self.out_size[0])
         values = self.correct(values.to(self.table.dtype))
         H, W = self.out_size
@@ -236,9 +251,7 @@ class GuidedKernels(Kernels):
     # Bound on the per-chunk (taps x pixels) weight tensors of the block path.
     max_tap_pixels: int = 8_000_000
 
-    def _block_weights(
-        self, colour: torch.Tensor, i0: int, i1: int
-    ) -> torch.Tensor:
+    def _block_weights(self, colour: torch.Tensor, i0: int, i1: int) -> torch.Tensor:
         """Normalised weights (B, i1-i0, w, taps, sy*sx) of the pixels of cell rows
         i0:i1 of ``colour``, an image of whole cells (sy x sx px each)."""
         B = colour.shape[0]
@@ -281,7 +294,9 @@ class GuidedKernels(Kernels):
             wts = self._block_weights(self.colour, i0, i1)
             # Neighbour values of each cell, zero outside the grid (where weights are 0).
             blk = unfold_cells(values, i0, i1, self.radius) @ wts  # (B, nb, w, K, P)
-            out = blk.reshape(B, nb, w, K, sy, sx).permute(0, 3, 1, 4, 2, 5).reshape(B, K, nb * sy, W)
+            out = (
+                blk.reshape(B, nb, w, K, sy, sx).permute(0, 3, 1, 4, 2, 5).reshape(B, K, nb * sy, W)
+            )
             outs.append(out[:, :, max(r0 - y0, 0) : min(r1, i1 * sy) - y0])
         return outs[0] if len(outs) == 1 else torch.cat(outs, 2)
 
@@ -295,10 +310,17 @@ class GuidedKernels(Kernels):
             colour = self.colour
             if (H, W) != (h * sy, w * sx):
                 colour = F.interpolate(
-                    colour, size=(h * sy, w * sx), mode="bilinear", align_corners=False, antialias=True
+                    colour,
+                    size=(h * sy, w * sx),
+                    mode="bilinear",
+                    align_corners=False,
+                    antialias=True,
                 )
             step = self._chunk_cells(sy, w * sx)
-            parts = [self._block_weights(colour, i0, min(h, i0 + step)).mean(-1) for i0 in range(0, h, step)]
+            parts = [
+                self._block_weights(colour, i0, min(h, i0 + step)).mean(-1)
+                for i0 in range(0, h, step)
+            ]
             self._cell_op = torch.cat(parts, 1)
         return self._cell_op
 
@@ -327,8 +349,13 @@ class GuidedKernels(Kernels):
         # Row tiles of one map call this with the same values again and again: keep the
         # last result (compared by content, so in-place edits are never served stale).
         hit = self._corrected
-        if hit is not None and hit[0].shape == values.shape and hit[0].dtype == values.dtype \
-                and hit[0].device == values.device and bool(torch.equal(hit[0], values)):
+        if (
+            hit is not None
+            and hit[0].shape == values.shape
+            and hit[0].dtype == values.dtype
+            and hit[0].device == values.device
+            and bool(torch.equal(hit[0], values))
+        ):
             return hit[1]
         g = values
         for _ in range(self.consistency):
@@ -338,7 +365,7 @@ class GuidedKernels(Kernels):
 
     def _apply_stream(self, values: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
         """Any grid/image ratio: stream over window offsets, O((K + 12) R W) memory."""
-        B, K, h, w = values.shape
+        B, K = values.shape[:2]
         # Pass 1: per-pixel maximum log-weight, so exp() below never underflows to all-zero.
         m = None
         for _, logw, _, _ in self._log_weights(r0, r1):
@@ -356,16 +383,21 @@ class GuidedKernels(Kernels):
         return num / den[:, None]
 
 
-def positive_option(name: str, value, upsampler: str, integer: bool = False, allow_zero: bool = False):
+def positive_option(
+    name: str, value, upsampler: str, integer: bool = False, allow_zero: bool = False
+):
     """Validate a numeric option, with an error naming the option and what is accepted."""
     kind = "integer" if integer else "number"
     bound = ">= 0" if allow_zero else "> 0"
     try:
         ok_type = not isinstance(value, bool) and (
-            (integer and float(value) == int(value)) or (not integer and math.isfinite(float(value)))
+            (integer and float(value) == int(value))
+            or (not integer and math.isfinite(float(value)))
         )
     except (TypeError, ValueError):
         ok_type = False
     if not ok_type or (float(value) < 0 if allow_zero else float(value) <= 0):
-        raise ValueError(f"{upsampler}: option {name} must be a finite {kind} {bound}, got {value!r}")
+        raise ValueError(
+            f"{upsampler}: option {name} must be a finite {kind} {bound}, got {value!r}"
+        )
     return int(value) if integer else float(value)

@@ -71,7 +71,9 @@ class FittedParams:
         )
 
 
-def _coefficients(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _coefficients(
+    raw: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(B, 4, h, w) raw parameters -> a, b, c, rho maps (B, h, w)."""
     lo, hi = (math.log(v) for v in SPATIAL_LIMITS)
     sx = raw[:, 0].clamp(lo, hi).exp()
@@ -93,7 +95,9 @@ class GuidedFit(Upsampler):
         super().__init__()
         unknown = sorted(set(options) - set(DEFAULTS))
         if unknown:
-            raise ValueError(f"guided-fit got unknown option(s) {unknown}; it accepts {sorted(DEFAULTS)}")
+            raise ValueError(
+                f"guided-fit got unknown option(s) {unknown}; it accepts {sorted(DEFAULTS)}"
+            )
         o = {**DEFAULTS, **options}
         self.steps = positive_option("steps", o["steps"], self.name, integer=True, allow_zero=True)
         self.lr = positive_option("lr", o["lr"], self.name)
@@ -102,7 +106,9 @@ class GuidedFit(Upsampler):
         self.sigma_range = positive_option("sigma_range", o["sigma_range"], self.name)
         self.samples = positive_option("samples", o["samples"], self.name, integer=True)
         self.seed = positive_option("seed", o["seed"], self.name, integer=True, allow_zero=True)
-        self.consistency = positive_option("consistency", o["consistency"], self.name, integer=True, allow_zero=True)
+        self.consistency = positive_option(
+            "consistency", o["consistency"], self.name, integer=True, allow_zero=True
+        )
         self.fitted: FittedParams | None = None
 
     # -- fitting -------------------------------------------------------------------
@@ -142,16 +148,26 @@ class GuidedFit(Upsampler):
         sy, sx = max(1, round(H / h)), max(1, round(W / w))
         # The fit needs whole cells; other sizes are fitted on a resampled copy (the
         # parameters are in cell units, so they carry over).
-        fit_img = colour if (H, W) == (h * sy, w * sx) else F.interpolate(
-            colour, size=(h * sy, w * sx), mode="bilinear", align_corners=False, antialias=True
+        fit_img = (
+            colour
+            if (H, W) == (h * sy, w * sx)
+            else F.interpolate(
+                colour, size=(h * sy, w * sx), mode="bilinear", align_corners=False, antialias=True
+            )
         )
         mean = cell_mean(fit_img, grid)
         r = self.radius
         ones = torch.ones((1, 1, h, w), device=colour.device)
         raw = self._initial(B, grid, colour.device).requires_grad_(True)
         return {
-            "grid": grid, "sy": sy, "sx": sx, "mean": mean, "raw": raw,
-            "blocks": fit_img.reshape(B, 3, h, sy, w, sx).permute(0, 2, 4, 1, 3, 5).reshape(B, h, w, 3, sy * sx),
+            "grid": grid,
+            "sy": sy,
+            "sx": sx,
+            "mean": mean,
+            "raw": raw,
+            "blocks": fit_img.reshape(B, 3, h, sy, w, sx)
+            .permute(0, 2, 4, 1, 3, 5)
+            .reshape(B, h, w, 3, sy * sx),
             "valid": unfold_cells(ones, 0, h, r)[..., 0, :] > 0,
             "mean_nb": unfold_cells(mean, 0, h, r),  # (B, h, w, 3, taps)
             "opt": torch.optim.Adam([raw], lr=self.lr),
@@ -200,7 +216,9 @@ class GuidedFit(Upsampler):
         with torch.no_grad():
             fitted = self._fitted_for(colour, grid)
             a, b, c, rho = _coefficients(fitted.raw)
-        return GuidedKernels(colour, grid, a, b, c, rho, radius=self.radius, consistency=self.consistency)
+        return GuidedKernels(
+            colour, grid, a, b, c, rho, radius=self.radius, consistency=self.consistency
+        )
 
     def forward(self, lowres: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         return self.upsample(lowres, image)
@@ -214,7 +232,9 @@ class GuidedFit(Upsampler):
         """The fitted parameters as (B, h, w) maps: sigma_x, sigma_y (cells), theta
         (radians), sigma_range (RGB distance in [0, 1])."""
         if self.fitted is None:
-            raise RuntimeError("guided-fit has not been fitted yet; call iter_fit or upsample first")
+            raise RuntimeError(
+                "guided-fit has not been fitted yet; call iter_fit or upsample first"
+            )
         raw = self.fitted.raw
         return {
             "sigma_x": raw[:, 0].clamp(*(math.log(v) for v in SPATIAL_LIMITS)).exp(),
@@ -225,7 +245,9 @@ class GuidedFit(Upsampler):
 
     def extra_metadata(self) -> dict:
         info = {k: getattr(self, k) for k in DEFAULTS}
-        info["units"] = "sigma_spatial, radius: low-res cells; sigma_range: RGB distance, colours in [0, 1]"
+        info["units"] = (
+            "sigma_spatial, radius: low-res cells; sigma_range: RGB distance, colours in [0, 1]"
+        )
         if self.fitted is not None:
             info["final_l1"] = round(self.fitted.loss, 6)
         return info

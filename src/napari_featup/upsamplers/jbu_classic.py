@@ -38,7 +38,9 @@ class JBUClassic(Upsampler):
         self.sigma_spatial = positive_option("sigma_spatial", sigma_spatial, self.name)
         self.sigma_range = positive_option("sigma_range", sigma_range, self.name)
         self.radius = positive_option("radius", radius, self.name, integer=True)
-        self.consistency = positive_option("consistency", consistency, self.name, integer=True, allow_zero=True)
+        self.consistency = positive_option(
+            "consistency", consistency, self.name, integer=True, allow_zero=True
+        )
 
     def kernels(self, image: torch.Tensor, grid: tuple[int, int]) -> Kernels:
         """Bilateral weights for a ``grid`` over ``image`` (B, 3, H, W), normalised guidance."""
@@ -46,8 +48,14 @@ class JBUClassic(Upsampler):
         check_grid(tuple(grid), tuple(image.shape[-2:]))
         inv = 1.0 / self.sigma_spatial**2
         return GuidedKernels(
-            colour, tuple(grid), a=inv, b=0.0, c=inv,
-            rho=0.5 / self.sigma_range**2, radius=self.radius, consistency=self.consistency,
+            colour,
+            tuple(grid),
+            a=inv,
+            b=0.0,
+            c=inv,
+            rho=0.5 / self.sigma_range**2,
+            radius=self.radius,
+            consistency=self.consistency,
         )
 
     def forward(self, lowres: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
