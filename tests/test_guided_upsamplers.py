@@ -12,6 +12,17 @@ from napari_featup.upsamplers import load_upsampler
 from napari_featup.upsamplers._guided import GuidedKernels, guidance_colour
 
 GUIDED = ["jbu-classic", "guided-fit"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tensors are tiny: on a shared 2-core machine one intra-op thread is several
+    times faster than two contending ones. Restored afterwards for other modules."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 FAST = {"jbu-classic": {}, "guided-fit": {"steps": 5}}
 
 
