@@ -5,6 +5,12 @@ a (2 radius + 1)^2 window around it, weighted by a spatial Gaussian of the dista
 the cell centre times a range Gaussian of the colour difference between the pixel and
 the cell's mean colour. No weights, any backbone, channel-linear, row-tiled.
 
+By default (``consistency=5``) a few back-projection steps follow: the output is
+average-pooled back to the grid, and the residual against the input grid is
+upsampled with the same kernels and added. This is still linear in the features and
+lets structures narrower than a patch survive (thin-structure IoU on the synthetic
+benchmark goes from 0 to about 0.6); ``consistency=0`` is plain classical JBU.
+
 Units: ``sigma_spatial`` and ``radius`` are in low-res cells (one cell = the backbone's
 patch, 14 or 16 px); ``sigma_range`` is a Euclidean RGB distance with colours in [0, 1]
 (grey images count the difference three times, once per channel).
@@ -76,7 +82,7 @@ class JBUClassic(Upsampler):
 
 
 def make(backbone=None, use_norm=None, weights=None, device=None, **options) -> JBUClassic:
-    """Factory for the registry. Options: sigma_spatial, sigma_range, radius."""
+    """Factory for the registry. Options: sigma_spatial, sigma_range, radius, consistency."""
     if weights is not None:
         raise ValueError("jbu-classic has no weights; do not pass weights=")
     unknown = sorted(set(options) - set(DEFAULTS))
