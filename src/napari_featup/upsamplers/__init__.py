@@ -18,6 +18,7 @@ from .base import Kernels, Upsampler, channel_norm, resize_bilinear
 # name -> (module, factory attribute, one-line description)
 _FACTORIES: dict[str, tuple[str, str, str]] = {
     "bilinear": (".bilinear", "make", "bilinear interpolation (no guidance, no weights)"),
+    "featup-jbu": (".featup_jbu", "make", "FeatUp JBU stack (16x, pretrained per backbone), pure PyTorch"),
 }
 
 
