@@ -317,7 +317,7 @@ class JBUKernels(Kernels):
         need = 4 * TAPS * sum((2**l * h) * (2**l * w) for l in (1, 2, 3, 4)) * image.shape[0]
         self._cache_on = need <= cache_bytes
         self._cache: dict[int, torch.Tensor] = {}
-        self._last: tuple[tuple[int, int], torch.Tensor] | None = None
+        self._last: dict[int, tuple[int, torch.Tensor]] = {}  # level -> last chunk computed
 
     # -- kernels -----------------------------------------------------------------------
 
@@ -352,14 +352,14 @@ class JBUKernels(Kernels):
 
         Kernels are always computed in the same aligned chunks, so a band gets bitwise
         the same kernels whether the image is evaluated whole or in tiles. The last
-        chunk is kept, so narrow steps through a chunk compute it once.
+        chunk of each layer is kept, so narrow tiles through a chunk compute it once.
         """
-        key = (level, c)
-        if self._last is not None and self._last[0] == key:
-            return self._last[1]
+        last = self._last.get(level)
+        if last is not None and last[0] == c:
+            return last[1]
         n_src = (2 ** (level - 1)) * self.grid[0]
         k = self._compute(level, c * _CHUNK_ROWS, min(n_src, (c + 1) * _CHUNK_ROWS))
-        self._last = (key, k)
+        self._last[level] = (c, k)
         return k
 
     def layer_kernels(self, level: int, k0: int, k1: int) -> torch.Tensor:
@@ -368,7 +368,7 @@ class JBUKernels(Kernels):
             n_src = (2 ** (level - 1)) * self.grid[0]
             n_chunks = -(-n_src // _CHUNK_ROWS)
             self._cache[level] = torch.cat([self._chunk(level, c) for c in range(n_chunks)], 1)
-            self._last = None
+            self._last.pop(level, None)
         if level in self._cache:
             return self._cache[level][:, k0:k1]
         first, last = k0 // _CHUNK_ROWS, (k1 - 1) // _CHUNK_ROWS
@@ -633,6 +633,17 @@ def download_featup_checkpoint(backbone: str, use_norm: bool = True, progress: b
     )
 
 
+def _backbone_dim(backbone: Any) -> int | None:
+    """Feature dim of a Backbone object or a registered backbone name (None if unknown)."""
+    if backbone is None:
+        return None
+    if hasattr(backbone, "dim"):
+        return int(backbone.dim)
+    from ..backbones import get_spec
+
+    return get_spec(str(backbone)).dim
+
+
 def make(backbone: Any = None, use_norm: bool | None = None, weights: Any = None,
          device: Any = None, cache_mb: float = 512, **options: Any) -> FeatUpJBU:
     """Registry factory: FeatUp's published stack for ``backbone``, or ``weights=PATH``.
@@ -651,20 +662,16 @@ def make(backbone: Any = None, use_norm: bool | None = None, weights: Any = None
         up = load_featup_checkpoint(path, use_norm=use_norm)
         up.source = f"FeatUp {bname} ({'norm' if use_norm else 'no_norm'}) from {path}"
     elif isinstance(weights, str) and weights == "random":
-        dim = getattr(backbone, "dim", None)
+        dim = _backbone_dim(backbone)
         if dim is None:
-            from ..backbones import get_spec
-
-            if bname is None:
-                raise ValueError("featup-jbu with weights='random' needs backbone= to know the dim")
-            dim = get_spec(bname).dim
+            raise ValueError("featup-jbu with weights='random' needs backbone= to know the dim")
         with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's RNG
             torch.manual_seed(0)
             up = FeatUpJBU(dim, use_norm=use_norm)
         up.source = "random (untrained weights, for tests and demos only)"
     else:
         up = load_featup_checkpoint(weights, use_norm=use_norm)
-    dim = getattr(backbone, "dim", None)
+    dim = _backbone_dim(backbone)
     if dim is not None and int(dim) != up.dim:
         raise ValueError(
             f"the JBU stack is for {up.dim}-d features but backbone {bname!r} gives {dim}-d"
