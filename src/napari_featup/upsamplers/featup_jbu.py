@@ -44,8 +44,12 @@ KEY_DIM = 32
 
 #: tile of source positions per matrix product (rows, cols): window (4+6) x (4+6)
 _TILE = (4, 4)
-#: source rows whose kernels are computed at once when caching a whole layer
+#: source rows whose kernels are computed together: at most 32, fewer on wide grids so
+#: a chunk's kernels stay near _CHUNK_BYTES (a power of two, fixed per layer and image)
 _CHUNK_ROWS = 32
+_CHUNK_BYTES = 8 << 20
+#: bytes of the (rows, W, 7, 32) neighbour products computed in one op
+_PIECE_BYTES = 4 << 20
 #: per apply step: at most this many source rows, and about this many bytes of windows
 _MAX_STEP_ROWS = 64
 _STEP_BYTES = 8 << 20
@@ -203,14 +207,18 @@ class JBULayer(nn.Module):
         centre = emb[:, RADIUS:RADIUS + r, RADIUS:RADIUS + w]
         bsz, _, wp, kd = emb.shape
         logits = emb.new_empty(bsz, DIAMETER, DIAMETER, r, w)
+        piece = max(1, _PIECE_BYTES // (bsz * w * DIAMETER * kd * 4))
         for i in range(DIAMETER):
-            # the 7 column neighbours of every pixel as a strided view (no copy), then
-            # one multiply-reduce per tap row: few large ops rather than 49 small ones
-            nb = emb[:, i:i + r].as_strided(
-                (bsz, r, w, DIAMETER, kd), (emb.stride(0), wp * kd, kd, kd, 1),
-                emb.storage_offset() + i * wp * kd,
-            )
-            logits[:, i] = (nb * centre[:, :, :, None]).sum(-1).permute(0, 3, 1, 2)
+            for p0 in range(0, r, piece):
+                p1 = min(r, p0 + piece)
+                # the 7 column neighbours of every pixel as a strided view (no copy), then
+                # one multiply-reduce per tap row: few large ops rather than 49 small ones
+                nb = emb.as_strided(
+                    (bsz, p1 - p0, w, DIAMETER, kd), (emb.stride(0), wp * kd, kd, kd, 1),
+                    emb.storage_offset() + (i + p0) * wp * kd,
+                )
+                prod = (nb * centre[:, p0:p1, :, None]).sum(-1)
+                logits[:, i, :, p0:p1] = prod.permute(0, 3, 1, 2)
         logits = logits.view(bsz, TAPS, r, w)
         del emb, centre
         temp = self.range_temp.float().exp().clamp(1e-4, 1e4)
@@ -347,8 +355,15 @@ class JBUKernels(Kernels):
         kf = kf.reshape(bsz, kk, 2, ms, 2, DIAMETER, DIAMETER).permute(0, 1, 3, 2, 4, 5, 6)
         return kf.contiguous()
 
+    def chunk_rows(self, level: int) -> int:
+        """Source rows per kernel chunk of ``level``: a power of two from 4 to 32."""
+        ms = (2 ** (level - 1)) * self.grid[1]
+        rows = _CHUNK_BYTES // (4 * TAPS * 4 * ms)  # 2x2 outputs per source pixel
+        rows = max(_TILE[0], min(_CHUNK_ROWS, rows))
+        return 1 << (rows.bit_length() - 1)
+
     def _chunk(self, level: int, c: int) -> torch.Tensor:
-        """Kernels of the aligned chunk of source rows [c*CH, (c+1)*CH) (CH = _CHUNK_ROWS).
+        """Kernels of the aligned chunk of source rows [c*CH, (c+1)*CH) (CH = chunk_rows).
 
         Kernels are always computed in the same aligned chunks, so a band gets bitwise
         the same kernels whether the image is evaluated whole or in tiles. The last
@@ -358,7 +373,8 @@ class JBUKernels(Kernels):
         if last is not None and last[0] == c:
             return last[1]
         n_src = (2 ** (level - 1)) * self.grid[0]
-        k = self._compute(level, c * _CHUNK_ROWS, min(n_src, (c + 1) * _CHUNK_ROWS))
+        ch = self.chunk_rows(level)
+        k = self._compute(level, c * ch, min(n_src, (c + 1) * ch))
         self._last[level] = (c, k)
         return k
 
@@ -366,15 +382,16 @@ class JBUKernels(Kernels):
         """Folded kernels (B, k1-k0, w, 2, 2, 7, 7) of layer ``level`` (1..4), rows [k0, k1)."""
         if self._cache_on and level not in self._cache:
             n_src = (2 ** (level - 1)) * self.grid[0]
-            n_chunks = -(-n_src // _CHUNK_ROWS)
+            n_chunks = -(-n_src // self.chunk_rows(level))
             self._cache[level] = torch.cat([self._chunk(level, c) for c in range(n_chunks)], 1)
             self._last.pop(level, None)
         if level in self._cache:
             return self._cache[level][:, k0:k1]
-        first, last = k0 // _CHUNK_ROWS, (k1 - 1) // _CHUNK_ROWS
+        ch = self.chunk_rows(level)
+        first, last = k0 // ch, (k1 - 1) // ch
         parts = [self._chunk(level, c) for c in range(first, last + 1)]
         k = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
-        off = first * _CHUNK_ROWS
+        off = first * ch
         return k[:, k0 - off:k1 - off]
 
     # -- application -------------------------------------------------------------------
@@ -393,10 +410,10 @@ class JBUKernels(Kernels):
         # source rows per step: the tile windows copied for one step stay near _STEP_BYTES
         per_tile_row = mt * n_win * ch * src.element_size()
         step = th * max(1, min(_MAX_STEP_ROWS // th, _STEP_BYTES // max(1, per_tile_row)))
-        step = 1 << (step.bit_length() - 1)  # a power of two: aligns with _CHUNK_ROWS
+        step = 1 << (step.bit_length() - 1)  # a power of two: aligns with chunk_rows
         out = src.new_empty(bsz, 2 * (k1 - k0), 2 * ms, ch)
         # steps aligned to multiples of ``step`` (a power-of-two multiple of the tile and
-        # a divisor or multiple of _CHUNK_ROWS), so they never straddle kernel chunks badly
+        # a divisor or multiple of chunk_rows), so they never straddle kernel chunks badly
         starts = [k0] + list(range((k0 // step + 1) * step, k1, step))
         for c0 in starts:
             c1 = min(k1, (c0 // step + 1) * step)
