@@ -53,6 +53,8 @@ _PIECE_BYTES = 4 << 20
 #: per apply step: at most this many source rows, and about this many bytes of windows
 _MAX_STEP_ROWS = 64
 _STEP_BYTES = 8 << 20
+#: forward() evaluates output rows in bands of about this many bytes (with halos)
+_FORWARD_BAND_BYTES = 32 << 20
 
 _BASE_URL = "https://marhamilresearch4.blob.core.windows.net/feature-upsampling-public/pretrained/"
 
@@ -284,7 +286,17 @@ class FeatUpJBU(Upsampler):
         """(B, C, h, w), (B, 3, H, W) -> (B, C, 16h, 16w), FeatUp's output."""
         self._check(lowres, image)
         kern = self.kernels(image, tuple(lowres.shape[-2:]), cache=False)
-        return kern.native_rows(kern.mix(lowres), 0, 16 * lowres.shape[-2]).add_(kern.bias(lowres))
+        mixed, bias = kern.mix(lowres), kern.bias(lowres)
+        bsz, ch, h, w = lowres.shape
+        # bands of output rows with their halos: working memory follows the band, so the
+        # output (which the caller keeps) dominates, not the layer-3 map beneath it
+        band = max(64, _FORWARD_BAND_BYTES // (ch * 16 * w * lowres.element_size() * bsz))
+        band = 1 << (band.bit_length() - 1)
+        out = lowres.new_empty(bsz, 16 * h, 16 * w, ch)  # channels last, filled band by band
+        for r0 in range(0, 16 * h, band):
+            r1 = min(16 * h, r0 + band)
+            kern.native_rows(mixed, r0, r1, out=out[:, r0:r1]).add_(bias)
+        return out.permute(0, 3, 1, 2)
 
     def upsample(
         self, lowres: torch.Tensor, image: torch.Tensor, rows: slice | None = None
@@ -396,10 +408,13 @@ class JBUKernels(Kernels):
 
     # -- application -------------------------------------------------------------------
 
-    def _apply_layer(self, level: int, src: torch.Tensor, s0: int, k0: int, k1: int) -> torch.Tensor:
+    def _apply_layer(self, level: int, src: torch.Tensor, s0: int, lo: int, hi: int,
+                     dest: torch.Tensor | None = None) -> torch.Tensor:
         """Layer ``level`` on channels-last source rows ``src`` (B, R, w, C) starting at
-        row ``s0`` -> channels-last high-res rows [2k0, 2k1): (B, 2(k1-k0), 2w, C)."""
+        row ``s0`` -> channels-last high-res rows [lo, hi): (B, hi-lo, 2w, C), written
+        into ``dest`` when given."""
         bsz, _, ms, ch = src.shape
+        k0, k1 = lo // 2, (hi - 1) // 2 + 1
         n_src = (2 ** (level - 1)) * self.grid[0]
         th, tw = _TILE
         mt = -(-ms // tw)
@@ -411,7 +426,7 @@ class JBUKernels(Kernels):
         per_tile_row = mt * n_win * ch * src.element_size()
         step = th * max(1, min(_MAX_STEP_ROWS // th, _STEP_BYTES // max(1, per_tile_row)))
         step = 1 << (step.bit_length() - 1)  # a power of two: aligns with chunk_rows
-        out = src.new_empty(bsz, 2 * (k1 - k0), 2 * ms, ch)
+        out = src.new_empty(bsz, hi - lo, 2 * ms, ch) if dest is None else dest
         # steps aligned to multiples of ``step`` (a power-of-two multiple of the tile and
         # a divisor or multiple of chunk_rows), so they never straddle kernel chunks badly
         starts = [k0] + list(range((k0 // step + 1) * step, k1, step))
@@ -424,8 +439,8 @@ class JBUKernels(Kernels):
             del kf
             # zero-padded source rows c0-3 .. c0 + rt*th + 3 (zero weight outside the grid)
             pad = src.new_zeros(bsz, rt * th + 2 * RADIUS, pw, ch)
-            lo, hi = max(0, c0 - RADIUS), min(n_src, c1 + RADIUS)
-            pad[:, lo - (c0 - RADIUS):hi - (c0 - RADIUS), RADIUS:RADIUS + ms] = src[:, lo - s0:hi - s0]
+            plo, phi = max(0, c0 - RADIUS), min(n_src, c1 + RADIUS)
+            pad[:, plo - (c0 - RADIUS):phi - (c0 - RADIUS), RADIUS:RADIUS + ms] = src[:, plo - s0:phi - s0]
             for b in range(bsz):
                 # (rt*mt, window, C): every tile's source window, C contiguous (a fast copy)
                 win = pad[b].as_strided(
@@ -439,16 +454,17 @@ class JBUKernels(Kernels):
                 res = torch.bmm(mat.view(rt * mt, n_out, n_win), win)  # (tiles, 4 th tw, C)
                 del mat, win
                 res = res.view(rt, mt, 2 * th, 2 * tw, ch).transpose(1, 2).reshape(rt * 2 * th, -1, ch)
-                r0 = 2 * (c0 - k0)
-                r1 = min(2 * (k1 - k0), r0 + rt * 2 * th)
-                out[b, r0:r1] = res[: r1 - r0, : 2 * ms]
+                r0, r1 = max(lo, 2 * c0), min(hi, 2 * c0 + rt * 2 * th)  # absolute rows
+                out[b, r0 - lo:r1 - lo] = res[r0 - 2 * c0:r1 - 2 * c0, : 2 * ms]
                 del res
         return out
 
-    def native_rows(self, values: torch.Tensor, a: int, b: int) -> torch.Tensor:
+    def native_rows(self, values: torch.Tensor, a: int, b: int,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
         """Rows [a, b) of the 16x output *before* the final affine: (B, K, b-a, 16w).
 
-        The result is a channels-last tensor (strides of ``memory_format=channels_last``).
+        The result is a channels-last tensor (strides of ``memory_format=channels_last``);
+        ``out``: a (B, b-a, 16w, K) tensor to write the last layer into.
         """
         h = self.grid[0]
         if tuple(values.shape[-2:]) != self.grid:
@@ -462,10 +478,8 @@ class JBUKernels(Kernels):
         x = values[:, :, s0:s1].permute(0, 2, 3, 1).contiguous()
         for level in (1, 2, 3, 4):
             lo, hi = bands[level]
-            k0, k1 = lo // 2, (hi - 1) // 2 + 1
-            y = self._apply_layer(level, x, s0, k0, k1)
-            x, s0 = y[:, lo - 2 * k0: hi - 2 * k0], lo
-            del y
+            x = self._apply_layer(level, x, s0, lo, hi, dest=out if level == 4 else None)
+            s0 = lo
         return x.permute(0, 3, 1, 2)
 
     def mix(self, values: torch.Tensor) -> torch.Tensor:
