@@ -15,7 +15,7 @@ Method: every measurement runs in a fresh subprocess. CPU peak memory is the ris
 the process's peak resident set (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) over
 its resident set (``/proc/self/statm``) just before the first call (after a warm-up on
 a tiny grid that loads the BLAS code), i.e. what the call adds, output included; time
-is the best of ``--repeat`` calls after that first one, as wall time and as process
+is the best of that first call and ``--repeat`` more, as wall time and as process
 CPU time (user + system, all threads; steadier than wall time on a shared machine).
 On CUDA, memory is ``torch.cuda.max_memory_allocated`` minus what was allocated before,
 time is synchronised wall time, and the check compares float32 and float16 outputs
@@ -127,8 +127,8 @@ def worker(spec: dict) -> dict:
         cpus.append(cpu_s() - c0)
         del r
     # the minimum is the least disturbed estimate on a shared machine
-    out["time_s"] = min(times) if times else out["first_s"]
-    out["cpu_s"] = min(cpus) if cpus else None
+    out["time_s"] = min(times + [out["first_s"]])
+    out["cpu_s"] = min(cpus + [out["first_cpu_s"]])
     return out
 
 
@@ -188,7 +188,7 @@ def main() -> None:
     print(f"FeatUp JBU stack, {DIM} channels, device {args.device}, torch {torch.__version__}, "
           f"threads {args.threads or torch.get_num_threads()}")
     print("peak = rise of peak RSS over RSS before the call (CUDA: max_memory_allocated), "
-          "one subprocess per line; time = best of repeats after the first call\n")
+          "one subprocess per line; time = best call\n")
     # alternate the two in rounds so both see the same machine load; keep the best round
     rounds = [(measure(dict(base, kind="baseline", grid=14, repeat=max(1, args.repeat - 1))),
                measure(dict(base, kind="ours", grid=14, check=True))) for _ in range(args.rounds)]
@@ -201,7 +201,8 @@ def main() -> None:
               f"extra peak memory {o['peak_mb'] / max(b['peak_mb'], 1e-9):.2f} of the baseline's")
     sizes = [28] if args.skip_large else [28, 56]
     for g in sizes:
-        print(f"{16 * g} px  ours     : {_fmt(measure(dict(base, kind='ours', grid=g, repeat=min(args.repeat, 2))))}")
+        r = measure(dict(base, kind="ours", grid=g, repeat=min(args.repeat, 2)))
+        print(f"{16 * g} px  ours     : {_fmt(r)}")
     if not args.skip_large:
         r = measure(dict(base, kind="tiled", grid=128, tile_rows=32, repeat=0))
         print(f"2048 px tiled    : {_fmt(r)}  (32-row tiles, each reduced to a norm map; "

@@ -290,7 +290,8 @@ def test_published_checkpoint_offline_error_names_url_and_destination(tmp_path, 
     url = J.featup_checkpoint_url("dinov2", True)
     assert url == ("https://marhamilresearch4.blob.core.windows.net/feature-upsampling-public/"
                    "pretrained/dinov2_jbu_stack_cocostuff.ckpt")
-    assert J.featup_checkpoint_url("maskclip", False).endswith("pretrained/no_norm/maskclip_jbu_stack_cocostuff.ckpt")
+    no_norm = J.featup_checkpoint_url("maskclip", False)
+    assert no_norm.endswith("pretrained/no_norm/maskclip_jbu_stack_cocostuff.ckpt")
     with pytest.raises(WeightsUnavailableError) as info:
         load_upsampler("featup-jbu", backbone="dinov2", use_norm=True)
     msg = str(info.value)
@@ -371,3 +372,15 @@ def test_pipeline_use_norm_normalises_features():
     ref = channel_norm(torch.from_numpy(off.lowres)[None])[0].numpy()
     assert np.abs(ref - on.lowres).max() < 1e-4
     assert on.field.project(np.ones((1, 2048), np.float32)).shape == (1, 64, 96)
+
+
+@needs_fixtures
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_float32_and_half_match_fixture():
+    up = nf.load_featup_checkpoint(FIXTURES / "dino16.ckpt", device="cuda")
+    feats, image, expected = _case("dino16")
+    with torch.no_grad():
+        out32 = up(feats.cuda(), image.cuda()).cpu()
+        out16 = up(feats.cuda().half(), image.cuda()).float().cpu()
+    assert (out32 - expected).abs().max().item() < 1e-4
+    assert (out16 - expected).abs().max().item() < 2e-2 * expected.abs().max().item()

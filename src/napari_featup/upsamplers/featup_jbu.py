@@ -12,10 +12,12 @@ How it is evaluated (none of it changes the result beyond float rounding):
   weighted sum of *source* pixels ``k-3..k+3, m-3..m+3`` (weights of taps that fall
   outside the grid are zero, their mass having been moved to the reflected and
   clamped pixels). The C-channel high-res source is never built.
-* The folded kernels are applied as batched matrix products: a tile of 4 x 4 source
-  positions (64 output pixels, all four parities) reads a 10 x 10 source window, so
-  ``(C, 100) @ (100, 64)`` per tile runs in BLAS instead of 49 passes of
-  element-wise multiply-adds over C x H x W.
+* The folded kernels are applied as batched matrix products on channels-last data: a
+  tile of 4 x 4 source positions (64 output pixels, all four parities) reads a 10 x 10
+  source window, so ``(64, 100) @ (100, C)`` per tile runs in BLAS instead of 49
+  passes of element-wise multiply-adds over C x H x W.
+* The final ``x + 0.1 * conv1x1(x)``: its channel map commutes with the channel-shared
+  layers, so it is applied on the low-res grid and only its bias at full resolution.
 * The range kernel uses 49 shifted dot products of the 32-d embeddings (no unfold).
 * Kernels depend on the image only, so :class:`JBUKernels` computes them once and
   applies them to any channel set (features, PCA projections, similarity queries).
@@ -25,7 +27,6 @@ How it is evaluated (none of it changes the result beyond float rounding):
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any, Mapping
