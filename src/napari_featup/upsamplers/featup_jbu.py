@@ -27,6 +27,7 @@ How it is evaluated (none of it changes the result beyond float rounding):
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -146,6 +147,7 @@ def _fold_matrix(n_hr: int, y0: int, y1: int, device) -> torch.Tensor:
     return out.float()
 
 
+@functools.lru_cache(maxsize=8)
 def _tile_scatter_index(th: int, tw: int, device) -> torch.Tensor:
     """Flat positions in an (out, window) tile matrix of the folded taps.
 
@@ -338,7 +340,8 @@ class JBUKernels(Kernels):
         need = 4 * TAPS * sum((2**l * h) * (2**l * w) for l in (1, 2, 3, 4)) * image.shape[0]
         self._cache_on = need <= cache_bytes
         self._cache: dict[int, torch.Tensor] = {}
-        self._last: dict[int, tuple[int, torch.Tensor]] = {}  # level -> last chunk computed
+        self._last: dict[int, dict[int, torch.Tensor]] = {}  # level -> its latest chunks
+        self._folds: dict[tuple[int, str], torch.Tensor] = {}
 
     # -- kernels -----------------------------------------------------------------------
 
@@ -347,6 +350,13 @@ class JBUKernels(Kernels):
         n, m = (2**level) * self.grid[0], (2**level) * self.grid[1]
         g = _pool_axis(self.image, 2, n, rows)
         return _pool_axis(g, 3, m, cols)
+
+    def _fold(self, level: int, axis: str, n: int) -> torch.Tensor:
+        """:func:`_fold_matrix` of a whole axis of ``level``, computed once."""
+        key = (level, axis)
+        if key not in self._folds:
+            self._folds[key] = _fold_matrix(n, 0, n, self.image.device)
+        return self._folds[key]
 
     def _compute(self, level: int, k0: int, k1: int) -> torch.Tensor:
         """Folded kernels (B, k1-k0, m, 2, 2, 7, 7) for source rows [k0, k1) of ``level``."""
@@ -360,8 +370,8 @@ class JBUKernels(Kernels):
             k = layer.tap_kernels(self._guidance(level, rows, cols))  # (B, 49, 2kk, m)
             bsz = k.shape[0]
             k = k.view(bsz, DIAMETER, DIAMETER, y1 - y0, m)
-            fr = _fold_matrix(n, y0, y1, dev)  # (Y, i, d)
-            fc = _fold_matrix(m, 0, m, dev)  # (X, j, e)
+            fr = self._fold(level, "rows", n)[y0:y1]  # (Y, i, d)
+            fc = self._fold(level, "cols", m)  # (X, j, e)
             t = torch.einsum("bijyx,xje->biyxe", k, fc)
             kf = torch.einsum("yid,biyxe->byxde", fr, t)  # (B, Y, X, d, e)
         kk, ms = k1 - k0, m // 2
@@ -380,15 +390,17 @@ class JBUKernels(Kernels):
 
         Kernels are always computed in the same aligned chunks, so a band gets bitwise
         the same kernels whether the image is evaluated whole or in tiles. The last
-        chunk of each layer is kept, so narrow tiles through a chunk compute it once.
+        two chunks of each layer are kept, so narrow tiles through a chunk compute it once.
         """
-        last = self._last.get(level)
-        if last is not None and last[0] == c:
-            return last[1]
+        recent = self._last.setdefault(level, {})
+        if c in recent:
+            return recent[c]
         n_src = (2 ** (level - 1)) * self.grid[0]
         ch = self.chunk_rows(level)
         k = self._compute(level, c * ch, min(n_src, (c + 1) * ch))
-        self._last[level] = (c, k)
+        if len(recent) >= 2:  # bands move down the image: the two latest chunks suffice
+            del recent[min(recent)]
+        recent[c] = k
         return k
 
     def layer_kernels(self, level: int, k0: int, k1: int) -> torch.Tensor:
