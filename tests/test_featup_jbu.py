@@ -314,6 +314,11 @@ def test_published_checkpoint_reused_from_cache(tmp_path, monkeypatch):
         up = load_upsampler("featup-jbu", backbone="dinov2", use_norm=use_norm)
         assert up.use_norm is use_norm and str(dest) in up.source
         assert nf.download_featup_checkpoint("dinov2", use_norm) == dest
+    damaged = J.featup_checkpoint_path("dino16", True)
+    damaged.parent.mkdir(parents=True, exist_ok=True)
+    damaged.write_text("<html>proxy error</html>")
+    with pytest.raises(WeightsFileError, match="delete .*dino16_jbu_stack_cocostuff.ckpt"):
+        load_upsampler("featup-jbu", backbone="dino16")
     assert set(J.FEATUP_CHECKPOINTS) == {"dino16", "dinov2", "clip", "vit", "resnet50", "maskclip"}
     assert J.FEATUP_CHECKPOINTS["maskclip"] == (False,)
 

@@ -703,7 +703,12 @@ def make(backbone: Any = None, use_norm: bool | None = None, weights: Any = None
         if bname is None:
             raise ValueError("featup-jbu needs backbone= (to pick FeatUp's checkpoint) or weights=PATH")
         path = download_featup_checkpoint(bname, use_norm)
-        up = load_featup_checkpoint(path, use_norm=use_norm)
+        try:
+            up = load_featup_checkpoint(path, use_norm=use_norm)
+        except _weights.WeightsFileError as exc:
+            raise _weights.WeightsFileError(
+                f"{exc}\nThe cached download may be damaged: delete {path} to fetch it again."
+            ) from exc
         up.source = f"FeatUp {bname} ({'norm' if use_norm else 'no_norm'}) from {path}"
     elif isinstance(weights, str) and weights == "random":
         dim = _backbone_dim(backbone)
