@@ -342,6 +342,7 @@ class JBUKernels(Kernels):
         self._cache: dict[int, torch.Tensor] = {}
         self._last: dict[int, dict[int, torch.Tensor]] = {}  # level -> its latest chunks
         self._folds: dict[tuple[int, str], torch.Tensor] = {}
+        self._matbuf: torch.Tensor | None = None
 
     # -- kernels -----------------------------------------------------------------------
 
@@ -421,6 +422,18 @@ class JBUKernels(Kernels):
 
     # -- application -------------------------------------------------------------------
 
+    def _tile_matrices(self, n: int, size: int, like: torch.Tensor) -> torch.Tensor:
+        """(n, size) zeros-but-for-the-taps buffer, reused between steps.
+
+        Every step writes its taps to the same positions, so the other entries stay
+        zero and the buffer needs no refilling (saves a large fill per step).
+        """
+        buf = self._matbuf
+        if (buf is None or buf.dtype != like.dtype or buf.device != like.device
+                or buf.shape[1] != size or buf.shape[0] < n):
+            self._matbuf = buf = like.new_zeros(n, size)
+        return buf[:n]
+
     def _apply_layer(self, level: int, src: torch.Tensor, s0: int, lo: int, hi: int,
                      dest: torch.Tensor | None = None) -> torch.Tensor:
         """Layer ``level`` on channels-last source rows ``src`` (B, R, w, C) starting at
@@ -461,7 +474,7 @@ class JBUKernels(Kernels):
                     pad[b].storage_offset(),
                 ).reshape(rt * mt, n_win, ch)
                 vals = kpad[b].view(rt, th, mt, tw, -1).transpose(1, 2).reshape(rt * mt, -1)
-                mat = win.new_zeros(rt * mt, n_out * n_win)
+                mat = self._tile_matrices(rt * mt, n_out * n_win, win)
                 mat.index_copy_(1, idx, vals)
                 del vals
                 res = torch.bmm(mat.view(rt * mt, n_out, n_win), win)  # (tiles, 4 th tw, C)
