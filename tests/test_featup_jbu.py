@@ -389,3 +389,15 @@ def test_cuda_float32_and_half_match_fixture():
         out16 = up(feats.cuda().half(), image.cuda()).float().cpu()
     assert (out32 - expected).abs().max().item() < 1e-4
     assert (out16 - expected).abs().max().item() < 2e-2 * expected.abs().max().item()
+
+
+def test_kernels_made_in_inference_mode_work_outside_it():
+    up = _random_stack()
+    feats, img = torch.randn(1, up.dim, 3, 3), torch.randn(1, 3, 42, 42)
+    with torch.inference_mode():
+        kern = up.kernels(img, (3, 3))
+        a = kern(feats)
+    with torch.no_grad():
+        b = kern(feats)
+    c = kern(feats, rows=slice(0, 5))
+    assert torch.equal(a, b) and torch.equal(a[:, :, :5], c)

@@ -430,7 +430,9 @@ class JBUKernels(Kernels):
         """
         buf = self._matbuf
         if (buf is None or buf.dtype != like.dtype or buf.device != like.device
-                or buf.shape[1] != size or buf.shape[0] < n):
+                or buf.shape[1] != size or buf.shape[0] < n
+                # an inference-mode tensor cannot be written outside inference mode
+                or buf.is_inference() != torch.is_inference_mode_enabled()):
             self._matbuf = buf = like.new_zeros(n, size)
         return buf[:n]
 
