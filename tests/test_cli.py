@@ -82,3 +82,23 @@ def test_offline_pretrained_exit_code(tmp_path, images):
     assert proc.returncode == 4, proc.stderr
     assert "napari-featup download dinov2" in proc.stderr
     assert not (tmp_path / "o.npz").exists()
+
+
+def test_download_offline_exit_code(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"),
+               NAPARI_FEATUP_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, "-m", "napari_featup.cli", "download", "dino16"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 4, proc.stderr
+    assert "vit_small_patch16_224.dino" in proc.stderr
+
+
+def test_extract_with_featup_jbu_checkpoint(tmp_path, images, fixtures_dir):
+    out = tmp_path / "jbu.npz"
+    code = main(["extract", str(images[0]), "-b", "dino16", "--weights", "random", "-q",
+                 "-u", "featup-jbu", "--upsampler-weights",
+                 str(fixtures_dir / "featup-jbu" / "dino16.ckpt"), "-o", str(out)])
+    assert code == 0
+    res = io.load_features(out)
+    assert res.highres.shape == (384, 40, 50) and res.metadata["upsampler"] == "featup-jbu"
+    assert res.metadata["use_norm"] is True

@@ -114,9 +114,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
-    from .backbones import download_backbone, list_backbones
-
-    from .backbones import get_spec
+    from .backbones import download_backbone, get_spec, list_backbones
+    from .upsamplers.featup_jbu import FEATUP_CHECKPOINTS, download_featup_checkpoint
 
     names = args.backbones or list_backbones()
     for name in names:
@@ -124,6 +123,11 @@ def _cmd_download(args: argparse.Namespace) -> int:
     for name in names:
         timm_name = download_backbone(name)
         print(f"backbone {name}: {timm_name} cached")
+        if args.no_jbu:
+            continue
+        for use_norm in FEATUP_CHECKPOINTS.get(name, ()):
+            path = download_featup_checkpoint(name, use_norm)
+            print(f"featup-jbu {name} ({'norm' if use_norm else 'no_norm'}): {path}")
     return EXIT_OK
 
 
@@ -165,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--upsampler", "-u", default="bilinear", choices=list_upsamplers())
     ex.add_argument("--weights", default="pretrained",
                     help="backbone weights: pretrained, random (untrained) or a file path")
-    ex.add_argument("--upsampler-weights", default=None, help="upsampler weights file")
+    ex.add_argument("--upsampler-weights", default=None,
+                    help="upsampler weights file (e.g. a FeatUp .ckpt), or random (untrained)")
     ex.add_argument("--use-norm", dest="use_norm", action="store_true", default=None,
                     help="apply FeatUp's channel LayerNorm before upsampling")
     ex.add_argument("--no-norm", dest="use_norm", action="store_false")
@@ -190,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     dl = sub.add_parser("download", help="fetch pretrained weights ahead of going offline")
     dl.add_argument("backbones", nargs="*", metavar="BACKBONE",
                     help=f"backbones to fetch (default: all of {', '.join(list_backbones())})")
+    dl.add_argument("--no-jbu", action="store_true",
+                    help="skip FeatUp's JBU checkpoints (fetched by default where published)")
     dl.set_defaults(func=_cmd_download)
 
     ls = sub.add_parser("list", help="list backbones and upsamplers")
