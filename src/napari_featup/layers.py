@@ -288,9 +288,12 @@ class FeatureStack:
         )
 
     def mask(self, threshold: float) -> np.ndarray:
-        """Labels (uint8, 1 where similarity >= ``threshold``) on computed planes."""
+        """Labels (uint8, 1 where similarity >= ``threshold``) on computed planes
+        (their similarity maps are brought up to date first)."""
         if self.similarity is None:
             raise ValueError("no similarity map yet: add a query point first")
+        for idx in self.results:  # bring every computed plane up to the current query
+            self.update_similarity(idx)
         out = (self.similarity >= float(threshold)).astype(np.uint8)
         for idx in self.geometry.planes():
             if idx not in self.results or self.query is None:

@@ -624,8 +624,6 @@ class FeatUpWidget(QWidget):
             show_info("Add a query point first (Ctrl-click the image after a run).")
             return None
         t = float(self.threshold_spin.value() if threshold is None else threshold)
-        for idx in stack.results:  # every computed plane, so the mask is complete
-            stack.update_similarity(idx)
         return upsert_layer(self.viewer, *stack.mask_layer_data(t))
 
     def _on_slider(self, event: Any = None) -> None:
