@@ -139,6 +139,8 @@ def test_click_makes_similarity_heatmap_and_mask(qtbot, viewer_widget):
     with qtbot.waitSignal(widget.similarity_updated, timeout=10_000):
         mouse_press_callbacks(viewer, Click(position=tuple(neg), modifiers=["Control", "Shift"]))
     assert list(query.features["sign"]) == ["positive", "negative"]
+    np.testing.assert_allclose(query.face_color[:, :3], [[0.2, 0.867, 0.333], [1.0, 0.2, 0.8]],
+                               atol=0.01)  # green positive, magenta negative
     assert sim_layer.data[30, 60] < before[30, 60]
     # a plain click (no modifier) adds nothing
     mouse_press_callbacks(viewer, Click(position=tuple(world), modifiers=[]))

@@ -276,14 +276,22 @@ class FeatureStack:
             ),
         ]
 
-    def similarity_layer_data(self) -> tuple[np.ndarray, dict, str]:
-        """LayerDataTuple of the similarity heatmap (cosine similarity in [-1, 1])."""
+    def similarity_layer_data(self, index: Sequence[int] = ()) -> tuple[np.ndarray, dict, str]:
+        """LayerDataTuple of the similarity heatmap (cosine similarity in [-1, 1]).
+
+        Contrast limits span plane ``index``'s map (min to max), so the ranking of
+        pixels is visible whatever the backbone's typical similarity level.
+        """
         g = self.geometry
+        plane = self.similarity[self.geometry.check_index(index)]
+        lo, hi = float(plane.min()), float(plane.max())
+        limits = (lo, hi) if hi > lo else (-1.0, 1.0)
         return (
             self.similarity,
             dict(name=f"{self.image_name} {SIMILARITY_SUFFIX}", scale=list(g.scale),
-                 translate=list(g.translate), colormap="inferno", contrast_limits=(0.0, 1.0),
-                 opacity=0.7, blending="additive", metadata=self.layer_metadata("similarity")),
+                 translate=list(g.translate), colormap="inferno", contrast_limits=limits,
+                 opacity=0.8, blending="translucent",
+                 metadata=self.layer_metadata("similarity")),
             "image",
         )
 

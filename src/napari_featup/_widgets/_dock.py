@@ -610,7 +610,12 @@ class FeatUpWidget(QWidget):
                 )
             plane = current_plane(self.viewer, layer, stack.geometry, ca)
             stack.update_similarity(plane)
-            upsert_layer(self.viewer, *stack.similarity_layer_data())
+            data, kwargs, ltype = stack.similarity_layer_data(plane)
+            new = kwargs["name"] not in self.viewer.layers
+            upsert_layer(self.viewer, data, kwargs, ltype)
+            if new:  # keep the query points visible above the heatmap
+                layers = self.viewer.layers
+                layers.move(layers.index(self.query_layer.name), len(layers))
         except Exception as exc:  # noqa: BLE001
             self.notify_error(explain(exc, "computing the similarity"))
             return False

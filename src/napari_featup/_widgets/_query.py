@@ -39,8 +39,8 @@ def set_next_sign(layer: Any, sign: str) -> None:
     """Sign that points added next (by any means) get."""
     if sign not in SIGNS:
         raise ValueError(f"sign must be one of {SIGNS}, got {sign!r}")
+    # (not current_face_color: setting it recolours the selected points too)
     layer.feature_defaults["sign"] = sign
-    layer.current_face_color = COLOURS[sign]
 
 
 def point_signs(layer: Any) -> list[str]:
@@ -80,6 +80,7 @@ def add_point(layer: Any, world_position: Any, sign: str) -> None:
         layer.add([layer.world_to_data(world_position)])
     finally:
         set_next_sign(layer, previous if previous in SIGNS else "positive")
+        recolour(layer)
 
 
 def split_points(layer: Any, image_layer: Any) -> tuple[list, list]:
