@@ -102,6 +102,9 @@ def ctrl_click_callback(get_layer: Callable[[], Any]) -> Callable:
         layer = get_layer()
         if layer is None:
             return
+        active = viewer.layers.selection.active
+        if active is not None and active.unique_id == layer.unique_id and layer.mode == "add":
+            return  # the points layer adds this click itself (with the widget's sign)
         add_point(layer, event.position, "negative" if "Shift" in mods else "positive")
 
     return callback
