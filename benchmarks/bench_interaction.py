@@ -88,7 +88,8 @@ def bench_clicks(upsampler: str, n_clicks: int, size: int = 1024) -> dict:
     ms = np.array(times) * 1000
     return {"upsampler": upsampler, "image": f"{size}x{size}", "dim": int(stack.metadata["dim"]),
             "run_s": round(t_run, 2), "clicks": n_clicks, "median_ms": round(float(np.median(ms)), 1),
-            "p90_ms": round(float(np.percentile(ms, 90)), 1), "max_ms": round(float(ms.max()), 1)}
+            "p90_ms": round(float(np.percentile(ms, 90)), 1), "min_ms": round(float(ms.min()), 1),
+            "max_ms": round(float(ms.max()), 1)}
 
 
 def bench_viewer_clicks(n_clicks: int, size: int = 1024) -> dict:

@@ -231,6 +231,24 @@ def test_stack_displayed_slice_all_slices_and_slider(qtbot, viewer_widget):
     assert sorted(widget.current_stack().results) == [(0,), (2,)]
 
 
+def test_multichannel_layer_with_channel_axis(qtbot, viewer_widget):
+    viewer, widget = viewer_widget
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 1000, (4, 42, 56), dtype=np.uint16)  # (C, Y, X) in one layer
+    viewer.add_image(data, name="channels", scale=(1.0, 0.5, 0.5))
+    assert widget.channel_axis_combo.isVisibleTo(widget)
+    widget.channel_axis_combo.setCurrentIndex(1)  # axis 0 holds channels
+    widget.channels_edit.setText("3,1,0")
+    assert not widget.slices_combo.isVisibleTo(widget)  # no stack axis left
+    assert run_and_wait(qtbot, widget) == "done"
+    full = viewer.layers["channels PCA bilinear"]
+    assert full.data.shape == (42, 56, 3)  # one plane: the channel axis is consumed
+    np.testing.assert_allclose(full.scale, [0.5, 0.5])
+    prep = full.metadata["napari_featup"]["preprocessing"]
+    assert prep["channels"] == [3, 1, 0] and prep["layout"] == "multichannel"
+    assert prep["scaling"] == "contrast_limits"
+
+
 @pytest.mark.parametrize("suffix", [".zarr", ".tif"])
 def test_export_and_reopen(qtbot, viewer_widget, tmp_path, suffix):
     viewer, widget = viewer_widget
