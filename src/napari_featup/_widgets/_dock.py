@@ -36,7 +36,7 @@ from qtpy.QtWidgets import (
 from ..backbones import get_spec, list_backbones
 from ..jobs import RunOutput, RunRequest
 from ..layers import FeatureStack, Index, PlaneGeometry, pca_name
-from ..upsamplers import describe_upsamplers, list_upsamplers
+from ..upsamplers import describe_upsamplers
 from . import _query
 from ._errors import explain
 from ._export import export_stack_plane
