@@ -125,3 +125,24 @@ def test_samples_are_bundled():
                       (sd.cell, (660, 550))]:
         (data, kwargs), = fn()
         assert data.shape == shape and kwargs["name"]
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".npy"])
+def test_reader_opens_library_feature_files(tmp_path, suffix):
+    """Files from napari_featup.io.save_features (CLI, library) open as PCA layers."""
+    from napari_featup import extract_features
+    from napari_featup.io import save_features
+
+    img = np.random.default_rng(4).integers(0, 255, (28, 42, 3), dtype=np.uint8)
+    res = extract_features(img, "dinov2", "bilinear", weights="random", device="cpu")
+    path = save_features(tmp_path / f"feats{suffix}", res)
+    reader = get_reader(str(path))
+    assert reader is not None
+    layers = reader(str(path))
+    kinds = {kw["name"]: data.shape for data, kw, _ in layers}
+    if suffix == ".npz":  # low-res and full-res features both stored
+        assert kinds == {"feats PCA low-res": (2, 3, 3), "feats PCA bilinear": (28, 42, 3)}
+        low = next(kw for _, kw, _ in layers if kw["name"].endswith("low-res"))
+        assert low["scale"] == [14.0, 14.0] and low["translate"] == [6.5, 6.5]
+    else:  # .npy holds the full-res features only
+        assert kinds == {"feats PCA bilinear": (28, 42, 3)}

@@ -370,8 +370,9 @@ def result_layer_data(
     extra = extra or {}
     scale = list(metadata.get("source_scale") or [1.0, 1.0])[-2:]
     translate = list(metadata.get("source_translate") or [0.0, 0.0])[-2:]
-    if pca is None and lowres is not None:
-        pca = fit_pca(lowres)
+    if pca is None:
+        source = lowres if lowres is not None else highres
+        pca = fit_pca(source) if source is not None else None
     meta = {META_KEY: dict(metadata, layer="from-file")}
     out: list[tuple[np.ndarray, dict, str]] = []
     if lowres is not None:
