@@ -1,8 +1,8 @@
 """napari dock widgets (the only part of napari-featup that imports Qt)."""
 
-from ._compat import guard_triton
+from .._triton_guard import guard_triton
 
-guard_triton()  # before anything imports torch._dynamo (see _compat)
+guard_triton()  # before anything imports torch._dynamo (see _triton_guard)
 
 from ._dock import FeatUpWidget  # noqa: E402
 

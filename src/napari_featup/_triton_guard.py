@@ -4,10 +4,10 @@ torch imports ``triton`` (from ``torch._dynamo``, which timm loads) when it is
 installed. triton bundles its own LLVM; loading it into a process that already holds
 the system's ``libLLVM`` (Mesa's software OpenGL renderer, used under Xvfb, VNC and
 many remote desktops) crashes the process with a segmentation fault. The widget is
-imported after napari has created its OpenGL context, so in exactly that situation
-(system libLLVM mapped, triton not imported yet) we make ``import triton`` fail
-cleanly: torch then treats triton as absent (only ``torch.compile`` on a GPU needs it;
-napari-featup does not use it).
+imported, and backbones are built, after napari has created its OpenGL context, so in
+exactly that situation (system libLLVM mapped, triton not imported yet) we make
+``import triton`` fail cleanly: torch then treats triton as absent (only
+``torch.compile`` on a GPU needs it; napari-featup does not use it). No Qt needed.
 """
 
 from __future__ import annotations
