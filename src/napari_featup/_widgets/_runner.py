@@ -65,12 +65,15 @@ class JobController(QObject):
             self._worker.quit()
 
     def _on_yielded(self, ev: Progress) -> None:
-        if self._pbar is not None:
-            self._pbar.total = ev.total
-            self._pbar.n = ev.step
-            self._pbar.set_description(f"FeatUp: {ev.message}")
-            self._pbar.refresh()
-        self.progressed.emit(ev.step, ev.total, ev.message)
+        # A local reference: updating the bar can process events, and the run's
+        # `finished` handler (which closes the bar) may run in between.
+        pbar = self._pbar
+        if pbar is not None:
+            pbar.total = ev.total
+            pbar.n = ev.step
+            pbar.set_description(f"FeatUp: {ev.message}")  # also redraws n/total
+        if self._worker is not None:  # not after the run has finished (re-entrancy)
+            self.progressed.emit(ev.step, ev.total, ev.message)
 
     def _on_returned(self, out: RunOutput) -> None:
         self._output = out
