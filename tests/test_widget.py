@@ -111,6 +111,12 @@ def test_run_makes_aligned_layers(qtbot, viewer_widget, notes):
     assert any("RANDOM WEIGHTS" in n for n in notes)
     # PCA layers are not offered as inputs
     assert [widget.image_combo.itemText(i) for i in range(widget.image_combo.count())] == ["photo"]
+    # the picker follows renames and new layers without losing the chosen one
+    viewer.add_image(np.zeros((30, 30), np.uint8), name="other")
+    widget.set_image("photo")
+    image.name = "renamed"
+    assert widget.image_combo.currentText() == "renamed"
+    assert widget.current_stack() is not None  # features stay attached to the layer
 
 
 def test_click_makes_similarity_heatmap_and_mask(qtbot, viewer_widget):

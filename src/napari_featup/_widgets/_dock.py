@@ -237,6 +237,7 @@ class FeatUpWidget(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.weights_combo.currentIndexChanged.connect(self._update_controls)
         self.weights_browse.clicked.connect(self._browse_weights)
+        self.image_combo.currentIndexChanged.connect(self._remember_image)
         self.image_combo.currentIndexChanged.connect(self._update_controls)
         self.channel_axis_combo.currentIndexChanged.connect(self._update_controls)
         self.query_button.clicked.connect(self.activate_query_layer)
@@ -291,18 +292,25 @@ class FeatUpWidget(QWidget):
         self._refresh_images()
 
     def _refresh_images(self, event: Any = None) -> None:
-        current = self.image_layer()
+        # follow the chosen layer by identity, so renaming it keeps it chosen
+        current = getattr(self, "_current_uid", None)
         self.image_combo.blockSignals(True)
         self.image_combo.clear()
         layers = self._image_layers()
         for lyr in layers:
             self.image_combo.addItem(lyr.name)
-        if current in layers:
-            self.image_combo.setCurrentIndex(layers.index(current))
+        uids = [lyr.unique_id for lyr in layers]
+        if current in uids:
+            self.image_combo.setCurrentIndex(uids.index(current))
         elif layers:
             self.image_combo.setCurrentIndex(len(layers) - 1)
         self.image_combo.blockSignals(False)
+        self._remember_image()
         self._update_controls()
+
+    def _remember_image(self, *_: Any) -> None:
+        layer = self.image_layer()
+        self._current_uid = None if layer is None else layer.unique_id
 
     def image_layer(self) -> Image | None:
         """The image layer the widget works on (None when there is none)."""
@@ -548,18 +556,12 @@ class FeatUpWidget(QWidget):
         if self.query_layer is None or not self._alive(self.query_layer):
             if layer is None:
                 return None
-            if layer.ndim != self._points_ndim(layer):
-                return None
             selected = list(self.viewer.layers.selection)
             self.query_layer = _query.make_query_layer(self.viewer, layer)
             _query.set_next_sign(self.query_layer, self.next_sign())
             self.query_layer.events.data.connect(self._on_points_changed)
             self.viewer.layers.selection = set(selected)  # keep the user's selection
         return self.query_layer
-
-    @staticmethod
-    def _points_ndim(layer: Image) -> int:
-        return layer.ndim
 
     def activate_query_layer(self) -> None:
         q = self.ensure_query_layer()
