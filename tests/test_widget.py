@@ -353,3 +353,13 @@ def test_error_out_of_memory(qtbot, viewer_widget, monkeypatch, notes):
     assert "displayed slice" in widget.last_error
     assert any("ran out of memory" in n for n in notes)
     assert [lyr.name for lyr in viewer.layers] == ["photo"]
+
+
+def test_upsampler_weights_reach_the_upsampler(qtbot, viewer_widget, tmp_path):
+    viewer, widget = viewer_widget
+    viewer.add_image(two_region_rgb(), name="photo")
+    widget.upsampler_weights.setText(str(tmp_path / "jbu.ckpt"))
+    assert widget.settings()["upsampler_weights"] == str(tmp_path / "jbu.ckpt")
+    assert run_and_wait(qtbot, widget) == "error"  # bilinear has no weights to load
+    assert "bilinear upsampler has no weights" in widget.last_error
+    assert [lyr.name for lyr in viewer.layers] == ["photo"]

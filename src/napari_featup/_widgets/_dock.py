@@ -117,6 +117,13 @@ class FeatUpWidget(QWidget):
             self.upsampler_combo.addItem(name)
             self.upsampler_combo.setItemData(self.upsampler_combo.count() - 1, desc, 3)
         form.addRow("Upsampler", self.upsampler_combo)
+        self.upsampler_weights = QLineEdit()
+        self.upsampler_weights.setPlaceholderText("optional: upsampler checkpoint file")
+        self.upsampler_weights.setToolTip(
+            "A local checkpoint for upsamplers with weights (e.g. a FeatUp JBU .ckpt); "
+            "empty: the upsampler's default (its published checkpoint, cached)"
+        )
+        form.addRow("", self.upsampler_weights)
 
         self.weights_combo = QComboBox()
         for key, text in WEIGHTS.items():
@@ -390,6 +397,9 @@ class FeatUpWidget(QWidget):
             precision=self.precision_combo.currentText(),
             scaling=self.norm_combo.currentData(),
         )
+        up_weights = self.upsampler_weights.text().strip()
+        if up_weights:
+            out["upsampler_weights"] = up_weights
         if channels:
             out["channels"] = [int(c) for c in channels.replace(" ", "").split(",") if c]
         return out
