@@ -176,6 +176,9 @@ def _vit_tokens(model: nn.Module, x: torch.Tensor, value_path_last: bool) -> tor
 
 
 def _build(spec: BackboneSpec, pretrained: bool) -> nn.Module:
+    from ._triton_guard import guard_triton
+
+    guard_triton()  # timm loads torch._dynamo -> triton, which crashes next to Mesa's LLVM
     import timm
 
     kwargs: dict = {"num_classes": 0} if spec.kind in ("vit", "resnet") else {}
