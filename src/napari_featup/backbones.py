@@ -307,6 +307,18 @@ def grid_shape(height: int, width: int, stride: int) -> tuple[int, int]:
     return math.ceil(height / stride), math.ceil(width / stride)
 
 
+def pretrained_cached(name: str) -> bool:
+    """True when timm's pretrained weights for ``name`` are already in the local cache."""
+    spec = get_spec(name)
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(f"timm/{spec.timm_name}", "model.safetensors")
+    except Exception:  # noqa: BLE001 - a cache look-up must never break the caller
+        return False
+    return isinstance(hit, str)
+
+
 def download_backbone(name: str) -> str:
     """Fetch pretrained weights for ``name`` into timm's cache; return the timm name."""
     spec = get_spec(name)

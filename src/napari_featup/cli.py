@@ -148,7 +148,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
-    run_demo(sample=args.sample)
+    run_demo(sample=args.sample, weights=args.weights)
     return EXIT_OK
 
 
@@ -203,7 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     ls.set_defaults(func=_cmd_list)
 
     demo = sub.add_parser("demo", help="open napari with a sample image and the FeatUp widget")
-    demo.add_argument("--sample", default="astronaut", help="sample image name")
+    demo.add_argument("--sample", default="astronaut", choices=["astronaut", "ihc", "cell"],
+                      help="sample image")
+    demo.add_argument("--weights", default="auto", choices=["auto", "pretrained", "random"],
+                      help="auto: pretrained if cached, else random (flagged)")
     demo.set_defaults(func=_cmd_demo)
     return parser
 
