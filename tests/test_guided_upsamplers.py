@@ -89,6 +89,20 @@ def test_block_path_matches_streamed_path():
     assert torch.allclose(a, b, atol=1e-5)
 
 
+def test_weight_cache_gives_the_same_result_and_is_reused():
+    low, img = _inputs()
+    colour = guidance_colour(img)
+    k = GuidedKernels(colour, (4, 6), 1.0, 0.0, 1.0, 20.0, radius=2)
+    k.max_tap_pixels = 25 * 16 * 96  # one cell row per chunk, so tiles span chunks
+    fresh = GuidedKernels(colour, (4, 6), 1.0, 0.0, 1.0, 20.0, radius=2)
+    fresh.cache_mb = 0
+    fresh.max_tap_pixels = k.max_tap_pixels
+    for rows in [slice(5, 6), slice(0, 64), slice(13, 40), slice(63, 64)]:
+        a = k._apply_blocks(low, rows.start, rows.stop)
+        assert torch.equal(a, fresh._apply_blocks(low, rows.start, rows.stop))
+    assert len(k._wts_cache) == 4 and not fresh._wts_cache
+
+
 @pytest.mark.parametrize("name", GUIDED)
 def test_kernel_reuse_projection(name):
     low, img = _inputs()

@@ -205,6 +205,8 @@ class GuidedKernels(Kernels):
         self.row_idx, self.row_pos = nearest_cell(H, h, dev)
         self.col_idx, self.col_pos = nearest_cell(W, w, dev)
         self._block_geom = None
+        self._wts_cache: dict[tuple[int, int], torch.Tensor] = {}
+        self._wts_cache_bytes = 0
         r = self.radius
         self.offsets = [(di, dj) for di in range(-r, r + 1) for dj in range(-r, r + 1)]
 
@@ -278,6 +280,25 @@ class GuidedKernels(Kernels):
     def _chunk_cells(self, sy: int, W: int) -> int:
         return max(1, self.max_tap_pixels // (len(self.offsets) * sy * W))
 
+    #: memory (MB) for keeping block weights between calls; each click or PCA view then
+    #: costs a small matmul instead of recomputing the weights (25 taps x H x W floats).
+    cache_mb: float = 512
+
+    def _weights_for(self, i0: int, i1: int, a: int, b: int) -> torch.Tensor:
+        """Weights of cell rows a:b, which lie in the aligned chunk i0:i1. Whole chunks
+        are kept while they fit ``cache_mb``; past that only rows a:b are computed."""
+        hit = self._wts_cache.get((i0, i1))
+        if hit is None:
+            h, w = self.grid
+            sy, sx = self.out_size[0] // h, self.out_size[1] // w
+            size = self.table.shape[0] * (i1 - i0) * w * len(self.offsets) * sy * sx * 4
+            if self._wts_cache_bytes + size > self.cache_mb * 2**20:
+                return self._block_weights(self.colour, a, b)
+            hit = self._block_weights(self.colour, i0, i1)
+            self._wts_cache[(i0, i1)] = hit
+            self._wts_cache_bytes += size
+        return hit[:, a - i0 : b - i0]
+
     def _apply_blocks(self, values: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
         """Whole cells per pixel block (the pipeline's padded images): every pixel of cell
         (i, j) uses the same neighbours, so a block is one small matmul
@@ -288,10 +309,13 @@ class GuidedKernels(Kernels):
         i_start, i_end = r0 // sy, -(-r1 // sy)
         step = self._chunk_cells(sy, W)
         outs = []
-        for i0 in range(i_start, i_end, step):
-            i1 = min(i_end, i0 + step)
+        # Chunks start at multiples of `step` whatever rows are asked for, so the
+        # weights of a chunk can be kept and reused by later tiles and calls.
+        for c0 in range(i_start - i_start % step, i_end, step):
+            c1 = min(h, c0 + step)
+            i0, i1 = max(c0, i_start), min(c1, i_end)
             nb, y0 = i1 - i0, i0 * sy
-            wts = self._block_weights(self.colour, i0, i1)
+            wts = self._weights_for(c0, c1, i0, i1)
             # Neighbour values of each cell, zero outside the grid (where weights are 0).
             blk = unfold_cells(values, i0, i1, self.radius) @ wts  # (B, nb, w, K, P)
             out = (
