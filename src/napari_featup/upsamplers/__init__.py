@@ -18,6 +18,7 @@ from .base import Kernels, Upsampler, channel_norm, resize_bilinear
 # name -> (module, factory attribute, one-line description)
 _FACTORIES: dict[str, tuple[str, str, str]] = {
     "bilinear": (".bilinear", "make", "bilinear interpolation (no guidance, no weights)"),
+    "featup-implicit": (".implicit", "make", "FeatUp's implicit model, fitted to each image"),
 }
 
 
