@@ -115,6 +115,9 @@ def main(argv=None):
     ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--fast-eval-every", type=int, default=5)
     ap.add_argument("--out", default=None, help="write the curves as JSON here")
+    ap.add_argument("--reference", default=None,
+                    help="JSON from an earlier --out: reuse its featup curve instead of rerunning it "
+                         "(same image, size, backbone, seed and held-out views)")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -139,8 +142,23 @@ def main(argv=None):
     eval_jit = probe.make_jitters(args.eval_views)
     eval_raw = torch.cat([probe.view_features(eval_jit[a:a + 8]) for a in range(0, len(eval_jit), 8)])
 
+    if args.reference:
+        with open(args.reference) as fh:
+            ref = json.load(fh)
+        for k in ("size", "backbone", "seed", "eval_views"):
+            if ref["args"][k] != getattr(args, k):
+                raise SystemExit(f"--reference was made with {k}={ref['args'][k]!r}, not {getattr(args, k)!r}")
+        base_run = ref["results"][0]
+        print(f"featup curve reused from {args.reference}: views={base_run['config']['views']} "
+              f"steps={base_run['config']['steps']}")
+        for row in base_run["curve"]:
+            print(f"  {'featup':>8} step {row['step']:5d}  t={row['seconds']:8.1f}s  "
+                  f"held-out loss {row['loss']:.4f}  rec {row['rec']:.4f}  mse {row['mse']:.4f}")
+    else:
+        base_run = run("featup", featup, x, bb, args.seed, eval_jit, eval_raw, args.eval_every,
+                       args.featup_time_limit, print)
     results = [
-        run("featup", featup, x, bb, args.seed, eval_jit, eval_raw, args.eval_every, args.featup_time_limit, print),
+        base_run,
         run("fast", fast, x, bb, args.seed, eval_jit, eval_raw, args.fast_eval_every, 0, print),
     ]
     base = results[0]["curve"]

@@ -291,6 +291,11 @@ def test_upsampler_rows_and_options(bb, image):
     assert full.shape == (1, 384, 42, 56)
     torch.testing.assert_close(up.upsample(low, padded, rows=slice(10, 20)), full[:, :, 10:20], atol=1e-5, rtol=0)
     assert list(up.iter_fit(low, padded)) == []  # same image: not refitted
+    # asked to render without a fit, under inference_mode (as FeatureField does): fits first
+    fresh = nf.load_upsampler("featup-implicit", backbone=bb, device="cpu", steps=1, views=2,
+                              pca_views=2, batch=1)
+    with torch.inference_mode():
+        assert fresh.upsample(low, padded, rows=slice(0, 3)).shape == (1, 384, 3, 56)
     with pytest.raises(ValueError, match="no pretrained weights"):
         nf.load_upsampler("featup-implicit", backbone=bb, weights="x.ckpt")
     with pytest.raises(ValueError, match="needs the backbone"):

@@ -43,8 +43,8 @@ Deliberate differences from FeatUp's script (same model and loss, cheaper arithm
 
 from __future__ import annotations
 
+import functools
 import math
-import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Generator, Iterator, NamedTuple
@@ -102,11 +102,11 @@ SETTINGS: dict[str, ImplicitConfig] = {
     # Fewer views (the backbone on 3000 views dominates on CPU), fewer views per step,
     # each scored on a random 8 x 8 window of grid cells (a step costs ~1/3), a higher
     # peak lr with warm-up and cosine decay, and far fewer steps.
-    # Chosen by benchmarks/bench_implicit.py: reaches the "featup" settings' final
-    # held-out loss >= 5x sooner on CPU at 224 px.
+    # Chosen with benchmarks/bench_implicit.py on a busy 2-core CPU at 224 px: reached
+    # the held-out loss of a shortened "featup" run (300 views, 60 steps: 962 s) in 210 s.
     "fast": ImplicitConfig(
-        views=48, steps=80, batch=4, cells=8, lr=5e-3, schedule="cosine", warmup=5,
-        pca_views=48,
+        views=32, steps=70, batch=4, cells=8, lr=8e-3, schedule="cosine", warmup=5,
+        pca_views=32,
     ),
 }
 
@@ -118,7 +118,9 @@ def resolve_config(settings: str | ImplicitConfig = "fast", **overrides: Any) ->
     else:
         key = str(settings).lower()
         if key not in SETTINGS:
-            raise ValueError(f"unknown implicit settings {settings!r}; choose one of {', '.join(SETTINGS)}")
+            raise ValueError(
+                f"unknown implicit settings {settings!r}; choose one of {', '.join(SETTINGS)}"
+            )
         cfg = SETTINGS[key]
     names = {f.name for f in fields(ImplicitConfig)}
     bad = sorted(set(overrides) - names)
@@ -134,7 +136,8 @@ def _check_config(cfg: ImplicitConfig) -> None:
         if not ok:
             raise ValueError(f"implicit option {what}")
 
-    need(isinstance(cfg.cells, (int, np.integer)) and cfg.cells >= 0, f"cells={cfg.cells!r} must be a whole number >= 0")
+    need(isinstance(cfg.cells, (int, np.integer)) and cfg.cells >= 0,
+         f"cells={cfg.cells!r} must be a whole number >= 0")
     for name in ("views", "steps", "batch", "n_freqs", "proj_dim", "pca_views", "view_batch"):
         v = getattr(cfg, name)
         need(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1,
@@ -142,7 +145,8 @@ def _check_config(cfg: ImplicitConfig) -> None:
     need(isinstance(cfg.max_fit_pixels, (int, np.integer)) and cfg.max_fit_pixels >= 256,
          f"max_fit_pixels={cfg.max_fit_pixels!r} must be a whole number >= 256")
     need(math.isfinite(cfg.lr) and cfg.lr > 0, f"lr={cfg.lr!r} must be a positive number")
-    need(cfg.schedule in ("constant", "cosine"), f"schedule={cfg.schedule!r} must be 'constant' or 'cosine'")
+    need(cfg.schedule in ("constant", "cosine"),
+         f"schedule={cfg.schedule!r} must be 'constant' or 'cosine'")
     need(cfg.max_zoom >= 1.0, f"max_zoom={cfg.max_zoom!r} must be >= 1")
     need(cfg.max_pad >= 0, f"max_pad={cfg.max_pad!r} must be >= 0")
     for name in ("dropout", "attn_dropout", "logit_mask"):
@@ -167,7 +171,9 @@ def _frequencies(n: int) -> torch.Tensor:
     return torch.exp(torch.linspace(-2.0, 10.0, n, dtype=torch.float64))
 
 
-def _dropout_mask(shape: tuple[int, ...], p: float, gen: torch.Generator | None, device) -> torch.Tensor | None:
+def _dropout_mask(
+    shape: tuple[int, ...], p: float, gen: torch.Generator | None, device
+) -> torch.Tensor | None:
     if p <= 0:
         return None
     keep = torch.rand(shape, generator=gen, device=device) >= p
@@ -292,11 +298,14 @@ class AttentionDownsampler(nn.Module):
         s = self.stride
         bsz = logits.shape[0]
         lb = self._blocks(logits, h, w)[:, 0]  # (B, h+1, s, w+1, s)
-        lwin = torch.stack([torch.stack([lb[:, a:a + h, :, b:b + w] for b in (0, 1)], 0) for a in (0, 1)], 0)
+        lwin = torch.stack(
+            [torch.stack([lb[:, a:a + h, :, b:b + w] for b in (0, 1)], 0) for a in (0, 1)], 0
+        )
         # (2a, 2b, B, h, s, w, s) -> (B, h, w, a, u, b, v): offset (a*s + u, b*s + v)
         lwin = lwin.permute(2, 3, 5, 0, 4, 1, 6).reshape(bsz, h, w, 4 * s * s)
         if logit_mask > 0:
-            keep = (torch.rand((bsz, h, w, 1), generator=gen, device=logits.device) >= logit_mask).float()
+            u = torch.rand((bsz, h, w, 1), generator=gen, device=logits.device)
+            keep = (u >= logit_mask).float()
             lwin = lwin * keep
         attn = torch.softmax(lwin * self.w.reshape(-1) + self.b.reshape(-1), dim=-1)
         return attn.reshape(bsz, h, w, 2, s, 2, s)
@@ -309,7 +318,8 @@ class AttentionDownsampler(nn.Module):
         wts = attn.new_zeros((bsz, 2, 2, h + 1, s, w + 1, s))
         for a in (0, 1):
             for b in (0, 1):
-                wts[:, a, b, a:a + h, :, b:b + w, :] = attn[:, :, :, a, :, b, :].permute(0, 1, 3, 2, 4)
+                wab = attn[:, :, :, a, :, b, :].permute(0, 1, 3, 2, 4)
+                wts[:, a, b, a:a + h, :, b:b + w, :] = wab
         part = torch.einsum("bxyIuJv,bcIuJv->bxycIJ", wts, blocks)  # one pass over the map
         return sum(part[:, a, b, :, a:a + h, b:b + w] for a in (0, 1) for b in (0, 1))
 
@@ -338,7 +348,9 @@ def _mirror(idx: torch.Tensor, n: int) -> torch.Tensor:
     return torch.where(idx > n - 1, period - idx, idx)
 
 
-def _axis_taps(n: int, pad: int, zoom: float, offset: int, flip: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _axis_taps(
+    n: int, pad: int, zoom: float, offset: int, flip: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Source indices i0, i1 (into the unpadded axis) and weight of i1 for one view axis.
 
     Matches FeatUp's ``apply_jitter``: reflect pad by ``pad``, bilinear zoom by
@@ -395,6 +407,7 @@ class _Taps:
         return x[..., j0] * (1 - fx) + x[..., j1] * fx
 
 
+@functools.lru_cache(maxsize=16)
 def _blur_matrix(n: int) -> torch.Tensor:
     """(n, n) matrix of the 5-tap Gaussian (sigma 1) with reflect border, one axis."""
     t = torch.arange(5, dtype=torch.float64) - 2
@@ -680,15 +693,19 @@ class ImplicitFitter:
         s = backbone.patch_size
         self.original_size = tuple(int(v) for v in image.shape[-2:])
         self.content_size = fit_size_for(self.original_size, s, cfg.max_fit_pixels)
-        img = image.to(self.device, torch.float32)
-        if self.content_size != self.original_size:
-            img = F.interpolate(img, self.content_size, mode="bilinear", align_corners=False, antialias=True)
-        self.content = img
-        self.fit_image = pad_to_stride(img, s)
+        # a normal tensor even when called under inference_mode (the fit needs autograd)
+        with torch.inference_mode(False):
+            img = image.to(self.device, torch.float32).clone()
+            if self.content_size != self.original_size:
+                img = F.interpolate(img, self.content_size, mode="bilinear", align_corners=False,
+                                    antialias=True)
+            self.content = img
+            self.fit_image = pad_to_stride(img, s)
         self.fit_size = tuple(int(v) for v in self.fit_image.shape[-2:])
         self.grid = (self.fit_size[0] // s, self.fit_size[1] // s)
         self.gen = torch.Generator().manual_seed(self.seed)
-        self.dev_gen = self.gen if self.device.type == "cpu" else torch.Generator(self.device).manual_seed(self.seed)
+        self.dev_gen = (self.gen if self.device.type == "cpu"
+                        else torch.Generator(self.device).manual_seed(self.seed))
         self.jitters: list[Jitter] = []
         self.targets: torch.Tensor | None = None  # (V, P, h, w) PCA space
         self.components = self.mean = None
@@ -723,10 +740,12 @@ class ImplicitFitter:
         for a in range(0, cfg.views, cfg.view_batch):
             feats.append(self.view_features(self.jitters[a:a + cfg.view_batch]).cpu())
             yield min(cfg.views, a + cfg.view_batch)
-        raw = torch.cat(feats)  # (V, C, h, w) on CPU: 3000 x 384 x 16 x 16 floats = 1.2 GB
-        self._fit_pca(raw[: cfg.pca_views])
-        self.targets = self.project(raw).to(self.device)
-        self.raw_dim = raw.shape[1]
+        with torch.inference_mode(False):
+            # (V, C, h, w) on CPU: 3000 x 384 x 16 x 16 floats = 1.2 GB for FeatUp's settings
+            raw = torch.cat(feats).clone()
+            self._fit_pca(raw[: cfg.pca_views])
+            self.targets = self.project(raw).to(self.device)
+            self.raw_dim = raw.shape[1]
 
     @torch.no_grad()
     def _fit_pca(self, feats: torch.Tensor) -> None:
@@ -754,6 +773,10 @@ class ImplicitFitter:
     # -- model --------------------------------------------------------------------
 
     def build(self) -> None:
+        with torch.inference_mode(False):
+            self._build()
+
+    def _build(self) -> None:
         cfg = self.cfg
         p = int(self.components.shape[0])
         with torch.random.fork_rng(devices=[]):
@@ -764,7 +787,7 @@ class ImplicitFitter:
             with torch.no_grad():
                 self.scale_net.weight.mul_(0.1)
                 self.scale_net.bias.mul_(0.1)
-        params = list(self.net.parameters()) + list(self.down.parameters()) + list(self.scale_net.parameters())
+        params = [*self.net.parameters(), *self.down.parameters(), *self.scale_net.parameters()]
         self.optim = torch.optim.NAdam(params, lr=cfg.lr)
         hf, wf = self.fit_size
         yy, xx = torch.meshgrid(
@@ -777,7 +800,8 @@ class ImplicitFitter:
         lo = img.reshape(3, -1).min(1).values
         hi = img.reshape(3, -1).max(1).values
         self.colour_range = torch.stack([lo, hi])
-        self.colour = ((img - lo[:, None, None]) / (hi - lo).clamp_min(1e-4)[:, None, None] - 0.5).reshape(3, -1).T
+        scaled = (img - lo[:, None, None]) / (hi - lo).clamp_min(1e-4)[:, None, None] - 0.5
+        self.colour = scaled.reshape(3, -1).T
         self.base = ImplicitNet.base_features(coords, self.colour, cfg.n_freqs)
         self._built = True
 
@@ -787,7 +811,8 @@ class ImplicitFitter:
             return cfg.lr * (step + 1) / cfg.warmup
         if cfg.schedule == "cosine":
             t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-            return cfg.lr * (cfg.lr_floor + (1 - cfg.lr_floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+            cos = 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+            return cfg.lr * (cfg.lr_floor + (1 - cfg.lr_floor) * cos)
         return cfg.lr
 
     def highres(self, train: bool) -> torch.Tensor:
@@ -806,9 +831,12 @@ class ImplicitFitter:
             ox = torch.randint(0, w - kw + 1, (len(jitters),), generator=self.gen).tolist()
             return ViewOps(jitters, self.fit_size, self.cfg.max_pad, self.device,
                            self.bb.patch_size, (kh, kw), list(zip(oy, ox)))
-        return ViewOps(jitters, self.fit_size, self.cfg.max_pad, self.device, self.bb.patch_size, (h, w))
+        return ViewOps(jitters, self.fit_size, self.cfg.max_pad, self.device,
+                       self.bb.patch_size, (h, w))
 
-    def objective(self, ops: ViewOps, targets: torch.Tensor, train: bool) -> tuple[torch.Tensor, dict]:
+    def objective(
+        self, ops: ViewOps, targets: torch.Tensor, train: bool
+    ) -> tuple[torch.Tensor, dict]:
         """FeatUp's loss for the views of ``ops`` against ``targets`` (B, P, h, w)
         (cropped to the operators' cell windows here)."""
         cfg = self.cfg
@@ -824,14 +852,17 @@ class ImplicitFitter:
         # entries; per-channel keeps this a one-channel product).
         a = self.down.attn.weight[0]
         bsz = len(ops)
-        m = _dropout_mask((bsz, a.shape[0]), cfg.attn_dropout if train else 0.0, self.dev_gen, a.device)
+        p_drop = cfg.attn_dropout if train else 0.0
+        m = _dropout_mask((bsz, a.shape[0]), p_drop, self.dev_gen, a.device)
         av = a.expand(bsz, -1) if m is None else a * m
         logit_map = torch.einsum("bc,chw->bhw", av, both[0])[:, None]
         logits = ops(logit_map) + self.down.attn.bias
-        attn = self.down.attention(logits, ops.cells, self.dev_gen, cfg.logit_mask if train else 0.0)
+        attn = self.down.attention(logits, ops.cells, self.dev_gen,
+                                   cfg.logit_mask if train else 0.0)
         down = self.down.pool(views, attn)
         mag_d, out = down[:, :1], down[:, 1:]
-        scales = torch.exp(self.scale_net(targets.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) + 0.1).clamp_min(1e-4)
+        log_s = self.scale_net(targets.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        scales = torch.exp(log_s + 0.1).clamp_min(1e-4)
         rec = ((out - targets).square() / (2 * scales**2) + scales.log()).mean()
         loss = rec
         terms = {"rec": float(rec.detach())}
@@ -856,6 +887,10 @@ class ImplicitFitter:
         """One optimiser step on ``cfg.batch`` random views; returns the loss."""
         if not self._built:
             self.build()
+        with torch.inference_mode(False), torch.enable_grad():
+            return self._step()
+
+    def _step(self) -> float:
         cfg = self.cfg
         for g in self.optim.param_groups:
             g["lr"] = self.lr_at(self.step_count)
@@ -966,13 +1001,15 @@ def iter_fit_implicit(
     total = cfg.views + cfg.steps
     yield FitProgress(0, total, float("nan"), "featurising jittered views")
     for done in fitter.iter_views():
-        yield FitProgress(done, total, float("nan"), f"featurising jittered views ({done}/{cfg.views})")
+        yield FitProgress(done, total, float("nan"),
+                          f"featurising jittered views ({done}/{cfg.views})")
     fitter.build()
     every = max(1, int(progress_every))
     for i in range(cfg.steps):
         loss = fitter.step()
         if (i + 1) % every == 0 or i + 1 == cfg.steps:
-            yield FitProgress(cfg.views + i + 1, total, loss, f"fitting step {i + 1}/{cfg.steps}, loss {loss:.4f}")
+            yield FitProgress(cfg.views + i + 1, total, loss,
+                              f"fitting step {i + 1}/{cfg.steps}, loss {loss:.4f}")
     return fitter.result()
 
 
