@@ -13,6 +13,7 @@ uses by default): mean squared error and mean cosine similarity.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import torch
@@ -68,6 +69,7 @@ def main(argv=None):
     ap.add_argument("--settings", default="fast")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--set", default=None, help="JSON dict of ImplicitConfig overrides")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     bb = PooledBackbone().eval()
@@ -76,12 +78,14 @@ def main(argv=None):
         truth = channel_norm(bb.model(x))
         low = channel_norm(bb(x))
     t = time.perf_counter()
-    feats = fit_implicit(x, bb, settings=args.settings, steps=args.steps, seed=0)
+    extra = json.loads(args.set) if args.set else {}
+    feats = fit_implicit(x, bb, settings=args.settings, steps=args.steps, seed=0, **extra)
     fit_s = time.perf_counter() - t
     hr = feats.render(tuple(x.shape[-2:]), image=x)
     bil = resize_bilinear(low, tuple(x.shape[-2:]))
     print(f"synthetic pooled backbone (stride 14, 64-d), scene {args.size}px, "
-          f"implicit settings {args.settings!r} ({feats.info['steps_done']} steps, {fit_s:.0f} s)")
+          f"implicit settings {args.settings!r} {extra or ''} ({feats.info['steps_done']} steps, "
+          f"{fit_s:.0f} s)")
     for name, y in [("bilinear", bil), ("implicit", hr)]:
         mse = (y - truth).square().mean().item()
         cos = F.cosine_similarity(y, truth, dim=1).mean().item()

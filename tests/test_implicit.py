@@ -24,6 +24,7 @@ from napari_featup.implicit import (
     fit_implicit,
     iter_fit_implicit,
     resolve_config,
+    window_origins,
 )
 
 TINY = dict(views=6, pca_views=6, steps=3, batch=2, view_batch=6)
@@ -199,6 +200,29 @@ def test_loss_decreases_on_small_image(bb, image):
     after = fitter.evaluate(held, raw)
     assert after["loss"] < before["loss"] - 0.02, (before, after)
     assert np.mean(fitter.losses[-5:]) < np.mean(fitter.losses[:5])
+
+
+def test_window_origins_cover_border_cells():
+    """Fast settings score each view on a random window of cells; corner cells must be
+    covered nearly as often as central ones (uniform window starts left a fit's
+    borders untrained)."""
+    gen = torch.Generator().manual_seed(0)
+    counts = torch.zeros(16, 20)
+    for i, j in window_origins(4000, (16, 20), (8, 8), gen):
+        assert 0 <= i <= 8 and 0 <= j <= 12
+        counts[i:i + 8, j:j + 8] += 1
+    assert counts[0, 0] > 0.2 * counts.max(), counts
+
+
+def test_windowed_step_runs(bb, image):
+    cfg = resolve_config("fast", views=4, pca_views=4, steps=2, batch=2, cells=2)
+    fitter = ImplicitFitter(_as_image_tensor(image), bb, cfg, seed=0)  # grid 3 x 4
+    for _ in fitter.iter_views():
+        pass
+    ops = fitter.view_ops(fitter.jitters[:2], random_windows=True)
+    assert ops.cells == (2, 2) and ops(torch.zeros(1, 1, 42, 56)).shape == (2, 1, 42, 42)
+    fitter.build()
+    assert np.isfinite(fitter.step())
 
 
 def test_large_image_is_fitted_downscaled(bb):

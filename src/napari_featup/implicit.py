@@ -393,6 +393,22 @@ def sample_jitter(size: tuple[int, int], cfg: ImplicitConfig, gen: torch.Generat
     return Jitter(float(zoom), dy, dx, bool(flip))
 
 
+def window_origins(
+    n: int, grid: tuple[int, int], cells: tuple[int, int], gen: torch.Generator
+) -> list[tuple[int, int]]:
+    """Top-left cells of ``n`` random (kh, kw) windows in an (h, w) grid.
+
+    A window starts anywhere it would overlap the grid and is then clamped inside, so
+    border cells are covered nearly as often as central ones (uniform starts in
+    [0, h - kh] cover a corner cell in only 1 of h - kh + 1 windows, which left the
+    borders of a fit untrained).
+    """
+    (h, w), (kh, kw) = grid, cells
+    oy = torch.randint(1 - kh, h, (n,), generator=gen).clamp(0, h - kh).tolist()
+    ox = torch.randint(1 - kw, w, (n,), generator=gen).clamp(0, w - kw).tolist()
+    return list(zip(oy, ox))
+
+
 class _Taps:
     def __init__(self, j: Jitter, size: tuple[int, int], pad: int, device):
         h, w = size
@@ -827,10 +843,9 @@ class ImplicitFitter:
         k = self.cfg.cells
         if random_windows and k > 0 and (k < h or k < w):
             kh, kw = min(k, h), min(k, w)
-            oy = torch.randint(0, h - kh + 1, (len(jitters),), generator=self.gen).tolist()
-            ox = torch.randint(0, w - kw + 1, (len(jitters),), generator=self.gen).tolist()
+            origins = window_origins(len(jitters), (h, w), (kh, kw), self.gen)
             return ViewOps(jitters, self.fit_size, self.cfg.max_pad, self.device,
-                           self.bb.patch_size, (kh, kw), list(zip(oy, ox)))
+                           self.bb.patch_size, (kh, kw), origins)
         return ViewOps(jitters, self.fit_size, self.cfg.max_pad, self.device,
                        self.bb.patch_size, (h, w))
 
