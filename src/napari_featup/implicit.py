@@ -102,8 +102,9 @@ SETTINGS: dict[str, ImplicitConfig] = {
     # Fewer views (the backbone on 3000 views dominates on CPU), fewer views per step,
     # each scored on a random 8 x 8 window of grid cells (a step costs ~1/3), a higher
     # peak lr with warm-up and cosine decay, and far fewer steps.
-    # Chosen with benchmarks/bench_implicit.py on a busy 2-core CPU at 224 px: reached
-    # the held-out loss of a shortened "featup" run (300 views, 60 steps: 962 s) in 210 s.
+    # Chosen with benchmarks/bench_implicit.py on a shared 2-core CPU at 224 px: reached
+    # the held-out loss of a shortened "featup" run (300 views, 60 steps: 333 s) in 77 s
+    # (4.3x; docs/implicit.md has the curves).
     "fast": ImplicitConfig(
         views=32, steps=70, batch=4, cells=8, lr=8e-3, schedule="cosine", warmup=5,
         pca_views=32,
