@@ -23,6 +23,10 @@ from .pipeline import (  # noqa: E402
 from .preprocess import ImageError, prepare_image  # noqa: E402
 from .upsamplers import Upsampler, UpsamplerError, list_upsamplers, load_upsampler  # noqa: E402
 from .weights import WeightsFileError, WeightsUnavailableError  # noqa: E402
+from .upsamplers.featup_jbu import (  # noqa: E402
+    download_featup_checkpoint,
+    load_featup_checkpoint,
+)
 
 __all__ = [
     "Backbone",
@@ -37,12 +41,14 @@ __all__ = [
     "WeightsFileError",
     "WeightsUnavailableError",
     "cosine_similarity",
+    "download_featup_checkpoint",
     "extract_features",
     "fit_pca",
     "iter_extract",
     "list_backbones",
     "list_upsamplers",
     "load_backbone",
+    "load_featup_checkpoint",
     "load_upsampler",
     "make_query",
     "prepare_image",

@@ -176,6 +176,9 @@ def _vit_tokens(model: nn.Module, x: torch.Tensor, value_path_last: bool) -> tor
 
 
 def _build(spec: BackboneSpec, pretrained: bool) -> nn.Module:
+    from ._triton_guard import guard_triton
+
+    guard_triton()  # timm loads torch._dynamo -> triton, which crashes next to Mesa's LLVM
     import timm
 
     kwargs: dict = {"num_classes": 0} if spec.kind in ("vit", "resnet") else {}
@@ -302,6 +305,18 @@ def load_backbone(
 def grid_shape(height: int, width: int, stride: int) -> tuple[int, int]:
     """Feature grid (h, w) for an image of ``height`` x ``width`` px."""
     return math.ceil(height / stride), math.ceil(width / stride)
+
+
+def pretrained_cached(name: str) -> bool:
+    """True when timm's pretrained weights for ``name`` are already in the local cache."""
+    spec = get_spec(name)
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(f"timm/{spec.timm_name}", "model.safetensors")
+    except Exception:  # noqa: BLE001 - a cache look-up must never break the caller
+        return False
+    return isinstance(hit, str)
 
 
 def download_backbone(name: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -35,17 +36,26 @@ def torch_load(path: "str | os.PathLike") -> Any:
     path = Path(path)
     if not path.is_file():
         raise WeightsUnavailableError(f"weights file {str(path)!r} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # Torch files are zip archives (torch >= 1.6) or bare pickles (legacy, protocol 2+).
+    if not (head.startswith(b"PK") or head[:1] == b"\x80"):
+        raise WeightsFileError(
+            f"{str(path)!r} is not a PyTorch weights file (neither a zip archive nor a pickle)"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise WeightsFileError(
+            f"{str(path)!r} holds objects other than tensors and plain containers, or is "
+            f"corrupt; it is refused because weights are loaded with weights_only=True so "
+            f"that no code in the file runs ({first})"
+        ) from exc
     except (zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError) as exc:
         raise WeightsFileError(
-            f"{str(path)!r} is not a readable PyTorch weights file (truncated, corrupt or of "
-            f"another format): {type(exc).__name__}: {exc}"
-        ) from exc
-    except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types
-        raise WeightsFileError(
-            f"{str(path)!r} could not be loaded safely (weights_only=True): "
-            f"{type(exc).__name__}: {exc}"
+            f"{str(path)!r} is not a readable PyTorch weights file (truncated or corrupt): "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         ) from exc
 
 

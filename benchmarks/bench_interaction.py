@@ -1,0 +1,201 @@
+"""Figures for the napari plugin (issue 4), on the code path the widget uses.
+
+1. Click -> updated similarity heatmap on a 1024 x 1024 image with 384-d features
+   (dinov2, random weights, bilinear; also every other registered channel-linear
+   upsampler with --all-upsamplers): median over clicks, target < 100 ms. The timed
+   call is what the widget runs on a click: ``FeatureStack.set_query`` (features at
+   the point) + ``FeatureStack.update_similarity`` (a 1-channel upsample of the
+   query's low-res projection, divided by the cached norms). With ``--viewer`` the
+   whole widget handler is timed too, including napari's layer refresh (needs a
+   display: run under ``xvfb-run -a``).
+2. A 2048 x 2048 uint16 grey image end to end on CPU with bilinear (the widget's
+   worker: backbone, PCA, colours, norms; then the layers' arrays and one click),
+   in a fresh process; prints its peak RSS, target <= 8 GB.
+
+Usage: python benchmarks/bench_interaction.py [--clicks 30] [--all-upsamplers]
+       [--viewer] [--skip-large]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def _peak_rss_gb() -> float:
+    """Peak resident memory of this process (VmHWM; ru_maxrss where /proc is missing,
+    which after fork+exec can include the parent's)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20  # kB -> GiB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+
+
+def _run(request):
+    from napari_featup.jobs import iter_run
+
+    gen = iter_run(request)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            out = stop.value
+            if out.error is not None:
+                raise out.error
+            return out
+
+
+def _stack(image, upsampler: str, device: str = "cpu"):
+    from napari_featup.jobs import RunRequest
+    from napari_featup.layers import FeatureStack, PlaneGeometry
+
+    req = RunRequest(image, [()], dict(backbone="dinov2", upsampler=upsampler,
+                                       weights="random", device=device))
+    t0 = time.perf_counter()
+    out = _run(req)
+    t_run = time.perf_counter() - t0
+    geo = PlaneGeometry((), image.shape[:2], [1.0, 1.0], [0.0, 0.0])
+    stack = FeatureStack("bench", geo, {})
+    stack.add_planes(out.results, out.pca, out.colours)
+    return stack, t_run
+
+
+def bench_clicks(upsampler: str, n_clicks: int, size: int = 1024) -> dict:
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    image = ((np.sin(yy / 37.0) + np.cos(xx / 23.0)) * 60 + 128).astype(np.uint8)
+    image = np.stack([image, image[::-1], image[:, ::-1]], axis=-1)
+    stack, t_run = _stack(image, upsampler)
+    times = []
+    for _ in range(n_clicks):
+        r, c = (int(v) for v in rng.integers(0, size, 2))
+        t0 = time.perf_counter()
+        stack.set_query([(r, c)])
+        sim = stack.update_similarity(())
+        times.append(time.perf_counter() - t0)
+        assert sim.shape == (size, size)
+    ms = np.array(times) * 1000
+    return {"upsampler": upsampler, "image": f"{size}x{size}", "dim": int(stack.metadata["dim"]),
+            "run_s": round(t_run, 2), "clicks": n_clicks, "median_ms": round(float(np.median(ms)), 1),
+            "p90_ms": round(float(np.percentile(ms, 90)), 1), "min_ms": round(float(ms.min()), 1),
+            "max_ms": round(float(ms.max()), 1)}
+
+
+def bench_viewer_clicks(n_clicks: int, size: int = 1024) -> dict:
+    """The widget's click handler in a headless viewer (points layer -> heatmap layer)."""
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    viewer = napari.Viewer(show=False)
+    from napari_featup._widgets import FeatUpWidget
+
+    widget = FeatUpWidget(viewer)
+    widget.weights_combo.setCurrentIndex(widget.weights_combo.findData("random"))
+    widget.device_combo.setCurrentText("cpu")
+    yy, xx = np.mgrid[:size, :size]
+    viewer.add_image(((np.sin(yy / 37.0) + np.cos(xx / 23.0)) * 60 + 128).astype(np.uint8),
+                     name="bench")
+    done = []
+    widget.run_finished.connect(done.append)
+    widget.run()
+    while not done:
+        QApplication.processEvents()
+        time.sleep(0.01)
+    q = widget.ensure_query_layer()
+    rng = np.random.default_rng(1)
+    times = []
+    for _ in range(n_clicks):
+        r, c = (int(v) for v in rng.integers(0, size, 2))
+        t0 = time.perf_counter()
+        q.data = np.array([[r, c]], float)  # what a click in the query layer does
+        QApplication.processEvents()
+        times.append(time.perf_counter() - t0)
+    viewer.close()
+    ms = np.array(times) * 1000
+    return {"what": "widget handler incl. napari layer refresh", "status": done[0],
+            "median_ms": round(float(np.median(ms)), 1), "p90_ms": round(float(np.percentile(ms, 90)), 1)}
+
+
+def large_image_child() -> None:
+    """Run in a fresh process: 2048 x 2048 uint16 grey, bilinear, CPU; print JSON."""
+    import torch
+
+    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    base = _peak_rss_gb()
+    rng = np.random.default_rng(0)
+    image = rng.normal(1000, 200, (2048, 2048)).clip(0, 65535).astype(np.uint16)
+    t0 = time.perf_counter()
+    stack, t_run = _stack(image, "bilinear")
+    stack.set_query([(1000, 1000)])
+    stack.update_similarity(())
+    stack.mask(0.5)
+    print(json.dumps({"image": "2048x2048 uint16", "upsampler": "bilinear", "device": "cpu",
+                      "total_s": round(time.perf_counter() - t0, 1), "run_s": round(t_run, 1),
+                      "peak_rss_gb": round(_peak_rss_gb(), 2),
+                      "rss_after_imports_gb": round(base, 2)}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--clicks", type=int, default=30)
+    ap.add_argument("--all-upsamplers", action="store_true")
+    ap.add_argument("--viewer", action="store_true")
+    ap.add_argument("--skip-large", action="store_true")
+    ap.add_argument("--large-child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.large_child:
+        large_image_child()
+        return
+    import torch
+
+    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    from napari_featup import list_upsamplers, load_upsampler
+
+    names = ["bilinear"]
+    if "featup-jbu" in list_upsamplers():
+        names.append("featup-jbu")
+    if args.all_upsamplers:
+        for n in list_upsamplers():
+            if n not in names:
+                try:
+                    if load_upsampler(n, backbone="dinov2", device="cpu").linear:
+                        names.append(n)
+                except Exception as exc:  # noqa: BLE001 - e.g. needs weights
+                    print(f"skip {n}: {exc}")
+    print(f"torch threads: {torch.get_num_threads()}, cpu count: {os.cpu_count()}")
+    for n in names:
+        try:
+            res = bench_clicks(n, args.clicks)
+        except Exception as exc:  # noqa: BLE001
+            print(f"{n}: failed: {type(exc).__name__}: {exc}")
+            continue
+        ok = "OK" if res["median_ms"] < 100 else "MISSED"
+        print(f"click -> heatmap [{ok} target < 100 ms]: {json.dumps(res)}")
+    if args.viewer:
+        res = bench_viewer_clicks(args.clicks)
+        print(f"click -> heatmap in a viewer: {json.dumps(res)}")
+    if not args.skip_large:
+        proc = subprocess.run([sys.executable, __file__, "--large-child"], capture_output=True,
+                              text=True)
+        line = (proc.stdout.strip().splitlines() or [""])[-1]
+        if proc.returncode != 0 or not line.startswith("{"):
+            print(f"2048 x 2048 run failed (rc {proc.returncode}): {proc.stderr[-2000:]}")
+        else:
+            res = json.loads(line)
+            ok = "OK" if res["peak_rss_gb"] <= 8 else "MISSED"
+            print(f"2048 x 2048 uint16 end to end [{ok} target <= 8 GB]: {json.dumps(res)}")
+
+
+if __name__ == "__main__":
+    main()

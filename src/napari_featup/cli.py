@@ -1,0 +1,246 @@
+"""The ``napari-featup`` command: extract, download, demo, list.
+
+Exit codes: 0 success, 1 unexpected error, 2 bad arguments or unknown names,
+3 a missing or unreadable input file, 4 weights unavailable (offline), 5 output exists,
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INPUT, EXIT_WEIGHTS, EXIT_EXISTS = 0, 1, 2, 3, 4, 5
+
+
+class CLIError(Exception):
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+def read_image(path: "str | Path"):
+    """Read an image file into a numpy array (TIFF via tifffile, .npy, others via imageio)."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise CLIError(f"image file {str(path)!r} does not exist", EXIT_INPUT)
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            return tifffile.imread(path)
+        if path.suffix.lower() == ".npy":
+            return np.load(path, allow_pickle=False)
+        import imageio.v3 as iio
+
+        return iio.imread(path)
+    except Exception as exc:  # noqa: BLE001 - every reader fails in its own way
+        raise CLIError(
+            f"cannot read {str(path)!r} as an image ({type(exc).__name__}: {exc}); "
+            "supported: TIFF, PNG, JPEG and other formats imageio reads, and .npy",
+            EXIT_INPUT,
+        ) from exc
+
+
+def _out_paths(images: Sequence[str], out: str, fmt: str | None) -> list[Path]:
+    from .io import FORMATS
+
+    out_path = Path(out)
+    if len(images) == 1 and out_path.suffix.lower() in FORMATS:
+        return [out_path]
+    if out_path.suffix.lower() in FORMATS:
+        raise CLIError(
+            f"{len(images)} images need --out to be a folder, not the file {out!r}", EXIT_USAGE
+        )
+    ext = "." + (fmt or "npz").lstrip(".")
+    if ext not in FORMATS:
+        raise CLIError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}", EXIT_USAGE)
+    out_path.mkdir(parents=True, exist_ok=True)
+    return [out_path / f"{Path(p).stem}.features{ext}" for p in images]
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from .io import save_features
+    from .pipeline import iter_extract
+
+    outs = _out_paths(args.images, args.out, args.format)
+    if not args.overwrite:
+        for o in outs:
+            if o.exists():
+                raise CLIError(f"{str(o)!r} exists; pass --overwrite to replace it", EXIT_EXISTS)
+    for image_path, out in zip(args.images, outs):
+        image = read_image(image_path)
+        gen = iter_extract(
+            image,
+            args.backbone,
+            args.upsampler,
+            weights=args.weights,
+            device=args.device,
+            precision=args.precision,
+            use_norm=args.use_norm,
+            upsampler_weights=args.upsampler_weights,
+            highres=not args.no_highres,
+            highres_dtype=args.highres_dtype,
+            channel_axis=args.channel_axis,
+            channels=args.channels,
+            scaling=args.scaling,
+            contrast_limits=args.contrast_limits,
+        )
+        with tqdm(total=None, desc=Path(image_path).name, unit="step",
+                  disable=args.quiet) as bar:
+            while True:
+                try:
+                    ev = next(gen)
+                except StopIteration as stop:
+                    result = stop.value
+                    break
+                bar.total = ev.total
+                bar.n = ev.step
+                bar.set_postfix_str(ev.message)
+                bar.refresh()
+        if args.pca:
+            result.fit_pca()
+        save_features(out, result, overwrite=args.overwrite)
+        if result.metadata.get("random_weights"):
+            print("note: features from RANDOM (untrained) backbone weights", file=sys.stderr)
+        print(f"{image_path} -> {out}")
+    return EXIT_OK
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    from .backbones import download_backbone, get_spec, list_backbones
+    from .upsamplers.featup_jbu import FEATUP_CHECKPOINTS, download_featup_checkpoint
+
+    names = args.backbones or list_backbones()
+    for name in names:
+        get_spec(name)  # unknown names fail before anything is fetched
+    for name in names:
+        timm_name = download_backbone(name)
+        print(f"backbone {name}: {timm_name} cached")
+        if args.no_jbu:
+            continue
+        for use_norm in FEATUP_CHECKPOINTS.get(name, ()):
+            path = download_featup_checkpoint(name, use_norm)
+            print(f"featup-jbu {name} ({'norm' if use_norm else 'no_norm'}): {path}")
+    return EXIT_OK
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from .backbones import get_spec, list_backbones
+    from .upsamplers import describe_upsamplers
+
+    print("backbones:")
+    for name in list_backbones():
+        s = get_spec(name)
+        print(f"  {name:<11} {s.dim:>5}-d  stride {s.stride:<3} {s.description}")
+    print("upsamplers:")
+    for name, desc in describe_upsamplers().items():
+        print(f"  {name:<16} {desc}")
+    return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ._demo import run_demo
+
+    run_demo(sample=args.sample, weights=args.weights)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .backbones import list_backbones
+    from .preprocess import SCALINGS
+    from .upsamplers import list_upsamplers
+
+    parser = argparse.ArgumentParser(
+        prog="napari-featup",
+        description="Extract, upsample and inspect vision-backbone features.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ex = sub.add_parser("extract", help="extract features of image files to feature files")
+    ex.add_argument("images", nargs="+", help="image files (TIFF, PNG, JPEG, .npy, ...)")
+    ex.add_argument("--backbone", "-b", default="dinov2", choices=list_backbones())
+    ex.add_argument("--upsampler", "-u", default="bilinear", choices=list_upsamplers())
+    ex.add_argument("--weights", default="pretrained",
+                    help="backbone weights: pretrained, random (untrained) or a file path")
+    ex.add_argument("--upsampler-weights", default=None,
+                    help="upsampler weights file (e.g. a FeatUp .ckpt), or random (untrained)")
+    ex.add_argument("--use-norm", dest="use_norm", action="store_true", default=None,
+                    help="apply FeatUp's channel LayerNorm before upsampling")
+    ex.add_argument("--no-norm", dest="use_norm", action="store_false")
+    ex.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    ex.add_argument("--precision", default="float32", choices=["float32", "float16", "bfloat16"])
+    ex.add_argument("--scaling", default="auto", choices=list(SCALINGS))
+    ex.add_argument("--contrast-limits", nargs=2, type=float, metavar=("LOW", "HIGH"))
+    ex.add_argument("--channel-axis", type=int, default=None,
+                    help="axis holding channels of a multichannel image")
+    ex.add_argument("--channels", type=int, nargs="+", default=None,
+                    help="source channels for R G B (1 or 3 indices)")
+    ex.add_argument("--no-highres", action="store_true", help="save only the low-res grid")
+    ex.add_argument("--highres-dtype", default="float32", choices=["float32", "float16"])
+    ex.add_argument("--pca", action="store_true", help="also fit and save a 3-component PCA")
+    ex.add_argument("--out", "-o", required=True,
+                    help="output file (.npz, .zarr, .tif, .npy) or, for several images, a folder")
+    ex.add_argument("--format", default=None, help="file format when --out is a folder (npz)")
+    ex.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    ex.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    ex.set_defaults(func=_cmd_extract)
+
+    dl = sub.add_parser("download", help="fetch pretrained weights ahead of going offline")
+    dl.add_argument("backbones", nargs="*", metavar="BACKBONE",
+                    help=f"backbones to fetch (default: all of {', '.join(list_backbones())})")
+    dl.add_argument("--no-jbu", action="store_true",
+                    help="skip FeatUp's JBU checkpoints (fetched by default where published)")
+    dl.set_defaults(func=_cmd_download)
+
+    ls = sub.add_parser("list", help="list backbones and upsamplers")
+    ls.set_defaults(func=_cmd_list)
+
+    demo = sub.add_parser("demo", help="open napari with a sample image and the FeatUp widget")
+    demo.add_argument("--sample", default="astronaut", choices=["astronaut", "ihc", "cell"],
+                      help="sample image")
+    demo.add_argument("--weights", default="auto", choices=["auto", "pretrained", "random"],
+                      help="auto: pretrained if cached, else random (flagged)")
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (see the module docstring)."""
+    from .backbones import BackboneError
+    from .io import FeatureFileError
+    from .preprocess import ImageError
+    from .upsamplers import UpsamplerError
+    from .weights import WeightsFileError, WeightsUnavailableError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CLIError as exc:
+        print(f"napari-featup: error: {exc}", file=sys.stderr)
+        return exc.code
+    except WeightsUnavailableError as exc:
+        print(f"napari-featup: error: {exc}", file=sys.stderr)
+        return EXIT_WEIGHTS
+    except FileExistsError as exc:
+        print(f"napari-featup: error: {exc}", file=sys.stderr)
+        return EXIT_EXISTS
+    except (ImageError, WeightsFileError) as exc:
+        print(f"napari-featup: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except (BackboneError, UpsamplerError, FeatureFileError, ValueError) as exc:
+        print(f"napari-featup: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("napari-featup: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

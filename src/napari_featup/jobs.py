@@ -1,0 +1,113 @@
+"""One feature run over some planes of an image, as a generator (no Qt, no napari).
+
+The napari widget runs :func:`iter_run` in a ``thread_worker``: it yields
+:class:`~napari_featup.pipeline.Progress` events (a consumer that stops iterating
+cancels the run at that step) and returns a :class:`RunOutput`. Everything slow
+happens here, off the GUI thread: model loading (cached by ``load_backbone``), the
+backbone, the upsampler's fitting, the PCA, the PCA colours and the per-pixel feature
+norms that make later similarity clicks cheap. Errors are returned, not raised, so
+the caller reports them its own way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Generator, Sequence
+
+import numpy as np
+
+from .analysis import PCAProjection
+from .layers import Index, fit_stack_pca, plane_colours
+from .pipeline import FeatureResult, Progress, iter_extract
+
+
+@dataclass
+class RunRequest:
+    """What to compute.
+
+    ``data``: the image layer's data (numpy, dask or any array napari holds), read
+    plane by plane. ``planes``: indices into the stack axes (``[()]`` for a 2-D
+    image). ``channel_axis``: an axis of ``data`` holding channels (not a stack axis),
+    or None; ``rgb``: the layer is RGB(A) (last axis colour). ``pca``: reuse this PCA
+    (to add planes to an existing stack with the same colours); None fits one.
+    ``extract``: keyword arguments for :func:`~napari_featup.pipeline.iter_extract`
+    (backbone, upsampler, weights, device, precision, scaling, contrast_limits,
+    percentiles, channels, ...).
+    """
+
+    data: Any
+    planes: Sequence[Index]
+    extract: dict
+    rgb: bool = False
+    channel_axis: int | None = None
+    pca: PCAProjection | None = None
+
+
+@dataclass
+class RunOutput:
+    """What a run made: features per plane, the PCA and colours, or the error."""
+
+    results: dict[Index, FeatureResult] = field(default_factory=dict)
+    pca: PCAProjection | None = None
+    colours: dict[Index, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    error: BaseException | None = None
+
+
+def plane_array(data: Any, index: Index, channel_axis: int | None) -> np.ndarray:
+    """The 2-D plane ``index`` of ``data`` as numpy: (H, W[, 3|4]), or (K, H, W) when
+    ``channel_axis`` (an axis before the two spatial ones) holds channels."""
+    if channel_axis is None:
+        return np.asarray(data[tuple(index)])
+    full: list[Any] = list(index)
+    full.insert(channel_axis, slice(None))
+    return np.asarray(data[tuple(full)])
+
+
+def iter_run(request: RunRequest) -> Generator[Progress, None, RunOutput]:
+    """Extract features of each requested plane, then PCA colours and norms.
+
+    Yields a :class:`Progress` before each step (the total counts every step of
+    every plane); returns a :class:`RunOutput` whose ``error`` is set instead of
+    raising.
+    """
+    out = RunOutput()
+    planes = [tuple(int(v) for v in p) for p in request.planes]
+    per_plane = 6  # 4 extraction steps, colours, norms
+    total = per_plane * len(planes) + 1
+    done = 0
+    try:
+        kwargs = dict(request.extract)
+        kwargs["highres"] = False
+        if request.channel_axis is not None:
+            kwargs["channel_axis"] = 0  # plane_array puts channels first
+        for n, idx in enumerate(planes):
+            label = f"plane {idx} ({n + 1}/{len(planes)}): " if idx else ""
+            image = plane_array(request.data, idx, request.channel_axis)
+            gen = iter_extract(image, **kwargs)
+            while True:
+                try:
+                    ev = next(gen)
+                except StopIteration as stop:
+                    out.results[idx] = stop.value
+                    break
+                yield Progress(done + min(ev.step, 4), total, label + ev.message)
+            done += 4
+        pca = request.pca
+        if pca is None:
+            yield Progress(done, total, "fitting PCA")
+            pca = fit_stack_pca(out.results.values())
+        done += 1
+        out.pca = pca
+        for n, (idx, res) in enumerate(out.results.items()):
+            label = f"plane {idx}: " if idx else ""
+            yield Progress(done, total, label + "PCA colours")
+            res.pca = pca
+            out.colours[idx] = plane_colours(res, pca)
+            done += 1
+            yield Progress(done, total, label + "feature norms (for similarity clicks)")
+            res.field.norms()
+            done += 1
+    except Exception as exc:  # noqa: BLE001 - reported by the caller, never raised into Qt
+        # (MemoryError and torch's OutOfMemoryError are Exceptions too)
+        out.error = exc
+    return out

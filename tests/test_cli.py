@@ -1,0 +1,104 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+
+from napari_featup import io
+from napari_featup.cli import main
+
+
+@pytest.fixture
+def images(tmp_path, rng):
+    png = tmp_path / "photo.png"
+    iio.imwrite(png, rng.integers(0, 255, (40, 50, 3), dtype=np.uint8))
+    tif = tmp_path / "cells.tif"
+    tifffile.imwrite(tif, rng.integers(0, 4000, (36, 30), dtype=np.uint16))
+    return png, tif
+
+
+def test_extract_png_to_npz(tmp_path, images, capsys):
+    out = tmp_path / "f.npz"
+    code = main(["extract", str(images[0]), "-b", "dino16", "--weights", "random",
+                 "-o", str(out), "-q", "--pca"])
+    assert code == 0
+    res = io.load_features(out)
+    assert res.lowres.shape == (384, 3, 4) and res.highres.shape == (384, 40, 50)
+    assert res.pca is not None
+    assert "RANDOM" in capsys.readouterr().err
+
+
+def test_extract_several_images_to_folder(tmp_path, images):
+    out = tmp_path / "feats"
+    code = main(["extract", *map(str, images), "-b", "dino16", "--weights", "random",
+                 "-o", str(out), "--format", "zarr", "-q", "--highres-dtype", "float16"])
+    assert code == 0
+    res = io.load_features(out / "cells.features.zarr")
+    assert res.highres.shape == (384, 36, 30) and res.highres.dtype == np.float16
+    assert res.metadata["preprocessing"]["input_dtype"] == "uint16"
+    assert (out / "photo.features.zarr").is_dir()
+
+
+def test_exit_codes(tmp_path, images, capsys):
+    base = ["-b", "dino16", "--weights", "random", "-q"]
+    assert main(["extract", str(tmp_path / "missing.png"), *base, "-o", str(tmp_path / "a.npz")]) == 3
+    assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    assert main(["extract", str(bad), *base, "-o", str(tmp_path / "a.npz")]) == 3
+    assert "cannot read" in capsys.readouterr().err
+    out = tmp_path / "x.npz"
+    assert main(["extract", str(images[0]), *base, "-o", str(out)]) == 0
+    assert main(["extract", str(images[0]), *base, "-o", str(out)]) == 5
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["extract", str(images[0]), *base, "-o", str(out), "--overwrite"]) == 0
+    with pytest.raises(SystemExit) as exc:
+        main(["extract", str(images[0]), "-b", "nope", "-o", str(out)])
+    assert exc.value.code == 2
+    assert main(["download", "nope"]) == 2
+    tiny = tmp_path / "tiny.npy"
+    np.save(tiny, np.zeros((1, 1)))
+    assert main(["extract", str(tiny), *base, "-o", str(tmp_path / "t.npz")]) == 2
+    assert "at least 16 x 16" in capsys.readouterr().err
+
+
+def test_list(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "maskclip" in out and "bilinear" in out
+
+
+def test_offline_pretrained_exit_code(tmp_path, images):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "napari_featup.cli", "extract", str(images[0]), "-q",
+         "-o", str(tmp_path / "o.npz")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 4, proc.stderr
+    assert "napari-featup download dinov2" in proc.stderr
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_download_offline_exit_code(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"),
+               NAPARI_FEATUP_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, "-m", "napari_featup.cli", "download", "dino16"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 4, proc.stderr
+    assert "vit_small_patch16_224.dino" in proc.stderr
+
+
+def test_extract_with_featup_jbu_checkpoint(tmp_path, images, fixtures_dir):
+    out = tmp_path / "jbu.npz"
+    code = main(["extract", str(images[0]), "-b", "dino16", "--weights", "random", "-q",
+                 "-u", "featup-jbu", "--upsampler-weights",
+                 str(fixtures_dir / "featup-jbu" / "dino16.ckpt"), "-o", str(out)])
+    assert code == 0
+    res = io.load_features(out)
+    assert res.highres.shape == (384, 40, 50) and res.metadata["upsampler"] == "featup-jbu"
+    assert res.metadata["use_norm"] is True

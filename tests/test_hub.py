@@ -1,0 +1,47 @@
+import shutil
+
+import pytest
+import torch
+
+from napari_featup import hub, weights
+from napari_featup.upsamplers.featup_jbu import featup_checkpoint_path
+
+
+def test_hub_model_is_backbone_norm_and_jbu(tmp_path, fixtures_dir, monkeypatch):
+    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path))
+    # A FeatUp-format checkpoint (random weights) where the published one is cached.
+    dest = featup_checkpoint_path("dino16", use_norm=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(fixtures_dir / "featup-jbu" / "dino16.ckpt", dest)
+    model = hub.load("dino16", use_norm=True, pretrained=True, weights="random")
+    assert not model.training and not model.upsampler.training
+    x = torch.randn(1, 3, 32, 48, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        low = model.model(x)
+        out = model(x)
+    assert low.shape == (1, 384, 2, 3) and out.shape == (1, 384, 32, 48)
+    assert torch.allclose(low.mean(1), torch.zeros(1, 2, 3), atol=1e-4)  # channel norm applied
+    assert torch.allclose(out, model.upsampler(low, x))
+
+
+def test_hub_random_and_unknown():
+    model = hub.load("dinov2", pretrained=False)
+    assert model.model.backbone.weights == "random"
+    assert model.upsampler.source.startswith("random")
+    assert model.patch_size == 14
+    with pytest.raises(ValueError, match="no FeatUp hub model 'dinov2-b'"):
+        hub.load("dinov2-b")
+
+
+def test_hubconf_entry_points():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "hubconf", Path(__file__).resolve().parents[1] / "hubconf.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for name in hub.HUB_MODELS:
+        assert callable(getattr(mod, name))
+    m = mod.vit(pretrained=False)
+    assert isinstance(m, hub.UpsampledBackbone) and m.dim == 384
