@@ -22,6 +22,7 @@ _FACTORIES: dict[str, tuple[str, str, str]] = {
     "jbu-classic": (".jbu_classic", "make",
                     "joint bilateral upsampling guided by image colour, with back-projection (no weights)"),
     "guided-fit": (".guided_fit", "make", "per-image fitted anisotropic guided kernels (no weights)"),
+    "featup-implicit": (".implicit", "make", "FeatUp's implicit model, fitted to each image"),
 }
 
 
