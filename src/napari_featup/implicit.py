@@ -164,6 +164,9 @@ class FitProgress(NamedTuple):
     loss: float
     message: str
 
+    def __str__(self) -> str:
+        return f"implicit fit {self.done}/{self.total}: {self.message}"
+
 
 # --------------------------------------------------------------------------- model
 
@@ -1042,19 +1045,9 @@ def fit_implicit(
     ``progress`` is called with each :class:`FitProgress`; ``should_cancel`` is polled
     at each and raises :class:`~napari_featup.Cancelled` when it returns True.
     """
-    from .pipeline import Cancelled
+    from .pipeline import run_to_end
 
-    gen = iter_fit_implicit(image, backbone, **kwargs)
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(ev)
-        if should_cancel is not None and should_cancel():
-            gen.close()
-            raise Cancelled(f"implicit fit cancelled at {ev.done}/{ev.total}: {ev.message}")
+    return run_to_end(iter_fit_implicit(image, backbone, **kwargs), progress, should_cancel)
 
 
 __all__ = [

@@ -34,6 +34,9 @@ class Progress:
     total: int
     message: str
 
+    def __str__(self) -> str:
+        return f"step {self.step}/{self.total}: {self.message}"
+
 
 @dataclass
 class FeatureResult:
@@ -210,7 +213,20 @@ def extract_features(
     ``progress`` is called with each :class:`Progress`; ``should_cancel`` is polled at
     every step and raises :class:`Cancelled` when it returns True.
     """
-    gen = iter_extract(image, backbone, upsampler, **kwargs)
+    return run_to_end(iter_extract(image, backbone, upsampler, **kwargs), progress, should_cancel)
+
+
+def run_to_end(
+    gen: Generator[Any, None, Any],
+    progress: Callable[[Any], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> Any:
+    """Drive a progress generator to its return value, for scripts (no event loop).
+
+    ``progress`` gets every event; ``should_cancel`` is polled after each and, when it
+    returns True, the generator is closed (its work stops there) and :class:`Cancelled`
+    is raised naming the last event.
+    """
     while True:
         try:
             ev = next(gen)
@@ -220,4 +236,4 @@ def extract_features(
             progress(ev)
         if should_cancel is not None and should_cancel():
             gen.close()
-            raise Cancelled(f"cancelled at step {ev.step}/{ev.total}: {ev.message}")
+            raise Cancelled(f"cancelled after {ev}")

@@ -133,7 +133,11 @@ class Upsampler(nn.Module):
         return tuple(image_size)
 
     def forward(self, lowres: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Native output; linear upsamplers whose native grid is the image's get it
+        from their kernels, others override this."""
+        if not self.linear:
+            raise NotImplementedError(f"upsampler {self.name!r} must implement forward")
+        return self.kernels(image, tuple(lowres.shape[-2:]))(lowres)
 
     def iter_fit(
         self, lowres: torch.Tensor, image: torch.Tensor

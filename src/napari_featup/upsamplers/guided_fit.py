@@ -220,14 +220,6 @@ class GuidedFit(Upsampler):
             colour, grid, a, b, c, rho, radius=self.radius, consistency=self.consistency
         )
 
-    def forward(self, lowres: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        return self.upsample(lowres, image)
-
-    def upsample(
-        self, lowres: torch.Tensor, image: torch.Tensor, rows: slice | None = None
-    ) -> torch.Tensor:
-        return self.kernels(image, tuple(lowres.shape[-2:]))(lowres.float(), rows)
-
     def fitted_sigmas(self) -> dict[str, torch.Tensor]:
         """The fitted parameters as (B, h, w) maps: sigma_x, sigma_y (cells), theta
         (radians), sigma_range (RGB distance in [0, 1])."""

@@ -64,14 +64,6 @@ class JBUClassic(Upsampler):
             consistency=self.consistency,
         )
 
-    def forward(self, lowres: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        return self.upsample(lowres, image)
-
-    def upsample(
-        self, lowres: torch.Tensor, image: torch.Tensor, rows: slice | None = None
-    ) -> torch.Tensor:
-        return self.kernels(image, tuple(lowres.shape[-2:]))(lowres.float(), rows)
-
     def extra_metadata(self) -> dict:
         return {
             "sigma_spatial_cells": self.sigma_spatial,
