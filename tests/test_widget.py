@@ -339,6 +339,23 @@ def test_error_missing_weights(qtbot, viewer_widget, tmp_path, notes):
     assert widget.run_button.isEnabled()
 
 
+def test_error_pretrained_weights_offline(qtbot, viewer_widget, tmp_path, monkeypatch, notes):
+    """A real hub look-up with the Hugging Face hub offline and an empty cache."""
+    import huggingface_hub.constants as hf
+
+    monkeypatch.setattr(hf, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    viewer, widget = viewer_widget
+    viewer.add_image(two_region_rgb(), name="photo")
+    widget.backbone_combo.setCurrentText("dinov2-reg")  # not cached by other tests
+    widget.weights_combo.setCurrentIndex(widget.weights_combo.findData("pretrained"))
+    assert run_and_wait(qtbot, widget) == "error"
+    assert "napari-featup download dinov2-reg" in widget.last_error
+    assert any("download" in n for n in notes)
+    assert [lyr.name for lyr in viewer.layers] == ["photo"]
+    assert widget.run_button.isEnabled()
+
+
 def test_error_out_of_memory(qtbot, viewer_widget, monkeypatch, notes):
     viewer, widget = viewer_widget
     viewer.add_image(two_region_rgb(), name="photo")
