@@ -102,3 +102,16 @@ def test_extract_with_featup_jbu_checkpoint(tmp_path, images, fixtures_dir):
     res = io.load_features(out)
     assert res.highres.shape == (384, 40, 50) and res.metadata["upsampler"] == "featup-jbu"
     assert res.metadata["use_norm"] is True
+
+
+def test_upsampler_options(tmp_path, images, capsys):
+    out = tmp_path / "o.npz"
+    base = ["extract", str(images[0]), "-b", "dino16", "--weights", "random", "-q",
+            "-u", "jbu-classic", "-o", str(out)]
+    assert main(base + ["--upsampler-option", "consistency=0",
+                        "--upsampler-option", "sigma_range=0.1"]) == 0
+    info = io.load_features(out).metadata["upsampler_info"]
+    assert info["consistency_steps"] == 0 and info["sigma_range_rgb01"] == 0.1
+    assert main(base + ["--overwrite", "--upsampler-option", "bogus=1"]) == 2
+    assert "unknown option" in capsys.readouterr().err
+    assert main(base + ["--overwrite", "--upsampler-option", "noequals"]) == 2

@@ -63,12 +63,33 @@ def _out_paths(images: Sequence[str], out: str, fmt: str | None) -> list[Path]:
     return [out_path / f"{Path(p).stem}.features{ext}" for p in images]
 
 
+def parse_options(pairs: Sequence[str] | None) -> dict:
+    """``["steps=40", "settings=fast"]`` -> ``{"steps": 40, "settings": "fast"}``.
+
+    Values are read as Python literals (numbers, True/False, None) where they parse,
+    and kept as strings otherwise.
+    """
+    import ast
+
+    options: dict = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise CLIError(f"--upsampler-option takes KEY=VALUE, got {pair!r}", EXIT_USAGE)
+        try:
+            options[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key.strip()] = value
+    return options
+
+
 def _cmd_extract(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .io import save_features
     from .pipeline import iter_extract
 
+    options = parse_options(args.upsampler_option)
     outs = _out_paths(args.images, args.out, args.format)
     if not args.overwrite:
         for o in outs:
@@ -85,6 +106,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             precision=args.precision,
             use_norm=args.use_norm,
             upsampler_weights=args.upsampler_weights,
+            upsampler_options=options,
             highres=not args.no_highres,
             highres_dtype=args.highres_dtype,
             channel_axis=args.channel_axis,
@@ -171,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="backbone weights: pretrained, random (untrained) or a file path")
     ex.add_argument("--upsampler-weights", default=None,
                     help="upsampler weights file (e.g. a FeatUp .ckpt), or random (untrained)")
+    ex.add_argument("--upsampler-option", action="append", metavar="KEY=VALUE",
+                    help="an upsampler option, repeatable (e.g. steps=40 for featup-implicit, "
+                         "sigma_range=0.1 for jbu-classic)")
     ex.add_argument("--use-norm", dest="use_norm", action="store_true", default=None,
                     help="apply FeatUp's channel LayerNorm before upsampling")
     ex.add_argument("--no-norm", dest="use_norm", action="store_false")
