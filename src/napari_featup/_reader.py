@@ -2,40 +2,22 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from .io import FORMATS, load_arrays
+from .analysis import PCAProjection
+from .io import FORMATS, load_arrays, read_metadata
 from .layers import result_layer_data
 
 
 def _metadata_only(path: Path) -> dict | None:
-    """The file's metadata without reading its arrays, or None if it is not ours."""
-    suffix = path.suffix.lower()
+    """The file's metadata without reading its arrays, or None if it is not readable."""
     try:
-        if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as f:
-                if "metadata" not in f.files:
-                    return None
-                return json.loads(str(f["metadata"]))
-        if suffix == ".zarr":
-            import zarr
-
-            return dict(zarr.open_group(str(path), mode="r").attrs.get("napari_featup", {})) or None
-        if suffix in (".tif", ".tiff"):
-            import tifffile
-
-            with tifffile.TiffFile(path) as tf:
-                return json.loads(tf.pages[0].description) if tf.pages else None
-        if suffix == ".npy":
-            side = path.with_name(path.name + ".json")
-            return json.loads(side.read_text()) if side.is_file() else None
+        return read_metadata(path)
     except Exception:  # noqa: BLE001 - not readable as ours: let other readers try
         return None
-    return None
 
 
 def _ours(meta: dict | None) -> bool:
@@ -66,11 +48,7 @@ def read_features(path: Any) -> list[tuple[np.ndarray, dict, str]]:
     arrays, meta = load_arrays(p)
     if isinstance(meta.get("layers"), dict):
         return _saved_layers(arrays, meta["layers"])
-    pca = None
-    if isinstance(meta.get("pca"), dict):
-        from .analysis import PCAProjection
-
-        pca = PCAProjection(**{k: np.asarray(v, dtype=np.float32) for k, v in meta["pca"].items()})
+    pca = PCAProjection.from_dict(meta["pca"]) if isinstance(meta.get("pca"), dict) else None
     name = str(meta.get("source_layer") or p.stem)
     extra = {k: arrays[k] for k in ("pca", "similarity") if k in arrays}
     lowres = arrays.get("lowres")

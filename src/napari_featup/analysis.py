@@ -63,6 +63,11 @@ class PCAProjection:
     def to_dict(self) -> dict:
         return {k: np.asarray(v).tolist() for k, v in self.__dict__.items()}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "PCAProjection":
+        """Inverse of :meth:`to_dict` (e.g. a PCA stored in a feature file's metadata)."""
+        return cls(**{k: np.asarray(v, dtype=np.float32) for k, v in d.items()})
+
 
 def fit_pca(
     features: np.ndarray,

@@ -146,46 +146,74 @@ def _write_tif(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
             tw.write(arr, description=desc, metadata=None, photometric="minisblack")
 
 
-def load_arrays(path: "str | os.PathLike") -> tuple[dict[str, np.ndarray], dict]:
-    """Read the named arrays and metadata written by :func:`save_arrays`."""
+def _checked(path: "str | os.PathLike") -> tuple[Path, str]:
     path = Path(path)
     suffix = _suffix(path)
     if not path.exists():
         raise FileNotFoundError(f"feature file {str(path)!r} does not exist")
+    return path, suffix
+
+
+def _unreadable(path: Path, exc: Exception) -> FeatureFileError:
+    return FeatureFileError(f"{str(path)!r} is not a readable feature file: {exc}")
+
+
+def read_metadata(path: "str | os.PathLike") -> dict:
+    """The metadata written by :func:`save_arrays`, without reading the arrays
+    (``{}`` for a file of a supported format that carries none)."""
+    path, suffix = _checked(path)
     try:
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as f:
-                meta = json.loads(str(f["metadata"])) if "metadata" in f.files else {}
+                return json.loads(str(f["metadata"])) if "metadata" in f.files else {}
+        if suffix == ".zarr":
+            import zarr
+
+            return dict(zarr.open_group(str(path), mode="r").attrs.get(_META_KEY, {}))
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tf:
+                desc = tf.pages[0].description if tf.pages else ""
+            try:
+                meta = json.loads(desc)
+            except (json.JSONDecodeError, TypeError):
+                return {}
+            return meta if isinstance(meta, dict) else {}
+        side = _sidecar(path)
+        return json.loads(side.read_text()) if side.exists() else {}
+    except (OSError, ValueError, KeyError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise _unreadable(path, exc) from exc
+
+
+def load_arrays(path: "str | os.PathLike") -> tuple[dict[str, np.ndarray], dict]:
+    """Read the named arrays and metadata written by :func:`save_arrays`."""
+    path, suffix = _checked(path)
+    meta = read_metadata(path)
+    names = meta.get("arrays")
+    try:
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as f:
                 arrays = {k: f[k] for k in f.files if k != "metadata"}
         elif suffix == ".zarr":
             import zarr
 
             group = zarr.open_group(str(path), mode="r")
-            meta = dict(group.attrs.get(_META_KEY, {}))
-            names = meta.get("arrays") or sorted(group.array_keys())
-            arrays = {k: np.asarray(group[k][...]) for k in names}
+            arrays = {k: np.asarray(group[k][...]) for k in names or sorted(group.array_keys())}
         elif suffix in (".tif", ".tiff"):
             import tifffile
 
             with tifffile.TiffFile(path) as tf:
-                desc = tf.pages[0].description if tf.pages else ""
-                try:
-                    meta = json.loads(desc)
-                except (json.JSONDecodeError, TypeError):
-                    meta = {}
                 series = [s.asarray() for s in tf.series]
-            names = meta.get("arrays") or [f"array{i}" for i in range(len(series))]
-            arrays = dict(zip(names, series))
+            arrays = dict(zip(names or [f"array{i}" for i in range(len(series))], series))
         else:
-            arrays = {"array": np.load(path, allow_pickle=False)}
-            side = _sidecar(path)
-            meta = json.loads(side.read_text()) if side.exists() else {}
-            if meta.get("arrays"):
-                arrays = {meta["arrays"][0]: arrays["array"]}
+            arrays = {(names or ["array"])[0]: np.load(path, allow_pickle=False)}
     except (OSError, ValueError, KeyError) as exc:
         if isinstance(exc, FileNotFoundError):
             raise
-        raise FeatureFileError(f"{str(path)!r} is not a readable feature file: {exc}") from exc
+        raise _unreadable(path, exc) from exc
     return arrays, meta
 
 
@@ -213,9 +241,7 @@ def load_features(path: "str | os.PathLike") -> Any:
         raise FeatureFileError(
             f"{str(path)!r} holds no 'lowres' or 'highres' features (arrays: {sorted(arrays)})"
         )
-    pca = None
-    if isinstance(meta.get("pca"), dict):
-        pca = PCAProjection(**{k: np.asarray(v, dtype=np.float32) for k, v in meta["pca"].items()})
+    pca = PCAProjection.from_dict(meta["pca"]) if isinstance(meta.get("pca"), dict) else None
     return FeatureResult(
         lowres=arrays.get("lowres"), highres=arrays.get("highres"), metadata=meta, pca=pca
     )
