@@ -1,7 +1,7 @@
 """Per-backbone forward time and peak memory at 224, 448 and 896 px.
 
 Each (backbone, size) runs in a fresh subprocess so peak memory is its own:
-"peak MB" is the process's peak RSS (ru_maxrss) minus its RSS just before the first
+"peak MB" is the process's peak RSS (VmHWM) minus its RSS just before the first
 forward, i.e. the extra memory the forward needs on top of the loaded model.
 Time is the median of --repeat forwards after that first one. Random weights (no
 downloads here); timings do not depend on weight values.
@@ -15,16 +15,12 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
 
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+from _memory import peak_rss_mb, rss_mb
 
 
 def _child(name: str, size: int, repeat: int, device: str) -> dict:
@@ -34,7 +30,7 @@ def _child(name: str, size: int, repeat: int, device: str) -> dict:
 
     bb = nf.load_backbone(name, weights="random", device=device)
     x = torch.randn(1, 3, size, size, device=bb.device)
-    before = _rss_mb()
+    before = rss_mb()
     times = []
     with torch.inference_mode():
         for i in range(repeat + 1):
@@ -44,7 +40,7 @@ def _child(name: str, size: int, repeat: int, device: str) -> dict:
                 torch.cuda.synchronize()
             if i:
                 times.append(time.perf_counter() - t)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     return {"backbone": name, "size": size, "grid": list(y.shape[-2:]), "dim": y.shape[1],
             "median_s": statistics.median(times), "peak_extra_mb": peak - before}
 

@@ -22,39 +22,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 
+from _memory import peak_rss_mb
+
 import numpy as np
-
-
-def _peak_rss_gb() -> float:
-    """Peak resident memory of this process (VmHWM; ru_maxrss where /proc is missing,
-    which after fork+exec can include the parent's)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 2**20  # kB -> GiB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
 
 
 def _run(request):
     from napari_featup.jobs import iter_run
+    from napari_featup.pipeline import run_to_end
 
-    gen = iter_run(request)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            out = stop.value
-            if out.error is not None:
-                raise out.error
-            return out
+    out = run_to_end(iter_run(request))
+    if out.error is not None:
+        raise out.error
+    return out
 
 
 def _stack(image, upsampler: str, device: str = "cpu"):
@@ -136,7 +120,7 @@ def large_image_child() -> None:
     import torch
 
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
-    base = _peak_rss_gb()
+    base = peak_rss_mb() / 1024
     rng = np.random.default_rng(0)
     image = rng.normal(1000, 200, (2048, 2048)).clip(0, 65535).astype(np.uint16)
     t0 = time.perf_counter()
@@ -146,7 +130,7 @@ def large_image_child() -> None:
     stack.mask(0.5)
     print(json.dumps({"image": "2048x2048 uint16", "upsampler": "bilinear", "device": "cpu",
                       "total_s": round(time.perf_counter() - t0, 1), "run_s": round(t_run, 1),
-                      "peak_rss_gb": round(_peak_rss_gb(), 2),
+                      "peak_rss_gb": round(peak_rss_mb() / 1024, 2),
                       "rss_after_imports_gb": round(base, 2)}))
 
 

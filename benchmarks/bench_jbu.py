@@ -12,7 +12,7 @@ on the weights):
   tile consumed into a per-pixel norm map, as the plugin's ``FeatureField`` does).
 
 Method: every measurement runs in a fresh subprocess. CPU peak memory is the rise of
-the process's peak resident set (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) over
+the process's peak resident set (``VmHWM``, see ``_memory.py``) over
 its resident set (``/proc/self/statm``) just before the first call (after a warm-up on
 a tiny grid that loads the BLAS code), i.e. what the call adds, output included; time
 is the best of that first call and ``--repeat`` more, as wall time and as process
@@ -36,16 +36,9 @@ import subprocess
 import sys
 import time
 
+from _memory import peak_rss_mb, rss_mb
+
 DIM = 384
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _maxrss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def worker(spec: dict) -> dict:
@@ -100,7 +93,7 @@ def worker(spec: dict) -> dict:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
-    rss0, max0 = _rss_mb(), _maxrss_mb()
+    rss0, max0 = rss_mb(), peak_rss_mb()
     t0, c0 = time.perf_counter(), cpu_s()
     res = run()
     sync()
@@ -109,8 +102,8 @@ def worker(spec: dict) -> dict:
     if dev.type == "cuda":
         out["peak_mb"] = (torch.cuda.max_memory_allocated() - before) / 2**20
     else:
-        out["peak_mb"] = _maxrss_mb() - rss0
-        out["peak_exact"] = _maxrss_mb() > max0  # else an earlier peak hides this one
+        out["peak_mb"] = peak_rss_mb() - rss0
+        out["peak_exact"] = peak_rss_mb() > max0  # else an earlier peak hides this one
     if spec.get("check"):
         with torch.inference_mode():
             ref = J.reference_forward(up, lowres, image)

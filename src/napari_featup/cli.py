@@ -87,7 +87,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .io import save_features
-    from .pipeline import iter_extract
+    from .pipeline import iter_extract, run_to_end
 
     options = parse_options(args.upsampler_option)
     outs = _out_paths(args.images, args.out, args.format)
@@ -116,16 +116,13 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         )
         with tqdm(total=None, desc=Path(image_path).name, unit="step",
                   disable=args.quiet) as bar:
-            while True:
-                try:
-                    ev = next(gen)
-                except StopIteration as stop:
-                    result = stop.value
-                    break
-                bar.total = ev.total
-                bar.n = ev.step
+
+            def show(ev) -> None:
+                bar.total, bar.n = ev.total, ev.step
                 bar.set_postfix_str(ev.message)
                 bar.refresh()
+
+            result = run_to_end(gen, progress=show)
         if args.pca:
             result.fit_pca()
         save_features(out, result, overwrite=args.overwrite)
