@@ -122,3 +122,19 @@ def test_bad_inputs(image, kwargs, exc, match):
     kw = {"backbone": "dinov2", "weights": "random"} | kwargs
     with pytest.raises(exc, match=match):
         nf.extract_features(image, **kw)
+
+
+def test_parse_upsampler_options():
+    from napari_featup.upsamplers import UpsamplerError, parse_options, upsampler_options
+
+    assert parse_options("steps=40, settings=featup; lr=1e-3, flips=False") == {
+        "steps": 40, "settings": "featup", "lr": 1e-3, "flips": False}
+    assert parse_options(["size=(1, 2)", "name=a,b"]) == {"size": (1, 2), "name": "a,b"}
+    assert parse_options("") == {} and parse_options(None) == {}
+    with pytest.raises(UpsamplerError, match="KEY=VALUE"):
+        parse_options("steps 40")
+    assert upsampler_options("bilinear") == {}
+    assert upsampler_options("featup-implicit")["settings"] == "fast"
+    assert "sigma_range" in upsampler_options("jbu-classic")
+    with pytest.raises(UpsamplerError, match="unknown upsampler"):
+        upsampler_options("nope")

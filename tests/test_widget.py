@@ -380,3 +380,32 @@ def test_upsampler_weights_reach_the_upsampler(qtbot, viewer_widget, tmp_path):
     assert run_and_wait(qtbot, widget) == "error"  # bilinear has no weights to load
     assert "bilinear upsampler has no weights" in widget.last_error
     assert [lyr.name for lyr in viewer.layers] == ["photo"]
+
+
+def test_upsampler_options_reach_the_upsampler(qtbot, viewer_widget, notes):
+    viewer, widget = viewer_widget
+    viewer.add_image(two_region_rgb(), name="photo")
+    assert not widget.upsampler_options.isEnabled()  # bilinear takes none
+    widget.upsampler_combo.setCurrentText("featup-implicit")
+    assert widget.upsampler_options.isEnabled()
+    assert "settings=fast" in widget.upsampler_options.placeholderText()
+
+    widget.upsampler_options.setText("steps")
+    assert widget.run() is False and "KEY=VALUE" in widget.last_error
+    assert not widget.jobs.running
+
+    widget.upsampler_options.setText("bogus=1")
+    assert run_and_wait(qtbot, widget) == "error"
+    assert "bogus" in widget.last_error
+    assert [lyr.name for lyr in viewer.layers] == ["photo"]
+
+    widget.upsampler_options.setText("steps=3, views=4, pca_views=4, batch=2, seed=5")
+    # options typed for one upsampler stay with it
+    widget.upsampler_combo.setCurrentText("jbu-classic")
+    assert widget.upsampler_options.text() == ""
+    widget.upsampler_combo.setCurrentText("featup-implicit")
+    assert widget.upsampler_options.text().startswith("steps=3")
+    assert run_and_wait(qtbot, widget) == "done"
+    info = viewer.layers["photo PCA featup-implicit"].metadata["napari_featup"]["upsampler_info"]
+    assert info["steps_done"] == 3 and info["seed"] == 5
+    assert info["settings"]["views"] == 4

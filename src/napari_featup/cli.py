@@ -63,31 +63,13 @@ def _out_paths(images: Sequence[str], out: str, fmt: str | None) -> list[Path]:
     return [out_path / f"{Path(p).stem}.features{ext}" for p in images]
 
 
-def parse_options(pairs: Sequence[str] | None) -> dict:
-    """``["steps=40", "settings=fast"]`` -> ``{"steps": 40, "settings": "fast"}``.
-
-    Values are read as Python literals (numbers, True/False, None) where they parse,
-    and kept as strings otherwise.
-    """
-    import ast
-
-    options: dict = {}
-    for pair in pairs or ():
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise CLIError(f"--upsampler-option takes KEY=VALUE, got {pair!r}", EXIT_USAGE)
-        try:
-            options[key.strip()] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            options[key.strip()] = value
-    return options
-
-
 def _cmd_extract(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .io import save_features
     from .pipeline import iter_extract, run_to_end
+
+    from .upsamplers import parse_options
 
     options = parse_options(args.upsampler_option)
     outs = _out_paths(args.images, args.out, args.format)
@@ -152,7 +134,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from .backbones import get_spec, list_backbones
-    from .upsamplers import describe_upsamplers
+    from .upsamplers import describe_upsamplers, upsampler_options
 
     print("backbones:")
     for name in list_backbones():
@@ -161,6 +143,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
     print("upsamplers:")
     for name, desc in describe_upsamplers().items():
         print(f"  {name:<16} {desc}")
+        opts = upsampler_options(name)
+        if opts:
+            shown = " ".join(f"{k}={v}" for k, v in opts.items())
+            print(f"  {'':<16} options (--upsampler-option KEY=VALUE): {shown}")
     return EXIT_OK
 
 

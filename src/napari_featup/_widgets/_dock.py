@@ -36,7 +36,7 @@ from qtpy.QtWidgets import (
 from ..backbones import get_spec, list_backbones
 from ..jobs import RunOutput, RunRequest
 from ..layers import FeatureStack, Index, PlaneGeometry, pca_name
-from ..upsamplers import describe_upsamplers
+from ..upsamplers import UpsamplerError, describe_upsamplers, parse_options, upsampler_options
 from . import _query
 from ._errors import explain
 from ._export import export_stack_plane
@@ -124,6 +124,15 @@ class FeatUpWidget(QWidget):
             "empty: the upsampler's default (its published checkpoint, cached)"
         )
         form.addRow("", self.upsampler_weights)
+        self.upsampler_options = QLineEdit()
+        self.upsampler_options.setToolTip(
+            "Options of the chosen upsampler: KEY=VALUE items separated by commas, e.g. "
+            "settings=featup, steps=1200 for featup-implicit. Empty: its defaults (shown "
+            "greyed). `napari-featup list` lists every upsampler's options."
+        )
+        self._option_texts: dict[str, str] = {}
+        self._options_for = self.upsampler_combo.currentText()
+        form.addRow("Options", self.upsampler_options)
 
         self.weights_combo = QComboBox()
         for key, text in WEIGHTS.items():
@@ -243,6 +252,7 @@ class FeatUpWidget(QWidget):
         self.run_button.clicked.connect(lambda: self.run())
         self.cancel_button.clicked.connect(self.cancel)
         self.weights_combo.currentIndexChanged.connect(self._update_controls)
+        self.upsampler_combo.currentIndexChanged.connect(self._upsampler_changed)
         self.weights_browse.clicked.connect(self._browse_weights)
         self.image_combo.currentIndexChanged.connect(self._remember_image)
         self.image_combo.currentIndexChanged.connect(self._update_controls)
@@ -360,8 +370,20 @@ class FeatUpWidget(QWidget):
         for w in (self.channels_label, self.channels_edit):
             w.setVisible(bool(multichannel))
         stack = ndim_lead - (1 if self.channel_axis() is not None else 0) > 0
+        defaults = upsampler_options(self.upsampler_combo.currentText())
+        self.upsampler_options.setEnabled(bool(defaults))
+        self.upsampler_options.setPlaceholderText(
+            ", ".join(f"{k}={v}" for k, v in defaults.items()) or "no options"
+        )
         for w in (self.slices_label, self.slices_combo, self.follow_slider):
             w.setVisible(stack)
+
+    def _upsampler_changed(self, *_: Any) -> None:
+        # each upsampler keeps the options typed for it
+        self._option_texts[self._options_for] = self.upsampler_options.text()
+        self._options_for = self.upsampler_combo.currentText()
+        self.upsampler_options.setText(self._option_texts.get(self._options_for, ""))
+        self._update_controls()
 
     def channel_axis(self) -> int | None:
         i = self.channel_axis_combo.currentIndex()
@@ -397,6 +419,9 @@ class FeatUpWidget(QWidget):
             precision=self.precision_combo.currentText(),
             scaling=self.norm_combo.currentData(),
         )
+        options = parse_options(self.upsampler_options.text())
+        if options:
+            out["upsampler_options"] = options
         up_weights = self.upsampler_weights.text().strip()
         if up_weights:
             out["upsampler_weights"] = up_weights
@@ -437,6 +462,13 @@ class FeatUpWidget(QWidget):
             return False
         try:
             settings = self.settings()
+        except UpsamplerError as exc:
+            self.notify_error(
+                f"{exc}. What to do: write the upsampler options as KEY=VALUE items "
+                f"separated by commas (e.g. {self.upsampler_options.placeholderText()}), "
+                "or leave the field empty for the defaults."
+            )
+            return False
         except ValueError:
             self.notify_error(
                 f"Channels {self.channels_edit.text()!r} are not understood. What to do: "

@@ -7,8 +7,9 @@ in ``_FACTORIES`` below.
 
 from __future__ import annotations
 
+import ast
 import importlib
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -28,6 +29,60 @@ _FACTORIES: dict[str, tuple[str, str, str]] = {
 
 class UpsamplerError(ValueError):
     """Unknown upsampler name or options it does not take."""
+
+
+# The options each upsampler's factory takes, with their defaults (shown by the CLI's
+# listing and as the plugin's placeholder); the factories check what they are given.
+def _options_of(name: str) -> dict[str, Any]:
+    if name == "featup-jbu":
+        return {"cache_mb": 512}
+    if name == "jbu-classic":
+        from .jbu_classic import DEFAULTS
+    elif name == "guided-fit":
+        from .guided_fit import DEFAULTS
+    elif name == "featup-implicit":
+        from ..implicit import SETTINGS
+
+        return {"settings": "fast", "steps": SETTINGS["fast"].steps, "seed": 0}
+    else:
+        return {}
+    return dict(DEFAULTS)
+
+
+def upsampler_options(name: str) -> dict[str, Any]:
+    """The main options of upsampler ``name`` with their defaults ({} when it takes
+    none). featup-implicit also takes any :class:`~napari_featup.implicit.ImplicitConfig`
+    field."""
+    key = str(name).lower()
+    if key not in _FACTORIES:
+        raise UpsamplerError(f"unknown upsampler {name!r}; choose one of {', '.join(_FACTORIES)}")
+    return _options_of(key)
+
+
+def parse_options(text: str | Sequence[str] | None) -> dict[str, Any]:
+    """``"steps=40, settings=featup"`` or ``["steps=40", "settings=featup"]`` ->
+    ``{"steps": 40, "settings": "featup"}``.
+
+    Values are read as Python literals (numbers, True/False, None) where they parse and
+    kept as strings otherwise. Raises :class:`UpsamplerError` for an item without ``=``.
+    """
+    if text is None:
+        return {}
+    items = text.replace(";", ",").split(",") if isinstance(text, str) else list(text)
+    options: dict[str, Any] = {}
+    for item in items:
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UpsamplerError(
+                f"upsampler options are KEY=VALUE items (e.g. steps=40), got {item.strip()!r}"
+            )
+        try:
+            options[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            options[key.strip()] = value.strip()
+    return options
 
 
 def list_upsamplers() -> list[str]:
@@ -76,5 +131,7 @@ __all__ = [
     "describe_upsamplers",
     "list_upsamplers",
     "load_upsampler",
+    "parse_options",
     "resize_bilinear",
+    "upsampler_options",
 ]
