@@ -157,6 +157,10 @@ def main(argv=None):
     else:
         base_run = run("featup", featup, x, bb, args.seed, eval_jit, eval_raw, args.eval_every,
                        args.featup_time_limit, print)
+        if args.out:  # the reference alone is worth keeping: later runs reuse it with --reference
+            with open(args.out, "w") as fh:
+                json.dump({"args": vars(args), "target": base_run["curve"][-1]["loss"],
+                           "results": [base_run]}, fh, indent=1)
     results = [
         base_run,
         run("fast", fast, x, bb, args.seed, eval_jit, eval_raw, args.fast_eval_every, 0, print),
