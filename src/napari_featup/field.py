@@ -4,7 +4,10 @@ A :class:`FeatureField` keeps the low-res features, the guidance image and the
 upsampler. For channel-linear upsamplers it computes the upsampling kernels once and
 answers PCA colours and similarity queries as 3- or 1-channel upsamples of low-res
 projections; the per-pixel feature norms (not linear) are computed once, in tiles.
-Other upsamplers are evaluated once and kept (as float16 by default).
+Other upsamplers are evaluated once, in row tiles, and kept (as float16 by default);
+those whose output is an affine map of fewer per-pixel factors (``Upsampler.factors``,
+e.g. FeatUp's implicit model: 128 PCA coordinates for 384 channels) keep only the
+factors, and queries are mapped through the affine map instead.
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ class FeatureField:
         self.tile_budget_bytes = tile_budget_bytes
         self.dense_dtype = dense_dtype
         self._kernels: Kernels | None = None
-        self._dense: torch.Tensor | None = None
+        self._dense: torch.Tensor | None = None  # (C or P, H, W) dense_dtype
+        self._affine: tuple[torch.Tensor, torch.Tensor] | None = None  # A (C, P), m (C,)
         self._norms: torch.Tensor | None = None
 
     @property
@@ -69,12 +73,34 @@ class FeatureField:
     def tile_rows(self, channels: int | None = None) -> int:
         return rows_per_tile(channels or self.channels, self.image.shape[-1], self.tile_budget_bytes)
 
-    def _dense_rows(self, rows: slice) -> torch.Tensor:
+    @torch.inference_mode()
+    def _ensure_dense(self) -> torch.Tensor:
+        """The non-linear upsampler's output (or its factors), evaluated once in tiles."""
         if self._dense is None:
-            with torch.inference_mode():
-                full = self.upsampler.upsample(self.lowres, self.image)
-            self._dense = full[0, :, : self.size[0], : self.size[1]].to(self.dense_dtype)
-        return self._dense[:, rows].float()
+            (h, w), up = self.size, self.upsampler
+            # the base class's upsample evaluates everything for any rows: one "tile"
+            tiled = type(up).upsample is not Upsampler.upsample
+            dense = None
+            for rows in self.iter_tiles() if tiled else [slice(0, h)]:
+                fac = up.factors(self.lowres, self.image, rows)
+                if fac is None:
+                    t = up.upsample(self.lowres, self.image, rows)
+                else:
+                    t, a, m = fac
+                    self._affine = (a.float(), m.float())
+                if dense is None:
+                    dense = torch.empty((t.shape[1], h, w), dtype=self.dense_dtype, device=t.device)
+                dense[:, rows] = t[0, :, :, :w].to(self.dense_dtype)
+            self._dense = dense
+        return self._dense
+
+    def _dense_rows(self, rows: slice) -> torch.Tensor:
+        """(C, R, W) float32 features of ``rows`` from the dense store."""
+        t = self._ensure_dense()[:, rows].float()
+        if self._affine is None:
+            return t
+        a, m = self._affine
+        return torch.einsum("cp,prw->crw", a, t) + m[:, None, None]
 
     @torch.inference_mode()
     def highres_rows(self, rows: slice) -> torch.Tensor:
@@ -102,9 +128,15 @@ class FeatureField:
             if self.linear:
                 t = self.kernels.project(self.lowres, w, b, rows)[0, :, :, : self.size[1]]
             else:
-                t = torch.einsum("kc,chw->khw", w, self._dense_rows(rows))
-                if b is not None:
-                    t = t + b[:, None, None]
+                dense = self._ensure_dense()
+                wk, bk = w, b
+                if self._affine is not None:  # w (A z + m) + b = (w A) z + (w m + b)
+                    a, m = self._affine
+                    wk = w @ a
+                    bk = w @ m if b is None else w @ m + b
+                t = torch.einsum("kc,chw->khw", wk, dense[:, rows].float())
+                if bk is not None:
+                    t = t + bk[:, None, None]
             out[:, rows] = t.float().cpu().numpy()
         return out
 

@@ -579,13 +579,19 @@ class ImplicitFeatures:
         rows: slice | None = None,
         image: torch.Tensor | None = None,
         budget_bytes: int = 128 << 20,
+        space: str = "features",
     ) -> torch.Tensor:
         """Features at ``size`` = (H, W) (default: the original image size).
 
         ``rows`` renders only those output rows; ``image`` (1, 3, H, W), normalised,
         supplies the colours at the render size (default: the fitted image resized).
-        Rendered in row tiles of about ``budget_bytes``. Returns (1, C, R, W) float32.
+        Rendered in row tiles of about ``budget_bytes``. Returns (1, C, R, W) float32,
+        or with ``space="pca"`` the network's (1, P, R, W) PCA coordinates ``z``
+        (features = ``components.T @ z + mean``).
         """
+        if space not in ("features", "pca"):
+            raise ValueError(f"space must be 'features' or 'pca', got {space!r}")
+        pca = space == "pca"
         size = self.original_size if size is None else (int(size[0]), int(size[1]))
         if len(size) != 2 or size[0] < 1 or size[1] < 1:
             raise ValueError(f"render size must be (H, W) with H, W >= 1, got {size!r}")
@@ -599,7 +605,8 @@ class ImplicitFeatures:
                     f"render image must be (1, 3, {hh}, {ww}) to match the render size, "
                     f"got {tuple(image.shape)}"
                 )
-        out = torch.empty((1, self.dim, r1 - r0, ww), device=self.device)
+        p = int(self.components.shape[0])
+        out = torch.empty((1, p if pca else self.dim, r1 - r0, ww), device=self.device)
         n = self.tile_rows(ww, budget_bytes)
         for a in range(r0, r1, n):
             b = min(r1, a + n)
@@ -612,8 +619,8 @@ class ImplicitFeatures:
             col = self._scaled_colour(col[0]).reshape(3, -1).T
             base = ImplicitNet.base_features(self._coords(size, slice(a, b)), col, self.net.n_freqs)
             z = self.net(base, col)  # (N, P)
-            f = z @ self.components + self.mean  # (N, C)
-            out[0, :, a - r0:b - r0] = f.T.reshape(self.dim, b - a, ww)
+            f = z if pca else z @ self.components + self.mean  # (N, P or C)
+            out[0, :, a - r0:b - r0] = f.T.reshape(out.shape[1], b - a, ww)
         return out
 
     def state(self) -> dict:

@@ -167,6 +167,16 @@ class Upsampler(nn.Module):
         out = self(lowres, image)
         return resize_bilinear(out, tuple(image.shape[-2:]), rows)
 
+    def factors(
+        self, lowres: torch.Tensor, image: torch.Tensor, rows: slice | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """For a non-linear upsampler whose output is an affine map of fewer per-pixel
+        factors (FeatUp's implicit model predicts 128 PCA coordinates): ``(Z, A, m)``
+        with Z (1, P, R, W) on ``image``'s pixel grid (only ``rows``), A (C, P) and
+        m (C,), so the output is ``A Z + m``. Interaction then keeps P instead of C
+        channels per pixel. None (the default) when there are no such factors."""
+        return None
+
     def extra_metadata(self) -> dict:
         """Facts about this upsampler worth recording with its outputs."""
         return {}

@@ -87,6 +87,13 @@ class ImplicitUpsampler(Upsampler):
         size = tuple(int(v) for v in image.shape[-2:])
         return feats.render(size, rows=rows, image=image.float())
 
+    def factors(self, lowres: torch.Tensor, image: torch.Tensor, rows: slice | None = None):
+        """(Z (1, P, R, W) PCA coordinates, A (C, P), m (C,)): output = A Z + m."""
+        feats = self._fitted(lowres, image)
+        size = tuple(int(v) for v in image.shape[-2:])
+        z = feats.render(size, rows=rows, image=image.float(), space="pca")
+        return z, feats.components.T, feats.mean
+
     def extra_metadata(self) -> dict:
         info = {"settings": self.config.to_dict(), "seed": self.seed}
         if self.features is not None:
