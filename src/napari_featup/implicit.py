@@ -494,7 +494,16 @@ class ViewOps:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(1 or B, C, H, W) -> (B, C, R, Cols)."""
-        return torch.matmul(torch.matmul(self.ty[:, None], x), self.txt[:, None])
+        if x.shape[0] != 1:
+            return torch.matmul(torch.matmul(self.ty[:, None], x), self.txt[:, None])
+        # One map for all views: rows as one GEMM over (H, C*W), then columns as one
+        # batched GEMM, so the map is never copied once per view (broadcasting it was
+        # a third of a step's time).
+        _, c, h, w = x.shape
+        b, r = self.ty.shape[:2]
+        rows = (self.ty.reshape(b * r, h) @ x[0].transpose(0, 1).reshape(h, c * w))
+        out = torch.bmm(rows.reshape(b, r * c, w), self.txt)  # (B, R*C, Cols)
+        return out.reshape(b, r, c, -1).transpose(1, 2)
 
     def crop(self, t: torch.Tensor) -> torch.Tensor:
         """The windows' cells of grid maps (B, C, h, w) -> (B, C, kh, kw)."""
