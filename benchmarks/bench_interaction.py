@@ -14,7 +14,11 @@
    in a fresh process; prints its peak RSS, target <= 8 GB.
 
 Usage: python benchmarks/bench_interaction.py [--clicks 30] [--all-upsamplers]
+       [--upsamplers NAME ...] [--option KEY=VALUE ...] [--large-upsampler NAME]
        [--viewer] [--skip-large]
+
+``--option`` passes upsampler options (e.g. steps=5 for featup-implicit: a click's
+cost does not depend on how long the fit ran, only on what it keeps).
 """
 
 from __future__ import annotations
@@ -41,11 +45,13 @@ def _run(request):
     return out
 
 
-def _stack(image, upsampler: str, device: str = "cpu"):
+def _stack(image, upsampler: str, device: str = "cpu", options: dict | None = None):
     from napari_featup.jobs import RunRequest
     from napari_featup.layers import FeatureStack, PlaneGeometry
 
     opts = dict(backbone="dinov2", upsampler=upsampler, weights="random", device=device)
+    if options and upsampler != "bilinear":
+        opts["upsampler_options"] = options
     if upsampler == "featup-jbu":
         # No downloads here; the cost of a JBU stack does not depend on its weights.
         opts["upsampler_weights"] = "random"
@@ -59,12 +65,12 @@ def _stack(image, upsampler: str, device: str = "cpu"):
     return stack, t_run
 
 
-def bench_clicks(upsampler: str, n_clicks: int, size: int = 1024) -> dict:
+def bench_clicks(upsampler: str, n_clicks: int, size: int = 1024, options: dict | None = None) -> dict:
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:size, :size]
     image = ((np.sin(yy / 37.0) + np.cos(xx / 23.0)) * 60 + 128).astype(np.uint8)
     image = np.stack([image, image[::-1], image[:, ::-1]], axis=-1)
-    stack, t_run = _stack(image, upsampler)
+    stack, t_run = _stack(image, upsampler, options=options)
     times = []
     for _ in range(n_clicks):
         r, c = (int(v) for v in rng.integers(0, size, 2))
@@ -115,8 +121,8 @@ def bench_viewer_clicks(n_clicks: int, size: int = 1024) -> dict:
             "median_ms": round(float(np.median(ms)), 1), "p90_ms": round(float(np.percentile(ms, 90)), 1)}
 
 
-def large_image_child() -> None:
-    """Run in a fresh process: 2048 x 2048 uint16 grey, bilinear, CPU; print JSON."""
+def large_image_child(upsampler: str, options: dict) -> None:
+    """Run in a fresh process: 2048 x 2048 uint16 grey, CPU; print JSON."""
     import torch
 
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
@@ -124,11 +130,12 @@ def large_image_child() -> None:
     rng = np.random.default_rng(0)
     image = rng.normal(1000, 200, (2048, 2048)).clip(0, 65535).astype(np.uint16)
     t0 = time.perf_counter()
-    stack, t_run = _stack(image, "bilinear")
+    stack, t_run = _stack(image, upsampler, options=options)
     stack.set_query([(1000, 1000)])
     stack.update_similarity(())
     stack.mask(0.5)
-    print(json.dumps({"image": "2048x2048 uint16", "upsampler": "bilinear", "device": "cpu",
+    print(json.dumps({"image": "2048x2048 uint16", "upsampler": upsampler, "options": options,
+                      "device": "cpu",
                       "total_s": round(time.perf_counter() - t0, 1), "run_s": round(t_run, 1),
                       "peak_rss_gb": round(peak_rss_mb() / 1024, 2),
                       "rss_after_imports_gb": round(base, 2)}))
@@ -140,10 +147,17 @@ def main() -> None:
     ap.add_argument("--all-upsamplers", action="store_true")
     ap.add_argument("--viewer", action="store_true")
     ap.add_argument("--skip-large", action="store_true")
+    ap.add_argument("--upsamplers", nargs="+", default=None, help="upsamplers to click on")
+    ap.add_argument("--option", action="append", metavar="KEY=VALUE", default=[],
+                    help="upsampler option for the non-bilinear runs, repeatable")
+    ap.add_argument("--large-upsampler", default="bilinear")
     ap.add_argument("--large-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    from napari_featup.upsamplers import parse_options
+
+    options = parse_options(args.option)
     if args.large_child:
-        large_image_child()
+        large_image_child(args.large_upsampler, options)
         return
     import torch
 
@@ -151,10 +165,12 @@ def main() -> None:
     from napari_featup import list_upsamplers
 
     names = list_upsamplers() if args.all_upsamplers else ["bilinear", "featup-jbu"]
-    print(f"torch threads: {torch.get_num_threads()}, cpu count: {os.cpu_count()}")
+    names = args.upsamplers or names
+    print(f"torch threads: {torch.get_num_threads()}, cpu count: {os.cpu_count()}"
+          + (f", upsampler options {options}" if options else ""))
     for n in names:
         try:
-            res = bench_clicks(n, args.clicks)
+            res = bench_clicks(n, args.clicks, options=options)
         except Exception as exc:  # noqa: BLE001
             print(f"{n}: failed: {type(exc).__name__}: {exc}")
             continue
@@ -164,8 +180,9 @@ def main() -> None:
         res = bench_viewer_clicks(args.clicks)
         print(f"click -> heatmap in a viewer: {json.dumps(res)}")
     if not args.skip_large:
-        proc = subprocess.run([sys.executable, __file__, "--large-child"], capture_output=True,
-                              text=True)
+        cmd = [sys.executable, __file__, "--large-child", "--large-upsampler", args.large_upsampler]
+        cmd += [f"--option={o}" for o in args.option]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
         line = (proc.stdout.strip().splitlines() or [""])[-1]
         if proc.returncode != 0 or not line.startswith("{"):
             print(f"2048 x 2048 run failed (rc {proc.returncode}): {proc.stderr[-2000:]}")
