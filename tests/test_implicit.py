@@ -235,6 +235,18 @@ def test_large_image_is_fitted_downscaled(bb):
     assert feats.render().shape == (1, bb.dim, 70, 100)
 
 
+def test_presets():
+    featup = resolve_config("featup")
+    # FeatUp's configs/implicit_upsampler.yaml and train_implicit_upsampler.py
+    assert (featup.views, featup.steps, featup.batch, featup.lr) == (3000, 1200, 10, 2e-3)
+    assert (featup.n_freqs, featup.proj_dim, featup.pca_views, featup.max_pad) == (30, 128, 50, 30)
+    assert (featup.dropout, featup.cells, featup.schedule) == (0.2, 0, "constant")
+    fast, preview = resolve_config("fast"), resolve_config("Preview")
+    assert preview.views * preview.steps < fast.views * fast.steps < featup.views * featup.steps
+    assert resolve_config("fast", steps=None).steps == fast.steps  # None: keep the preset's
+    assert resolve_config(fast, steps=9).steps == 9
+
+
 def test_bad_inputs(bb, image):
     with pytest.raises(ValueError, match="unknown implicit settings"):
         resolve_config("slow")

@@ -99,13 +99,18 @@ class ImplicitConfig:
 SETTINGS: dict[str, ImplicitConfig] = {
     # FeatUp's train_implicit_upsampler.py with configs/implicit_upsampler.yaml.
     "featup": ImplicitConfig(),
-    # Fewer views (the backbone on 3000 views dominates on CPU), fewer views per step,
-    # each scored on a random 8 x 8 window of grid cells (a step costs ~1/3), a higher
-    # peak lr with warm-up and cosine decay, and far fewer steps.
-    # Chosen with benchmarks/bench_implicit.py on a shared 2-core CPU at 224 px: reached
-    # the held-out loss of a shortened "featup" run (300 views, 60 steps: 333 s) in 77 s
-    # (4.3x; docs/implicit.md has the curves).
+    # Fewer views (the backbone on 3000 views dominates on CPU), each scored on a random
+    # 8 x 8 window of grid cells (a step costs about a third of FeatUp's), a higher peak
+    # lr with warm-up and cosine decay, and far fewer steps. Chosen with
+    # benchmarks/bench_implicit.py at 224 px on one CPU core against a full FeatUp run
+    # (3000 views, 1200 steps); docs/implicit.md has the curves and the speed-up.
     "fast": ImplicitConfig(
+        views=256, steps=450, batch=8, cells=8, lr=8e-3, schedule="cosine", warmup=5,
+        pca_views=32,
+    ),
+    # A quick look: the same recipe cut to 32 views and 70 steps (about 1/8 of "fast"'s
+    # time; its held-out loss levels off near that of FeatUp's 60th step).
+    "preview": ImplicitConfig(
         views=32, steps=70, batch=4, cells=8, lr=8e-3, schedule="cosine", warmup=5,
         pca_views=32,
     ),
@@ -113,7 +118,8 @@ SETTINGS: dict[str, ImplicitConfig] = {
 
 
 def resolve_config(settings: str | ImplicitConfig = "fast", **overrides: Any) -> ImplicitConfig:
-    """A preset name (``"fast"``, ``"featup"``) or config, with ``None``-free overrides."""
+    """A preset name (``"fast"``, ``"preview"``, ``"featup"``) or config, with overrides
+    (``None`` values are ignored)."""
     if isinstance(settings, ImplicitConfig):
         cfg = settings
     else:
@@ -1015,7 +1021,8 @@ def iter_fit_implicit(
     ``image``: a numpy/dask image (anything :func:`~napari_featup.prepare_image` takes)
     or an ImageNet-normalised tensor (3, H, W) / (1, 3, H, W). ``backbone``: a
     :class:`Backbone` or a name (loaded with ``weights`` on ``device``). ``settings``:
-    ``"fast"`` or ``"featup"`` (FeatUp's defaults) or an :class:`ImplicitConfig`;
+    ``"fast"``, ``"preview"`` (a quick look) or ``"featup"`` (FeatUp's defaults) or an
+    :class:`ImplicitConfig`;
     ``steps``, ``views``, ``lr`` and ``options`` (any :class:`ImplicitConfig` field)
     override it. ``seed`` makes the fit reproducible on a given device. ``use_norm``:
     fit to channel-normed features (FeatUp's default). Returns

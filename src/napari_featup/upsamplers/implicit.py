@@ -118,7 +118,7 @@ def make(
     seed: int = 0,
     **options: Any,
 ) -> ImplicitUpsampler:
-    """Options: ``settings`` ("fast" or "featup"), ``steps``, ``seed`` and any other
+    """Options: ``settings`` ("fast", "preview" or "featup"), ``steps``, ``seed`` and any other
     :class:`~napari_featup.implicit.ImplicitConfig` field (``views``, ``lr``, ...)."""
     if weights is not None:
         raise ValueError(
