@@ -296,9 +296,12 @@ def test_save_layers_through_napari(qtbot, viewer_widget, tmp_path):
     path = tmp_path / "pca.npz"
     saved = viewer.layers.save(str(path), selected=False, plugin="napari-featup")
     assert saved == [str(path)]
+    # saving again replaces the file (napari's Save dialog has asked), now with one layer
+    viewer.layers.selection = {viewer.layers["photo PCA bilinear"]}
+    assert viewer.layers.save(str(path), selected=True, plugin="napari-featup") == [str(path)]
     viewer.layers.clear()
     back = viewer.open(str(path), plugin="napari-featup")
-    assert "photo PCA bilinear" in [lyr.name for lyr in back]
+    assert [lyr.name for lyr in back] == ["photo PCA bilinear"]
     assert back[-1].metadata["napari_featup"]["backbone"] == "dinov2"
 
 

@@ -25,8 +25,9 @@ def _array_name(name: str, taken: set[str]) -> str:
 def write_layers(path: str, layer_data: list[tuple[Any, dict, str]]) -> list[str]:
     """Write layers (PCA, similarity, masks or any image/labels layer) to ``path``
     (.zarr, .npz, .tif or .npy by extension), with each layer's name, type, scale,
-    translate and FeatUp metadata. An existing file is never replaced: choose a new
-    name (the Export button of the FeatUp widget asks before overwriting)."""
+    translate and FeatUp metadata. An existing file is replaced, as napari's own
+    writers do (its Save dialog asks first); the new file is written next to it and
+    moved into place, so a failed write leaves the old one intact."""
     arrays: dict[str, Any] = {}
     layers: dict[str, dict] = {}
     taken: set[str] = set()
@@ -44,7 +45,7 @@ def write_layers(path: str, layer_data: list[tuple[Any, dict, str]]) -> list[str
             META_KEY: meta.get(META_KEY, {}),
         }
     meta = {"napari_featup_version": __version__, "layers": layers}
-    return [str(save_arrays(path, arrays, meta, overwrite=False))]
+    return [str(save_arrays(path, arrays, meta, overwrite=True))]
 
 
 def _colormap_name(cmap: Any) -> str | None:
