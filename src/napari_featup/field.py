@@ -4,7 +4,8 @@ A :class:`FeatureField` keeps the low-res features, the guidance image and the
 upsampler. For channel-linear upsamplers it computes the upsampling kernels once and
 answers PCA colours and similarity queries as 3- or 1-channel upsamples of low-res
 projections; the per-pixel feature norms (not linear) are computed once, in tiles.
-Other upsamplers are evaluated once, in row tiles, and kept (as float16 by default);
+Other upsamplers are evaluated once, in row tiles, and kept (float32 up to 512 MB,
+else float16);
 those whose output is an affine map of fewer per-pixel factors (``Upsampler.factors``,
 e.g. FeatUp's implicit model: 128 PCA coordinates for 384 channels) keep only the
 factors, and queries are mapped through the affine map instead.
@@ -42,14 +43,18 @@ class FeatureField:
         upsampler: Upsampler,
         size: tuple[int, int],
         tile_budget_bytes: int = 256 << 20,
-        dense_dtype: torch.dtype = torch.float16,
+        dense_dtype: torch.dtype | None = None,
+        dense_float32_bytes: int = 512 << 20,
     ):
         self.lowres = lowres
         self.image = image
         self.upsampler = upsampler
         self.size = (int(size[0]), int(size[1]))
         self.tile_budget_bytes = tile_budget_bytes
+        # None: float32 while the dense store fits dense_float32_bytes (a click then
+        # reads it directly; converting float16 cost more than the product), else float16
         self.dense_dtype = dense_dtype
+        self.dense_float32_bytes = int(dense_float32_bytes)
         self._kernels: Kernels | None = None
         self._dense: torch.Tensor | None = None  # (C or P, H, W) dense_dtype
         self._affine: tuple[torch.Tensor, torch.Tensor] | None = None  # A (C, P), m (C,)
@@ -89,8 +94,12 @@ class FeatureField:
                     t, a, m = fac
                     self._affine = (a.float(), m.float())
                 if dense is None:
-                    dense = torch.empty((t.shape[1], h, w), dtype=self.dense_dtype, device=t.device)
-                dense[:, rows] = t[0, :, :, :w].to(self.dense_dtype)
+                    dtype = self.dense_dtype
+                    if dtype is None:
+                        small = 4 * t.shape[1] * h * w <= self.dense_float32_bytes
+                        dtype = torch.float32 if small else torch.float16
+                    dense = torch.empty((t.shape[1], h, w), dtype=dtype, device=t.device)
+                dense[:, rows] = t[0, :, :, :w].to(dense.dtype)
             self._dense = dense
         return self._dense
 
