@@ -68,7 +68,6 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
     from .io import save_features
     from .pipeline import iter_extract, run_to_end
-
     from .upsamplers import parse_options
 
     options = parse_options(args.upsampler_option)

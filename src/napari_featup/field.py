@@ -5,10 +5,9 @@ upsampler. For channel-linear upsamplers it computes the upsampling kernels once
 answers PCA colours and similarity queries as 3- or 1-channel upsamples of low-res
 projections; the per-pixel feature norms (not linear) are computed once, in tiles.
 Other upsamplers are evaluated once, in row tiles, and kept (float32 up to 512 MB,
-else float16);
-those whose output is an affine map of fewer per-pixel factors (``Upsampler.factors``,
-e.g. FeatUp's implicit model: 128 PCA coordinates for 384 channels) keep only the
-factors, and queries are mapped through the affine map instead.
+else float16); those whose output is an affine map of fewer per-pixel factors
+(``Upsampler.factors``, e.g. FeatUp's implicit model: 128 PCA coordinates for 384
+channels) keep only the factors, and queries are mapped through the affine map.
 """
 
 from __future__ import annotations
@@ -56,7 +55,7 @@ class FeatureField:
         self.dense_dtype = dense_dtype
         self.dense_float32_bytes = int(dense_float32_bytes)
         self._kernels: Kernels | None = None
-        self._dense: torch.Tensor | None = None  # (C or P, H, W) dense_dtype
+        self._dense: torch.Tensor | None = None  # (C or P, H, W), float32 or float16
         self._affine: tuple[torch.Tensor, torch.Tensor] | None = None  # A (C, P), m (C,)
         self._norms: torch.Tensor | None = None
 

@@ -253,6 +253,7 @@ class FeatUpWidget(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.weights_combo.currentIndexChanged.connect(self._update_controls)
         self.upsampler_combo.currentIndexChanged.connect(self._upsampler_changed)
+        self._upsampler_changed()
         self.weights_browse.clicked.connect(self._browse_weights)
         self.image_combo.currentIndexChanged.connect(self._remember_image)
         self.image_combo.currentIndexChanged.connect(self._update_controls)
@@ -370,20 +371,19 @@ class FeatUpWidget(QWidget):
         for w in (self.channels_label, self.channels_edit):
             w.setVisible(bool(multichannel))
         stack = ndim_lead - (1 if self.channel_axis() is not None else 0) > 0
-        defaults = upsampler_options(self.upsampler_combo.currentText())
-        self.upsampler_options.setEnabled(bool(defaults))
-        self.upsampler_options.setPlaceholderText(
-            ", ".join(f"{k}={v}" for k, v in defaults.items()) or "no options"
-        )
         for w in (self.slices_label, self.slices_combo, self.follow_slider):
             w.setVisible(stack)
 
     def _upsampler_changed(self, *_: Any) -> None:
-        # each upsampler keeps the options typed for it
+        # each upsampler keeps the options typed for it; its defaults show greyed
         self._option_texts[self._options_for] = self.upsampler_options.text()
         self._options_for = self.upsampler_combo.currentText()
         self.upsampler_options.setText(self._option_texts.get(self._options_for, ""))
-        self._update_controls()
+        defaults = upsampler_options(self._options_for)
+        self.upsampler_options.setEnabled(bool(defaults))
+        self.upsampler_options.setPlaceholderText(
+            ", ".join(f"{k}={v}" for k, v in defaults.items()) or "no options"
+        )
 
     def channel_axis(self) -> int | None:
         i = self.channel_axis_combo.currentIndex()

@@ -31,32 +31,20 @@ class UpsamplerError(ValueError):
     """Unknown upsampler name or options it does not take."""
 
 
-# The options each upsampler's factory takes, with their defaults (shown by the CLI's
-# listing and as the plugin's placeholder); the factories check what they are given.
-def _options_of(name: str) -> dict[str, Any]:
-    if name == "featup-jbu":
-        return {"cache_mb": 512}
-    if name == "jbu-classic":
-        from .jbu_classic import DEFAULTS
-    elif name == "guided-fit":
-        from .guided_fit import DEFAULTS
-    elif name == "featup-implicit":
-        from ..implicit import SETTINGS
-
-        return {"settings": "fast", "steps": SETTINGS["fast"].steps, "seed": 0}
-    else:
-        return {}
-    return dict(DEFAULTS)
+def _module(name: str):
+    """The module of upsampler ``name`` (imported on first use)."""
+    key = str(name).lower()
+    if key not in _FACTORIES:
+        raise UpsamplerError(f"unknown upsampler {name!r}; choose one of {', '.join(_FACTORIES)}")
+    return importlib.import_module(_FACTORIES[key][0], __name__)
 
 
 def upsampler_options(name: str) -> dict[str, Any]:
     """The main options of upsampler ``name`` with their defaults ({} when it takes
-    none). featup-implicit also takes any :class:`~napari_featup.implicit.ImplicitConfig`
-    field."""
-    key = str(name).lower()
-    if key not in _FACTORIES:
-        raise UpsamplerError(f"unknown upsampler {name!r}; choose one of {', '.join(_FACTORIES)}")
-    return _options_of(key)
+    none): its module's ``OPTIONS``, shown by the CLI's listing and the plugin. The
+    factory checks what it is given; featup-implicit also takes any
+    :class:`~napari_featup.implicit.ImplicitConfig` field."""
+    return dict(getattr(_module(name), "OPTIONS", {}))
 
 
 def parse_options(text: str | Sequence[str] | None) -> dict[str, Any]:
@@ -111,13 +99,7 @@ def load_upsampler(
     channel LayerNorm to the features first (None: the upsampler's default).
     ``weights``: a local weights file where the upsampler has weights.
     """
-    key = str(name).lower()
-    if key not in _FACTORIES:
-        raise UpsamplerError(
-            f"unknown upsampler {name!r}; choose one of {', '.join(_FACTORIES)}"
-        )
-    module_name, attr, _ = _FACTORIES[key]
-    factory = getattr(importlib.import_module(module_name, __name__), attr)
+    factory = getattr(_module(name), _FACTORIES[str(name).lower()][1])
     dev = resolve_device(device)
     up = factory(backbone=backbone, use_norm=use_norm, weights=weights, device=dev, **options)
     return up.eval().to(dev)

@@ -39,6 +39,8 @@ from torch import nn
 from .. import weights as _weights
 from .base import Kernels, Upsampler, _linear_taps
 
+OPTIONS = {"cache_mb": 512}  # MB of kernel weights kept between calls
+
 RADIUS = 3
 DIAMETER = 2 * RADIUS + 1
 TAPS = DIAMETER * DIAMETER
@@ -251,7 +253,7 @@ class FeatUpJBU(Upsampler):
     linear = True
     description = "FeatUp JBU stack (16x, pretrained per backbone), pure PyTorch"
 
-    def __init__(self, dim: int, use_norm: bool = True, cache_mb: float = 512):
+    def __init__(self, dim: int, use_norm: bool = True, cache_mb: float = OPTIONS["cache_mb"]):
         super().__init__()
         self.dim = int(dim)
         self.use_norm = bool(use_norm)
@@ -704,7 +706,7 @@ def _backbone_dim(backbone: Any) -> int | None:
 
 
 def make(backbone: Any = None, use_norm: bool | None = None, weights: Any = None,
-         device: Any = None, cache_mb: float = 512, **options: Any) -> FeatUpJBU:
+         device: Any = None, cache_mb: float = OPTIONS["cache_mb"], **options: Any) -> FeatUpJBU:
     """Registry factory: FeatUp's published stack for ``backbone``, or ``weights=PATH``.
 
     ``use_norm`` defaults to True (FeatUp's default). ``weights="random"`` builds an

@@ -47,6 +47,7 @@ DEFAULTS = {
     "seed": 0,
     "consistency": 5,
 }
+OPTIONS = DEFAULTS
 # Fitted sigmas are kept in a sane range (cells / RGB distance): kernels narrower than a
 # tenth of a cell or a 1e-3 colour step only add noise.
 SPATIAL_LIMITS = (0.1, 8.0)

@@ -15,8 +15,10 @@ from typing import Any, Iterator
 import torch
 
 from ..backbones import Backbone, load_backbone
-from ..implicit import ImplicitConfig, ImplicitFeatures, iter_fit_implicit, resolve_config
+from ..implicit import SETTINGS, ImplicitConfig, ImplicitFeatures, iter_fit_implicit, resolve_config
 from .base import Upsampler
+
+OPTIONS = {"settings": "fast", "steps": SETTINGS["fast"].steps, "seed": 0}
 
 
 class ImplicitUpsampler(Upsampler):
@@ -114,8 +116,8 @@ def make(
     device: Any = None,
     *,
     steps: int | None = None,
-    settings: str = "fast",
-    seed: int = 0,
+    settings: str = OPTIONS["settings"],
+    seed: int = OPTIONS["seed"],
     **options: Any,
 ) -> ImplicitUpsampler:
     """Options: ``settings`` ("fast", "preview" or "featup"), ``steps``, ``seed`` and any other

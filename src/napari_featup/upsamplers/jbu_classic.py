@@ -24,6 +24,7 @@ from ._guided import GuidedKernels, check_grid, guidance_colour, positive_option
 from .base import Kernels, Upsampler
 
 DEFAULTS = {"sigma_spatial": 1.0, "sigma_range": 0.05, "radius": 2, "consistency": 5}
+OPTIONS = DEFAULTS
 
 
 class JBUClassic(Upsampler):
