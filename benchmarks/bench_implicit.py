@@ -22,6 +22,11 @@ other fast settings against the same held-out views.
     python benchmarks/bench_implicit.py --threads 1 --out featup.json     # FeatUp's defaults
     python benchmarks/bench_implicit.py --threads 1 --reference featup.json --retime-reference 32
     python benchmarks/bench_implicit.py --device cuda
+
+``--featup-loop N`` also times N steps of FeatUp's own training loop (rebuilt with the
+same operations in benchmarks/featup_loop.py; FeatUp is not installable here) and
+reports the speed-up against FeatUp as released, beside the one against FeatUp's
+settings run by this package's (faster) fitter.
 """
 
 from __future__ import annotations
@@ -144,6 +149,9 @@ def main(argv=None):
                     help="JSON from an earlier --out: reuse its fast curve (same settings) instead of rerunning it")
     ap.add_argument("--retime-reference", type=int, default=0, metavar="N",
                     help="with --reference: put its curve on a clock timed here on N views and N steps")
+    ap.add_argument("--featup-loop", type=int, default=0, metavar="N",
+                    help="also time N steps of FeatUp's own training loop (benchmarks/featup_loop.py) "
+                         "and put the featup curve on that clock too")
     ap.add_argument("--target-evals", type=int, default=4,
                     help="the target is the mean held-out loss of the featup run's last K evaluations")
     ap.add_argument("--eval-views", type=int, default=16)
@@ -235,6 +243,21 @@ def main(argv=None):
     t_fast, _ = time_to(results[1]["curve"], level)
     if t_fast:
         print(f"speed-up of fast over featup to the featup level: {t_ref / t_fast:.1f}x")
+    if args.featup_loop:
+        # FeatUp's own loop does the same steps on a slower clock: its per-view cost is
+        # the same backbone's, its per-step cost is timed here (see featup_loop.py).
+        from featup_loop import featup_step_seconds
+
+        grid = x.shape[-1] // bb.patch_size
+        per_step = featup_step_seconds(x, grid, steps=args.featup_loop, proj_dim=128)
+        ref_step = time_to(base, level)[1]
+        own = base_run["view_seconds"] + (ref_step or 0) * per_step
+        print(f"FeatUp's own training loop: {per_step:.2f} s per step (timed on {args.featup_loop} "
+              f"steps here), so its run reaches the level at step {ref_step} after "
+              f"{own:.0f} s (views {base_run['view_seconds']:.0f} s, same backbone)")
+        if t_fast and ref_step:
+            print(f"speed-up of fast over FeatUp's own loop to the featup level: {own / t_fast:.1f}x")
+        results[0]["featup_loop_step_seconds"] = per_step
     # Where fast stops short of the target, the speed-up at the level it does reach:
     # its final loss, against the first time the featup run gets as low (the featup
     # curve's wobble makes that time early, which favours featup).

@@ -17,6 +17,7 @@ from napari_featup.implicit import (
     FitProgress,
     ImplicitFeatures,
     ImplicitFitter,
+    ImplicitNet,
     Jitter,
     ViewOps,
     _as_image_tensor,
@@ -86,6 +87,26 @@ def test_jitter_matches_pad_zoom_crop_flip(zoom, dy, dx, flip):
     torch.testing.assert_close(win[0], full_ref[0, :, 2 * s:5 * s, s:5 * s], atol=2e-5, rtol=0)
 
 
+@pytest.mark.parametrize("cells,origins", [((5, 6), None), ((2, 3), [(2, 1), (0, 3), (3, 0)])])
+def test_view_pooling_matches_pooling_the_views(cells, origins):
+    """ViewOps.pool (rows on each view's source band, window weights pulled back through
+    the column operator) equals pooling the jittered, blurred views, value and gradient."""
+    torch.manual_seed(0)
+    s, size, pad = 4, (20, 24), 5
+    js = [Jitter(1.0, 3, 7, False), Jitter(1.37, 10, 2, True), Jitter(1.8, 34, 37, True)]
+    ops = ViewOps(js, size, pad, "cpu", s, cells, origins)
+    x = torch.randn(1, 6, *size, requires_grad=True)
+    kh, kw = cells
+    attn = torch.softmax(torch.randn(3, kh, kw, 4 * s * s), -1).reshape(3, kh, kw, 2, s, 2, s)
+    ref = AttentionDownsampler(6, s).pool(ops(x), attn)
+    out = ops.pool(x[0].permute(1, 2, 0), attn)
+    assert out.shape == (3, 6, kh, kw)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad((out * g).sum(), x)[0],
+                               torch.autograd.grad((ref * g).sum(), x)[0], atol=1e-5, rtol=0)
+
+
 def test_attention_downsampler_matches_unfold_reference():
     torch.manual_seed(0)
     s, h, w = 4, 3, 5
@@ -101,6 +122,49 @@ def test_attention_downsampler_matches_unfold_reference():
     # constant maps pool to themselves (weights sum to one)
     const = torch.full((1, 6, h * s, w * s), 2.5)
     torch.testing.assert_close(d(const, (h, w)), torch.full((1, 6, h, w), 2.5), atol=1e-5, rtol=0)
+
+
+def _featup_mlp(net, coords, colour, gen=None, p=0.0):
+    """FeatUp's stack written out: Fourier features with learned phases (frequency-
+    major channels), LayerNorm, Dropout2d, 1x1 convs (as Linear on pixels)."""
+    inp = torch.cat([coords, colour], 1).double()
+    freqs = torch.exp(torch.linspace(-2.0, 10.0, net.n_freqs, dtype=torch.float64))
+    arg = inp[:, None, :] * freqs[None, :, None]  # (N, F, 5): index f * 5 + d
+    p0 = net.phases[0].T.double()  # (F, 5)
+    p1 = net.phases[1].T.double()
+    n = len(inp)
+    x = torch.cat([torch.sin(arg + p0).reshape(n, -1), torch.cos(arg + p1).reshape(n, -1),
+                   colour.double()], 1).float()
+    x = F.layer_norm(x, x.shape[1:], net.norm_in.weight, net.norm_in.bias, net.norm_in.eps)
+    if p > 0:
+        x = x * ((torch.rand(x.shape[1:], generator=gen) >= p).float() / (1 - p))
+    x = F.relu(net.fc1(x))
+    if p > 0:
+        x = x * ((torch.rand((1, x.shape[1]), generator=gen) >= p).float() / (1 - p))
+    return net.fc3(F.relu(net.fc2(net.norm_mid(x))))
+
+
+@pytest.mark.parametrize("p", [0.0, 0.2])
+def test_implicit_net_matches_featup_formula(p):
+    """The folded first layer (one product on the phase-free input) is FeatUp's
+    phases + LayerNorm + dropout + fc1, in value and in gradient."""
+    torch.manual_seed(0)
+    net = ImplicitNet(30, 16)
+    with torch.no_grad():  # trained-looking norms, not the identity init
+        net.norm_in.weight.uniform_(0.5, 1.5)
+        net.norm_in.bias.normal_(0, 0.2)
+    n = 500
+    coords = torch.rand(n, 2, dtype=torch.float64) * 2 - 1
+    colour = torch.rand(n, 3) - 0.5
+    e = ImplicitNet.encode(coords, colour, 30)
+    out = net(e, torch.Generator().manual_seed(5), p)
+    ref = _featup_mlp(net, coords, colour, torch.Generator().manual_seed(5), p)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad((out * g).sum(), list(net.parameters()))
+    ref_grads = torch.autograd.grad((ref * g).sum(), list(net.parameters()))
+    for (name, _), a, b in zip(net.named_parameters(), grads, ref_grads):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3, msg=name)
 
 
 # ----------------------------------------------------------------- API

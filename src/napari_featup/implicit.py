@@ -28,9 +28,12 @@ Deliberate differences from FeatUp's script (same model and loss, cheaper arithm
 
 * Fourier features use ``sin(a + p) = sin(a) cos(p) + cos(a) sin(p)``: ``a`` (position
   or colour times frequency) is fixed for an image, so its sine and cosine are computed
-  once in float64 and each step only mixes them with the learned phases.
-* Jitter is two separable gathers (the exact taps of reflect pad + bilinear zoom + crop
-  + flip) instead of padding and zooming the whole 129-channel map.
+  once in float64. The phases, LayerNorm, dropout and first linear layer are then folded
+  into one matrix product on those constants (``ImplicitNet._first_layer``).
+* Jitter and blur are per-axis matrices (the exact taps of reflect pad + bilinear zoom +
+  crop + flip, and the 5-tap Gaussian). Features are never jittered as a map: each
+  view's rows are taken on its source band and the attention windows are pulled back
+  through the column matrix (``ViewOps.pool``).
 * The attention downsampler pools windows of 2 x stride centred on each patch
   (FeatUp: 29 px at stride 14/16) over a reflect-padded map, via 2 x 2 shifted block
   views instead of ``Unfold`` (4x less memory). Its input dropout is drawn per pixel,
@@ -212,42 +215,70 @@ class ImplicitNet(nn.Module):
         self.fc3 = nn.Linear(out_dim, out_dim)
 
     @staticmethod
-    def base_features(coords: torch.Tensor, colour: torch.Tensor, n_freqs: int) -> torch.Tensor:
-        """sin and cos of input x frequency, phase-free: (N, 5) x 2 -> (N, 2, 5, n_freqs).
+    def encode(coords: torch.Tensor, colour: torch.Tensor, n_freqs: int) -> torch.Tensor:
+        """The phase-free network input of each pixel: (N, 2) coords and (N, 3) scaled
+        colour -> (N, 2 * 5 * n_freqs + 3) = [sin a, cos a, colour], a = input x frequency
+        (index d * n_freqs + f for input d, frequency f).
 
         Computed in float64 (arguments reach e^10 ~ 22000) and returned in float32.
         """
         inp = torch.cat([coords, colour], dim=1).double()  # (N, 5)
-        arg = inp[:, :, None] * _frequencies(n_freqs).to(inp.device)  # (N, 5, F)
-        return torch.stack([torch.sin(arg), torch.cos(arg)], dim=1).float()
+        arg = (inp[:, :, None] * _frequencies(n_freqs).to(inp.device)).reshape(len(inp), -1)
+        return torch.cat([torch.sin(arg), torch.cos(arg), inp[:, 2:]], dim=1).float()
+
+    def _first_layer(self, m: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """fc1(dropout(LayerNorm(x))) as affine maps of the phase-free input ``e``.
+
+        With learned phases p0, p1: x = [sin(a + p0), cos(a + p1), colour], and
+        sin(a + p0) = sin a cos p0 + cos a sin p0 (likewise cos), so x = R(p) e is linear
+        in e. LayerNorm's mean is then a dot product with e, its mean square a dot
+        product with [sin^2 a, sin a cos a] (cos^2 = 1 - sin^2), and fc1 of the normed,
+        dropped-out x is (e @ G.T - mean * u) / std + v. Returns G (out, in), the mean
+        weights (in,), the mean-square weights (2 * 5F,) and constant, u and v (out,).
+        """
+        nf = 5 * self.n_freqs
+        # FeatUp orders the Fourier channels frequency-major (f * 5 + d); e is d-major.
+        perm = torch.arange(nf, device=self.phases.device).reshape(5, self.n_freqs)
+        perm = ((perm % self.n_freqs) * 5 + perm // self.n_freqs).reshape(-1)
+        p0, p1 = self.phases[0].reshape(nf), self.phases[1].reshape(nf)
+        g = self.norm_in.weight if m is None else self.norm_in.weight * m
+        beta = self.norm_in.bias if m is None else self.norm_in.bias * m
+        w = self.fc1.weight
+        ws, wc = w[:, :nf][:, perm] * g[:nf][perm], w[:, nf:2 * nf][:, perm] * g[nf:2 * nf][perm]
+        c0, s0, c1, s1 = torch.cos(p0), torch.sin(p0), torch.cos(p1), torch.sin(p1)
+        big_g = torch.cat([ws * c0 - wc * s1, ws * s0 + wc * c1, w[:, 2 * nf:] * g[2 * nf:]], 1)
+        n_in = w.shape[1]
+        mean_w = torch.cat([c0 - s1, s0 + c1, torch.ones(3, device=w.device)]) / n_in
+        sq_w = torch.cat([torch.cos(2 * p0) - torch.cos(2 * p1), torch.sin(2 * p0) - torch.sin(2 * p1)]) / n_in
+        sq_c = (s0.square() + c1.square()).sum() / n_in
+        return big_g, mean_w, sq_w, sq_c, w @ g, w @ beta + self.fc1.bias
 
     def forward(
         self,
-        base: torch.Tensor,
-        colour: torch.Tensor,
+        e: torch.Tensor,
         gen: torch.Generator | None = None,
         dropout: float = 0.0,
     ) -> torch.Tensor:
-        """(N, 2, 5, F) base features and (N, 3) scaled colour -> (N, out_dim).
+        """(N, 303) phase-free input from :meth:`encode` -> (N, out_dim).
 
-        ``dropout`` > 0 (training) drops whole input and hidden channels, like
-        FeatUp's Dropout2d on a one-image batch, with masks drawn from ``gen``.
+        Same arithmetic as FeatUp's stack (phases, LayerNorm, dropout, fc1, ...) but the
+        first layer is one matrix product on the constant ``e`` (see ``_first_layer``), so
+        neither the 303 mixed features nor their gradients are ever formed.
+        ``dropout`` > 0 (training) drops whole input and hidden channels, like FeatUp's
+        Dropout2d on a one-image batch, with masks drawn from ``gen``.
         """
-        s, c = base[:, 0], base[:, 1]
-        cs, ss = torch.cos(self.phases[0]), torch.sin(self.phases[0])
-        cc, sc = torch.cos(self.phases[1]), torch.sin(self.phases[1])
-        sin_f = s * cs + c * ss  # sin(a + p0)
-        cos_f = c * cc - s * sc  # cos(a + p1)
-        n = base.shape[0]
-        # FeatUp orders the Fourier channels frequency-major: index f * 5 + d.
-        x = torch.cat([
-            sin_f.transpose(1, 2).reshape(n, -1), cos_f.transpose(1, 2).reshape(n, -1), colour
-        ], dim=1)
-        x = self.norm_in(x)
-        m = _dropout_mask((1, x.shape[1]), dropout, gen, x.device)
-        if m is not None:
-            x = x * m
-        x = F.relu(self.fc1(x))
+        nf = 5 * self.n_freqs
+        m = _dropout_mask((e.shape[1],), dropout, gen, e.device)
+        big_g, mean_w, sq_w, sq_c, u, v = self._first_layer(m)
+        mean = e @ mean_w
+        with torch.no_grad():
+            s = e[:, :nf]
+            sq_in = torch.cat([s * s, s * e[:, nf:2 * nf]], 1)
+            col_sq = e[:, 2 * nf:].square().sum(1) / e.shape[1]
+        var = (sq_in @ sq_w + sq_c + col_sq - mean.square()).clamp_min(0)
+        rstd = torch.rsqrt(var + self.norm_in.eps)
+        x = torch.addmm(-mean[:, None] * u, e, big_g.T) * rstd[:, None] + v
+        x = F.relu(x)
         m = _dropout_mask((1, x.shape[1]), dropout, gen, x.device)
         if m is not None:
             x = x * m
@@ -446,6 +477,12 @@ def _blur_matrix(n: int) -> torch.Tensor:
     return m
 
 
+def _support(m: torch.Tensor) -> tuple[int, int]:
+    """First and one-past-last column of ``m`` (R, N) holding a nonzero."""
+    nz = torch.nonzero(m.abs().sum(0)).flatten()
+    return int(nz[0]), int(nz[-1]) + 1
+
+
 def _tap_matrix(i0: torch.Tensor, i1: torch.Tensor, frac: torch.Tensor, n: int) -> torch.Tensor:
     m = torch.zeros(len(i0), n, dtype=torch.float64)
     r = torch.arange(len(i0))
@@ -458,9 +495,9 @@ class ViewOps:
     """Per-axis matrices of blur(jitter(.)) for a batch of views, cut to cell windows.
 
     Jitter and blur act on rows and columns separately, so ``blur(jitter(x))`` is
-    ``Ty @ x @ Tx^T`` with ``Ty = By @ Jy`` and ``Tx = Bx @ Jx``: two batched matrix
-    products instead of padding, zooming and convolving a 129-channel map per view.
-    Only the rows and columns the attention windows of the cells
+    ``Ty @ x @ Tx^T`` with ``Ty = By @ Jy`` and ``Tx = Bx @ Jx``: matrix products
+    instead of padding, zooming and convolving a 129-channel map per view (and
+    :meth:`pool` goes further: it never forms the views). Only the rows and columns the attention windows of the cells
     ``[i0, i0 + cells[0]) x [j0, j0 + cells[1])`` read are produced, including the
     stride/2 reflect margin of the downsampler (rows ``i0*s - s//2`` to
     ``(i0 + kh)*s + s - s//2``, mirrored at the view's border), so the output is
@@ -491,30 +528,80 @@ class ViewOps:
             ty.append(my[ry])
             tx.append(mx[rx])
         self.cells = tuple(cells)
+        self.stride = s
         self.origins = list(origins)
         self.ty = torch.stack(ty).float().to(device)  # (B, R, H)
         self.txt = torch.stack(tx).transpose(1, 2).float().to(device)  # (B, W, Cols)
+        # For pooling: each view reads only a band of source rows and columns. Keep the
+        # row operator on that band, and the column operator per cell column (the 2s
+        # columns of its windows) on its band, so pool() never forms the jittered view.
+        self.row_spans, self.col_spans, self.ty_band, self.tx_cells = [], [], [], []
+        for my, mx in zip(ty, tx):
+            (a, e), (a2, e2) = _support(my), _support(mx)
+            self.row_spans.append((a, e))
+            self.col_spans.append((a2, e2))
+            self.ty_band.append(my[:, a:e].float().to(device))  # (R, Hs)
+            cells_x = mx[:, a2:e2].unfold(0, 2 * s, s).transpose(1, 2)  # (kw, 2s, Ws)
+            self.tx_cells.append(cells_x.float().contiguous().to(device))
 
     def __len__(self) -> int:
         return self.ty.shape[0]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """(1 or B, C, H, W) -> (B, C, R, Cols)."""
-        if x.shape[0] != 1:
-            return torch.matmul(torch.matmul(self.ty[:, None], x), self.txt[:, None])
-        # One map for all views: rows as one GEMM over (H, C*W), then columns as one
-        # batched GEMM, so the map is never copied once per view (broadcasting it was
-        # a third of a step's time).
-        _, c, h, w = x.shape
-        b, r = self.ty.shape[:2]
-        rows = (self.ty.reshape(b * r, h) @ x[0].transpose(0, 1).reshape(h, c * w))
-        out = torch.bmm(rows.reshape(b, r * c, w), self.txt)  # (B, R*C, Cols)
-        return out.reshape(b, r, c, -1).transpose(1, 2)
+        """(1 or B, C, H, W) -> (B, C, R, Cols): the blurred jittered views. The fit
+        uses it on the one-channel attention logits; :meth:`pool` handles the features."""
+        return torch.matmul(torch.matmul(self.ty[:, None], x), self.txt[:, None])
+
+    def pool(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """Attention-pool the blurred jittered views of one channels-last map ``x``
+        (H, W, C) with window weights ``attn`` (B, kh, kw, 2, s, 2, s) -> (B, C, kh, kw).
+
+        Equals ``AttentionDownsampler.pool(self(x), attn)`` with ``x`` channels-first,
+        without forming the (B, C, R, Cols) views: per view, the rows of its source band
+        are jittered (one GEMM over (Hs, Ws*C)), and each window's weights are pulled
+        back through the column operator onto the band's columns, so the pooling is a
+        product with the jittered rows.
+        """
+        h, w, c = x.shape
+        kh, kw = self.cells
+        s = self.stride
+        bands = _BandRows.apply(x.reshape(h, w * c), self, c)
+        out = []
+        for b in range(len(self)):
+            ws = self.col_spans[b][1] - self.col_spans[b][0]
+            rows = bands[b].view(kh + 1, s * ws, c)
+            wts = attn[b].reshape(kh, kw, 2 * s, 2 * s) @ self.tx_cells[b]  # (kh, kw, 2s, Ws)
+            wts = wts.view(kh, kw, 2, s * ws)
+            out.append(torch.bmm(wts[:, :, 0], rows[:kh]) + torch.bmm(wts[:, :, 1], rows[1:]))
+        return torch.stack(out).permute(0, 3, 1, 2)
 
     def crop(self, t: torch.Tensor) -> torch.Tensor:
         """The windows' cells of grid maps (B, C, h, w) -> (B, C, kh, kw)."""
         kh, kw = self.cells
         return torch.stack([t[b, :, i:i + kh, j:j + kw] for b, (i, j) in enumerate(self.origins)])
+
+
+class _BandRows(torch.autograd.Function):
+    """Each view's row operator on its band of a (H, W*C) map: ``ty_band[b] @
+    x[rows_b, cols_b * C]`` for every view b. The backward pass accumulates all views
+    into one gradient buffer (autograd's slices would zero a full-size buffer per view)."""
+
+    @staticmethod
+    def forward(ctx, flat: torch.Tensor, ops: "ViewOps", c: int) -> tuple[torch.Tensor, ...]:
+        ctx.ops, ctx.c, ctx.shape = ops, c, flat.shape
+        return tuple(
+            ty @ flat[a:e, a2 * c:e2 * c]
+            for ty, (a, e), (a2, e2) in zip(ops.ty_band, ops.row_spans, ops.col_spans)
+        )
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor):
+        ops, c = ctx.ops, ctx.c
+        out = grads[0].new_zeros(ctx.shape)
+        for g, ty, (a, e), (a2, e2) in zip(grads, ops.ty_band, ops.row_spans, ops.col_spans):
+            if g is not None:
+                out[a:e, a2 * c:e2 * c].addmm_(ty.T, g)
+        return out, None, None
 
 
 # --------------------------------------------------------------------------- result
@@ -632,8 +719,8 @@ class ImplicitFeatures:
 
                 col = resize_bilinear(self.image, size, slice(a, b))
             col = self._scaled_colour(col[0]).reshape(3, -1).T
-            base = ImplicitNet.base_features(self._coords(size, slice(a, b)), col, self.net.n_freqs)
-            z = self.net(base, col)  # (N, P)
+            e = ImplicitNet.encode(self._coords(size, slice(a, b)), col, self.net.n_freqs)
+            z = self.net(e)  # (N, P)
             f = z if pca else z @ self.components + self.mean  # (N, P or C)
             out[0, :, a - r0:b - r0] = f.T.reshape(out.shape[1], b - a, ww)
         return out
@@ -843,8 +930,7 @@ class ImplicitFitter:
         hi = img.reshape(3, -1).max(1).values
         self.colour_range = torch.stack([lo, hi])
         scaled = (img - lo[:, None, None]) / (hi - lo).clamp_min(1e-4)[:, None, None] - 0.5
-        self.colour = scaled.reshape(3, -1).T
-        self.base = ImplicitNet.base_features(coords, self.colour, cfg.n_freqs)
+        self.encoded = ImplicitNet.encode(coords, scaled.reshape(3, -1).T, cfg.n_freqs)
         self._built = True
 
     def lr_at(self, step: int) -> float:
@@ -856,11 +942,6 @@ class ImplicitFitter:
             cos = 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
             return cfg.lr * (cfg.lr_floor + (1 - cfg.lr_floor) * cos)
         return cfg.lr
-
-    def highres(self, train: bool) -> torch.Tensor:
-        """The network's (1, P, Hf, Wf) features of the fit image."""
-        z = self.net(self.base, self.colour, self.dev_gen, self.cfg.dropout if train else 0.0)
-        return z.T.reshape(1, z.shape[1], *self.fit_size)
 
     def view_ops(self, jitters: list[Jitter], random_windows: bool = False) -> ViewOps:
         """Operators for ``jitters``: the whole grid, or with ``random_windows`` and
@@ -883,11 +964,13 @@ class ImplicitFitter:
         cfg = self.cfg
         self.net.train(train)
         self.down.train(train)
-        hr = self.highres(train)
-        hr_mag = hr.norm(dim=1, keepdim=True)
-        both = torch.cat([hr_mag, hr], dim=1)  # (1, P+1, H, W)
+        hf, wf = self.fit_size
+        z = self.net(self.encoded, self.dev_gen, cfg.dropout if train else 0.0)  # (N, P)
+        z_mag = z.norm(dim=1, keepdim=True)
+        both = torch.cat([z_mag, z], dim=1)  # (N, P+1), channels last
+        hr = z.T.reshape(1, z.shape[1], hf, wf)
+        hr_mag = z_mag.view(1, 1, hf, wf)
         targets = ops.crop(targets)
-        views = ops(both)  # blurred jittered views, padded for the windows
         # Attention logits are linear in the blurred view, so take them on one channel
         # before jittering. Training drops input channels per view (FeatUp drops single
         # entries; per-channel keeps this a one-channel product).
@@ -896,11 +979,11 @@ class ImplicitFitter:
         p_drop = cfg.attn_dropout if train else 0.0
         m = _dropout_mask((bsz, a.shape[0]), p_drop, self.dev_gen, a.device)
         av = a.expand(bsz, -1) if m is None else a * m
-        logit_map = torch.einsum("bc,chw->bhw", av, both[0])[:, None]
+        logit_map = (both @ av.T).T.reshape(bsz, 1, hf, wf)
         logits = ops(logit_map) + self.down.attn.bias
         attn = self.down.attention(logits, ops.cells, self.dev_gen,
                                    cfg.logit_mask if train else 0.0)
-        down = self.down.pool(views, attn)
+        down = ops.pool(both.view(hf, wf, -1), attn)  # blurred, jittered, pooled views
         mag_d, out = down[:, :1], down[:, 1:]
         log_s = self.scale_net(targets.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         scales = torch.exp(log_s + 0.1).clamp_min(1e-4)
