@@ -14,7 +14,7 @@ the ``featup`` settings and once with ``fast``, and prints:
 
 The timed part of each run includes featurising its jittered views with the backbone
 (FeatUp's 3000 views dominate on CPU) and all steps. A full FeatUp run (3000 views,
-1200 steps) takes about 1.5 h on one core of the 2-core development CPU;
+1200 steps) takes about 45 min on one core of the 2-core development CPU;
 ``--featup-views`` / ``--featup-steps`` shorten it (the printout says which budget was
 used), and ``--out`` saves its curve so that ``--reference`` can reuse it for runs of
 other fast settings against the same held-out views.

@@ -103,12 +103,13 @@ SETTINGS: dict[str, ImplicitConfig] = {
     # FeatUp's train_implicit_upsampler.py with configs/implicit_upsampler.yaml.
     "featup": ImplicitConfig(),
     # Fewer views (the backbone on 3000 views dominates on CPU), each scored on a random
-    # 8 x 8 window of grid cells (a step costs about a third of FeatUp's), a higher peak
-    # lr with warm-up and cosine decay, and far fewer steps. Chosen with
+    # 8 x 8 window of grid cells (16 windows cost about half of FeatUp's 10 whole views),
+    # a higher peak lr with warm-up and cosine decay, and fewer steps. Chosen with
     # benchmarks/bench_implicit.py at 224 px on one CPU core against a full FeatUp run
-    # (3000 views, 1200 steps); docs/implicit.md has the curves and the speed-up.
+    # (3000 views, 1200 steps): 8 windows a step end higher, 32 gain nothing per step,
+    # 512 views nothing over 256. docs/implicit.md has the curves and the speed-up.
     "fast": ImplicitConfig(
-        views=256, steps=450, batch=8, cells=8, lr=8e-3, schedule="cosine", warmup=5,
+        views=256, steps=700, batch=16, cells=8, lr=8e-3, schedule="cosine", warmup=5,
         pca_views=32,
     ),
     # A quick look: the same recipe cut to 32 views and 70 steps (about 1/8 of "fast"'s
