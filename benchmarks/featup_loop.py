@@ -31,15 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _blur(x: torch.Tensor) -> torch.Tensor:
-    t = torch.arange(5, dtype=x.dtype, device=x.device) - 2
-    k = torch.exp(-t**2 / 2)
-    k = k / k.sum()
-    c = x.shape[1]
-    x = F.pad(x, (2, 2, 2, 2), mode="reflect")
-    x = F.conv2d(x, k.view(1, 1, 5, 1).expand(c, 1, 5, 1), groups=c)
-    return F.conv2d(x, k.view(1, 1, 1, 5).expand(c, 1, 1, 5), groups=c)
+from napari_featup.implicit import _gaussian_blur as _blur  # 5-tap Gaussian, sigma 1, reflect
 
 
 class _ChannelNorm(nn.Module):
