@@ -112,7 +112,7 @@ SETTINGS: dict[str, ImplicitConfig] = {
         views=256, steps=700, batch=16, cells=8, lr=8e-3, schedule="cosine", warmup=5,
         pca_views=32,
     ),
-    # A quick look: the same recipe cut to 32 views and 70 steps (about 1/8 of "fast"'s
+    # A quick look: the same recipe cut to 32 views and 70 steps (about 1/13 of "fast"'s
     # time; its held-out loss levels off near that of FeatUp's 60th step).
     "preview": ImplicitConfig(
         views=32, steps=70, batch=4, cells=8, lr=8e-3, schedule="cosine", warmup=5,
