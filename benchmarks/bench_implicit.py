@@ -150,8 +150,8 @@ def main(argv=None):
     ap.add_argument("--retime-reference", type=int, default=0, metavar="N",
                     help="with --reference: put its curve on a clock timed here on N views and N steps")
     ap.add_argument("--featup-loop", type=int, default=0, metavar="N",
-                    help="also time N steps of FeatUp's own training loop (benchmarks/featup_loop.py) "
-                         "and put the featup curve on that clock too")
+                    help="also time N steps of FeatUp's own training loop "
+                         "(benchmarks/featup_loop.py) and put the featup curve on that clock too")
     ap.add_argument("--target-evals", type=int, default=4,
                     help="the target is the mean held-out loss of the featup run's last K evaluations")
     ap.add_argument("--eval-views", type=int, default=16)
@@ -256,7 +256,8 @@ def main(argv=None):
               f"steps here), so its run reaches the level at step {ref_step} after "
               f"{own:.0f} s (views {base_run['view_seconds']:.0f} s, same backbone)")
         if t_fast and ref_step:
-            print(f"speed-up of fast over FeatUp's own loop to the featup level: {own / t_fast:.1f}x")
+            print(f"speed-up of fast over FeatUp's own loop to the featup level: "
+                  f"{own / t_fast:.1f}x")
         results[0]["featup_loop_step_seconds"] = per_step
     # Where fast stops short of the target, the speed-up at the level it does reach:
     # its final loss, against the first time the featup run gets as low (the featup

@@ -72,10 +72,12 @@ class _AttnDown(nn.Module):
         b, c, h, w = x.shape
         stride = (h - self.kernel) // (self.grid - 1)
         patches = F.unfold(_blur(x), self.kernel, stride=stride)
-        patches = patches.reshape(b, c, self.kernel ** 2, self.grid, self.grid).permute(0, 3, 4, 2, 1)
+        patches = patches.reshape(b, c, self.kernel ** 2, self.grid, self.grid)
+        patches = patches.permute(0, 3, 4, 2, 1)
         logits = self.net(patches).squeeze(-1)
         keep = torch.rand(b, self.grid, self.grid, 1) > 0.2
-        attn = F.softmax(logits * keep * self.w.reshape(1, 1, 1, -1) + self.b.reshape(1, 1, 1, -1), -1)
+        w, bias = self.w.reshape(1, 1, 1, -1), self.b.reshape(1, 1, 1, -1)
+        attn = F.softmax(logits * keep * w + bias, -1)
         return torch.einsum("bhwpc,bhwp->bchw", patches, attn)
 
 
@@ -127,7 +129,8 @@ def featup_step_seconds(
         out, out_mag = out_both[:, 1:], out_both[:, :1]
         scales = torch.exp(outlier(target) + 0.1).clamp_min(1e-4)
         loss = ((out - target).square() / (2 * scales**2) + scales.log()).mean()
-        loss = loss + 0.001 * (out_mag - target.square().sum(1, keepdim=True).sqrt()).square().mean()
+        target_mag = target.square().sum(1, keepdim=True).sqrt()
+        loss = loss + 0.001 * (out_mag - target_mag).square().mean()
         tv = ((mag[:, :, 1:] - mag[:, :, :-1]).square().sum()
               + (mag[..., 1:] - mag[..., :-1]).square().sum()) / mag.numel()
         loss = loss + 0.05 * tv + 0.1 * (_blur(hr) - hr).square().mean()

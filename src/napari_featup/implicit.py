@@ -250,7 +250,8 @@ class ImplicitNet(nn.Module):
         big_g = torch.cat([ws * c0 - wc * s1, ws * s0 + wc * c1, w[:, 2 * nf:] * g[2 * nf:]], 1)
         n_in = w.shape[1]
         mean_w = torch.cat([c0 - s1, s0 + c1, torch.ones(3, device=w.device)]) / n_in
-        sq_w = torch.cat([torch.cos(2 * p0) - torch.cos(2 * p1), torch.sin(2 * p0) - torch.sin(2 * p1)]) / n_in
+        sq_w = torch.cat([torch.cos(2 * p0) - torch.cos(2 * p1),
+                          torch.sin(2 * p0) - torch.sin(2 * p1)]) / n_in
         sq_c = (s0.square() + c1.square()).sum() / n_in
         return big_g, mean_w, sq_w, sq_c, w @ g, w @ beta + self.fc1.bias
 
@@ -498,7 +499,8 @@ class ViewOps:
     Jitter and blur act on rows and columns separately, so ``blur(jitter(x))`` is
     ``Ty @ x @ Tx^T`` with ``Ty = By @ Jy`` and ``Tx = Bx @ Jx``: matrix products
     instead of padding, zooming and convolving a 129-channel map per view (and
-    :meth:`pool` goes further: it never forms the views). Only the rows and columns the attention windows of the cells
+    :meth:`pool` goes further: it never forms the views). Only the rows and columns
+    the attention windows of the cells
     ``[i0, i0 + cells[0]) x [j0, j0 + cells[1])`` read are produced, including the
     stride/2 reflect margin of the downsampler (rows ``i0*s - s//2`` to
     ``(i0 + kh)*s + s - s//2``, mirrored at the view's border), so the output is
