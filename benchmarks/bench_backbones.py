@@ -41,8 +41,14 @@ def _child(name: str, size: int, repeat: int, device: str) -> dict:
             if i:
                 times.append(time.perf_counter() - t)
     peak = peak_rss_mb()
-    return {"backbone": name, "size": size, "grid": list(y.shape[-2:]), "dim": y.shape[1],
-            "median_s": statistics.median(times), "peak_extra_mb": peak - before}
+    return {
+        "backbone": name,
+        "size": size,
+        "grid": list(y.shape[-2:]),
+        "dim": y.shape[1],
+        "median_s": statistics.median(times),
+        "peak_extra_mb": peak - before,
+    }
 
 
 def main() -> None:
@@ -61,18 +67,36 @@ def main() -> None:
     import napari_featup as nf
 
     names = a.backbones or nf.list_backbones()
-    print(f"# backbones on {a.device}: {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"# backbones on {a.device}: {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
     print(f"{'backbone':<11} {'size':>5} {'grid':>9} {'dim':>5} {'median s':>9} {'peak +MB':>9}")
     for name in names:
         for size in a.sizes:
             out = subprocess.run(
-                [sys.executable, __file__, "--child", name, str(size), "--repeat", str(a.repeat),
-                 "--device", a.device], capture_output=True, text=True, check=True)
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    name,
+                    str(size),
+                    "--repeat",
+                    str(a.repeat),
+                    "--device",
+                    a.device,
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             r = json.loads(out.stdout.strip().splitlines()[-1])
             grid = "x".join(map(str, r["grid"]))
-            print(f"{name:<11} {size:>5} {grid:>9} {r['dim']:>5} {r['median_s']:>9.3f} "
-                  f"{r['peak_extra_mb']:>9.0f}", flush=True)
+            print(
+                f"{name:<11} {size:>5} {grid:>9} {r['dim']:>5} {r['median_s']:>9.3f} "
+                f"{r['peak_extra_mb']:>9.0f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

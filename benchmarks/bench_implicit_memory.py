@@ -46,9 +46,16 @@ def child_fit(size: int, settings: str, steps: int) -> dict:
     base = rss_mb()
     t0 = time.perf_counter()
     feats = fit_implicit(img, bb, settings=settings, steps=steps, seed=0)
-    return {"case": "fit", "size": f"{size}x{size}", "settings": settings, "steps": steps,
-            "fit_size": list(feats.fit_size), "seconds": round(time.perf_counter() - t0, 1),
-            "backbone_loaded_mb": round(base), "peak_above_mb": round(peak_rss_mb() - base)}
+    return {
+        "case": "fit",
+        "size": f"{size}x{size}",
+        "settings": settings,
+        "steps": steps,
+        "fit_size": list(feats.fit_size),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "backbone_loaded_mb": round(base),
+        "peak_above_mb": round(peak_rss_mb() - base),
+    }
 
 
 def child_field(size: int, settings: str, steps: int) -> dict:
@@ -60,26 +67,42 @@ def child_field(size: int, settings: str, steps: int) -> dict:
 
     img = _image(size, size)
     t0 = time.perf_counter()
-    res = nf.extract_features(img, "dinov2", "featup-implicit", weights="random", device="cpu",
-                              highres=False,
-                              upsampler_options={"settings": settings, "steps": steps})
+    res = nf.extract_features(
+        img,
+        "dinov2",
+        "featup-implicit",
+        weights="random",
+        device="cpu",
+        highres=False,
+        upsampler_options={"settings": settings, "steps": steps},
+    )
     sim = res.field.similarity([(size // 2, size // 3)])
     rgb = res.field.pca_rgb(res.fit_pca())
     assert sim.shape == (size, size) and rgb.shape == (size, size, 3)
     dense = res.field._dense
-    return {"case": "field", "size": f"{size}x{size}", "settings": settings, "steps": steps,
-            "seconds": round(time.perf_counter() - t0, 1),
-            "kept_per_pixel": f"{dense.shape[0]} x {dense.dtype}".replace("torch.", ""),
-            "kept_mb": round(dense.numel() * dense.element_size() / 2**20),
-            "float32_features_would_be_mb": round(res.lowres.shape[0] * size * size * 4 / 2**20),
-            "peak_rss_mb": round(peak_rss_mb()), "finite": bool(np.isfinite(sim).all())}
+    return {
+        "case": "field",
+        "size": f"{size}x{size}",
+        "settings": settings,
+        "steps": steps,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "kept_per_pixel": f"{dense.shape[0]} x {dense.dtype}".replace("torch.", ""),
+        "kept_mb": round(dense.numel() * dense.element_size() / 2**20),
+        "float32_features_would_be_mb": round(res.lowres.shape[0] * size * size * 4 / 2**20),
+        "peak_rss_mb": round(peak_rss_mb()),
+        "finite": bool(np.isfinite(sim).all()),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[224, 448, 1024])
-    ap.add_argument("--settings", nargs="+", default=["fast", "preview"],
-                    help="presets to fit (featup: its 3000 views take ~10 min to featurise here)")
+    ap.add_argument(
+        "--settings",
+        nargs="+",
+        default=["fast", "preview"],
+        help="presets to fit (featup: its 3000 views take ~10 min to featurise here)",
+    )
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--field-size", type=int, default=2048, help="0: skip the field case")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
@@ -96,8 +119,11 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--child", case, str(size), settings, str(args.steps)]
         out = subprocess.run(cmd, capture_output=True, text=True)
         line = (out.stdout.strip().splitlines() or [""])[-1]
-        print(line if out.returncode == 0 and line.startswith("{")
-              else f"{case} {size} {settings}: failed (rc {out.returncode}): {out.stderr[-1500:]}")
+        print(
+            line
+            if out.returncode == 0 and line.startswith("{")
+            else f"{case} {size} {settings}: failed (rc {out.returncode}): {out.stderr[-1500:]}"
+        )
 
 
 if __name__ == "__main__":

@@ -30,9 +30,8 @@ import subprocess
 import sys
 import time
 
-from _memory import peak_rss_mb
-
 import numpy as np
+from _memory import peak_rss_mb
 
 
 def _run(request):
@@ -65,7 +64,9 @@ def _stack(image, upsampler: str, device: str = "cpu", options: dict | None = No
     return stack, t_run
 
 
-def bench_clicks(upsampler: str, n_clicks: int, size: int = 1024, options: dict | None = None) -> dict:
+def bench_clicks(
+    upsampler: str, n_clicks: int, size: int = 1024, options: dict | None = None
+) -> dict:
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:size, :size]
     image = ((np.sin(yy / 37.0) + np.cos(xx / 23.0)) * 60 + 128).astype(np.uint8)
@@ -80,10 +81,17 @@ def bench_clicks(upsampler: str, n_clicks: int, size: int = 1024, options: dict 
         times.append(time.perf_counter() - t0)
         assert sim.shape == (size, size)
     ms = np.array(times) * 1000
-    return {"upsampler": upsampler, "image": f"{size}x{size}", "dim": int(stack.metadata["dim"]),
-            "run_s": round(t_run, 2), "clicks": n_clicks, "median_ms": round(float(np.median(ms)), 1),
-            "p90_ms": round(float(np.percentile(ms, 90)), 1), "min_ms": round(float(ms.min()), 1),
-            "max_ms": round(float(ms.max()), 1)}
+    return {
+        "upsampler": upsampler,
+        "image": f"{size}x{size}",
+        "dim": int(stack.metadata["dim"]),
+        "run_s": round(t_run, 2),
+        "clicks": n_clicks,
+        "median_ms": round(float(np.median(ms)), 1),
+        "p90_ms": round(float(np.percentile(ms, 90)), 1),
+        "min_ms": round(float(ms.min()), 1),
+        "max_ms": round(float(ms.max()), 1),
+    }
 
 
 def bench_viewer_clicks(n_clicks: int, size: int = 1024) -> dict:
@@ -98,8 +106,9 @@ def bench_viewer_clicks(n_clicks: int, size: int = 1024) -> dict:
     widget.weights_combo.setCurrentIndex(widget.weights_combo.findData("random"))
     widget.device_combo.setCurrentText("cpu")
     yy, xx = np.mgrid[:size, :size]
-    viewer.add_image(((np.sin(yy / 37.0) + np.cos(xx / 23.0)) * 60 + 128).astype(np.uint8),
-                     name="bench")
+    viewer.add_image(
+        ((np.sin(yy / 37.0) + np.cos(xx / 23.0)) * 60 + 128).astype(np.uint8), name="bench"
+    )
     done = []
     widget.run_finished.connect(done.append)
     widget.run()
@@ -117,8 +126,12 @@ def bench_viewer_clicks(n_clicks: int, size: int = 1024) -> dict:
         times.append(time.perf_counter() - t0)
     viewer.close()
     ms = np.array(times) * 1000
-    return {"what": "widget handler incl. napari layer refresh", "status": done[0],
-            "median_ms": round(float(np.median(ms)), 1), "p90_ms": round(float(np.percentile(ms, 90)), 1)}
+    return {
+        "what": "widget handler incl. napari layer refresh",
+        "status": done[0],
+        "median_ms": round(float(np.median(ms)), 1),
+        "p90_ms": round(float(np.percentile(ms, 90)), 1),
+    }
 
 
 def large_image_child(upsampler: str, options: dict) -> None:
@@ -134,11 +147,20 @@ def large_image_child(upsampler: str, options: dict) -> None:
     stack.set_query([(1000, 1000)])
     stack.update_similarity(())
     stack.mask(0.5)
-    print(json.dumps({"image": "2048x2048 uint16", "upsampler": upsampler, "options": options,
-                      "device": "cpu",
-                      "total_s": round(time.perf_counter() - t0, 1), "run_s": round(t_run, 1),
-                      "peak_rss_gb": round(peak_rss_mb() / 1024, 2),
-                      "rss_after_imports_gb": round(base, 2)}))
+    print(
+        json.dumps(
+            {
+                "image": "2048x2048 uint16",
+                "upsampler": upsampler,
+                "options": options,
+                "device": "cpu",
+                "total_s": round(time.perf_counter() - t0, 1),
+                "run_s": round(t_run, 1),
+                "peak_rss_gb": round(peak_rss_mb() / 1024, 2),
+                "rss_after_imports_gb": round(base, 2),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -148,8 +170,13 @@ def main() -> None:
     ap.add_argument("--viewer", action="store_true")
     ap.add_argument("--skip-large", action="store_true")
     ap.add_argument("--upsamplers", nargs="+", default=None, help="upsamplers to click on")
-    ap.add_argument("--option", action="append", metavar="KEY=VALUE", default=[],
-                    help="upsampler option for the non-bilinear runs, repeatable")
+    ap.add_argument(
+        "--option",
+        action="append",
+        metavar="KEY=VALUE",
+        default=[],
+        help="upsampler option for the non-bilinear runs, repeatable",
+    )
     ap.add_argument("--large-upsampler", default="bilinear")
     ap.add_argument("--large-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -166,8 +193,10 @@ def main() -> None:
 
     names = list_upsamplers() if args.all_upsamplers else ["bilinear", "featup-jbu"]
     names = args.upsamplers or names
-    print(f"torch threads: {torch.get_num_threads()}, cpu count: {os.cpu_count()}"
-          + (f", upsampler options {options}" if options else ""))
+    print(
+        f"torch threads: {torch.get_num_threads()}, cpu count: {os.cpu_count()}"
+        + (f", upsampler options {options}" if options else "")
+    )
     for n in names:
         try:
             res = bench_clicks(n, args.clicks, options=options)

@@ -69,7 +69,7 @@ def worker(spec: dict) -> dict:
                 rows = spec["tile_rows"]
                 for r0 in range(0, 16 * grid, rows):
                     t = kern(lowres, slice(r0, r0 + rows))
-                    norms[r0:r0 + rows] = torch.linalg.vector_norm(t[0], dim=0)
+                    norms[r0 : r0 + rows] = torch.linalg.vector_norm(t[0], dim=0)
                     del t
                 return norms
         raise ValueError(kind)
@@ -131,7 +131,9 @@ def measure(spec: dict) -> dict:
     env["PYTHONPATH"] = os.path.abspath(src) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
         [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)],
-        capture_output=True, text=True, env=env,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
@@ -153,8 +155,10 @@ def _fmt(r: dict) -> str:
     if "error" in r:
         return f"ERROR {r['error']}"
     cpu = r.get("cpu_s") or r["first_cpu_s"]
-    s = (f"wall {r['time_s']:7.3f} s  cpu {cpu:7.3f} s  (first call wall {r['first_s']:.3f} s)  "
-         f"peak +{r['peak_mb']:7.1f} MB")
+    s = (
+        f"wall {r['time_s']:7.3f} s  cpu {cpu:7.3f} s  (first call wall {r['first_s']:.3f} s)  "
+        f"peak +{r['peak_mb']:7.1f} MB"
+    )
     if r.get("peak_exact") is False:
         s += " (upper bound: hidden by an earlier peak)"
     if "max_abs_err" in r:
@@ -178,28 +182,41 @@ def main() -> None:
     import torch
 
     base = {"device": args.device, "repeat": args.repeat, "threads": args.threads}
-    print(f"FeatUp JBU stack, {DIM} channels, device {args.device}, torch {torch.__version__}, "
-          f"threads {args.threads or torch.get_num_threads()}")
-    print("peak = rise of peak RSS over RSS before the call (CUDA: max_memory_allocated), "
-          "one subprocess per line; time = best call\n")
+    print(
+        f"FeatUp JBU stack, {DIM} channels, device {args.device}, torch {torch.__version__}, "
+        f"threads {args.threads or torch.get_num_threads()}"
+    )
+    print(
+        "peak = rise of peak RSS over RSS before the call (CUDA: max_memory_allocated), "
+        "one subprocess per line; time = best call\n"
+    )
     # alternate the two in rounds so both see the same machine load; keep the best round
-    rounds = [(measure(dict(base, kind="baseline", grid=14, repeat=max(1, args.repeat - 1))),
-               measure(dict(base, kind="ours", grid=14, check=True))) for _ in range(args.rounds)]
+    rounds = [
+        (
+            measure(dict(base, kind="baseline", grid=14, repeat=max(1, args.repeat - 1))),
+            measure(dict(base, kind="ours", grid=14, check=True)),
+        )
+        for _ in range(args.rounds)
+    ]
     b, o = (_best([r[i] for r in rounds]) for i in (0, 1))
     print(f"224 px  baseline : {_fmt(b)}")
     print(f"224 px  ours     : {_fmt(o)}")
     if "error" not in b and "error" not in o:
         cb, co = (r.get("cpu_s") or r["first_cpu_s"] for r in (b, o))
-        print(f"        speed-up {b['time_s'] / o['time_s']:.1f}x wall, {cb / co:.1f}x cpu time; "
-              f"extra peak memory {o['peak_mb'] / max(b['peak_mb'], 1e-9):.2f} of the baseline's")
+        print(
+            f"        speed-up {b['time_s'] / o['time_s']:.1f}x wall, {cb / co:.1f}x cpu time; "
+            f"extra peak memory {o['peak_mb'] / max(b['peak_mb'], 1e-9):.2f} of the baseline's"
+        )
     sizes = [28] if args.skip_large else [28, 56]
     for g in sizes:
         r = measure(dict(base, kind="ours", grid=g, repeat=min(args.repeat, 2)))
         print(f"{16 * g} px  ours     : {_fmt(r)}")
     if not args.skip_large:
         r = measure(dict(base, kind="tiled", grid=128, tile_rows=32, repeat=0))
-        print(f"2048 px tiled    : {_fmt(r)}  (32-row tiles, each reduced to a norm map; "
-              f"the full 384 x 2048 x 2048 float32 result would be 6 GB)")
+        print(
+            f"2048 px tiled    : {_fmt(r)}  (32-row tiles, each reduced to a norm map; "
+            f"the full 384 x 2048 x 2048 float32 result would be 6 GB)"
+        )
     if args.device.startswith("cuda"):
         print("\nCUDA correctness (vs the straightforward float32 evaluation on the GPU):")
         for dt in ("float32", "float16"):

@@ -89,12 +89,18 @@ class SceneFitter(ImplicitFitter):
     level, fresh per view)."""
 
     def __init__(self, scene: syn.Scene, image: torch.Tensor, cfg, seed: int, noise: float):
-        super().__init__(image, _SceneStandIn(scene.stride, scene.features.shape[0]), cfg,
-                         seed=seed, use_norm=False)
+        super().__init__(
+            image,
+            _SceneStandIn(scene.stride, scene.features.shape[0]),
+            cfg,
+            seed=seed,
+            use_norm=False,
+        )
         f = torch.from_numpy(scene.features)[None]
         if self.content_size != self.original_size:  # downscaled like the image
-            f = F.interpolate(f, self.content_size, mode="bilinear", align_corners=False,
-                              antialias=True)
+            f = F.interpolate(
+                f, self.content_size, mode="bilinear", align_corners=False, antialias=True
+            )
         self.truth = pad_to_stride(f, scene.stride)
         self.noise = noise * float(scene.features.std())
         self.noise_gen = torch.Generator().manual_seed(scene.seed + 7919)
@@ -159,8 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--only", nargs="*", help="registry names to run (default: all)")
     ap.add_argument("--implicit-settings", default="fast", help="featup-implicit preset")
-    ap.add_argument("--implicit-option", action="append", default=[], metavar="KEY=VALUE",
-                    help="featup-implicit option overriding the preset, repeatable")
+    ap.add_argument(
+        "--implicit-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="featup-implicit option overriding the preset, repeatable",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -229,7 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     base = rows.get("bilinear")
     if base is not None:
         print("\nagainst bilinear (target: boundary error at least 30% lower, no metric worse):")
-        for label in [k for k in rows if k in ("jbu-classic", "guided-fit") or k.startswith("featup-implicit")]:
+        for label in [
+            k for k in rows if k in ("jbu-classic", "guided-fit") or k.startswith("featup-implicit")
+        ]:
             r = rows.get(label)
             if r is None:
                 continue

@@ -57,14 +57,16 @@ def scene(size: int):
 
     yy, xx = np.mgrid[0:size, 0:size] / size
     img = np.zeros((size, size, 3))
-    img[..., 0] = (np.sin(7 * xx + 3 * yy) > 0.3)
-    img[..., 1] = ((yy - 0.55) ** 2 + (xx - 0.45) ** 2 < 0.07)
-    img[..., 2] = (xx + 0.3 * np.sin(11 * yy) > 0.6)
+    img[..., 0] = np.sin(7 * xx + 3 * yy) > 0.3
+    img[..., 1] = (yy - 0.55) ** 2 + (xx - 0.45) ** 2 < 0.07
+    img[..., 2] = xx + 0.3 * np.sin(11 * yy) > 0.6
     return (img * 255).astype("uint8")
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--size", type=int, default=112)
     ap.add_argument("--settings", default="fast")
     ap.add_argument("--steps", type=int, default=None)
@@ -83,9 +85,11 @@ def main(argv=None):
     fit_s = time.perf_counter() - t
     hr = feats.render(tuple(x.shape[-2:]), image=x)
     bil = resize_bilinear(low, tuple(x.shape[-2:]))
-    print(f"synthetic pooled backbone (stride 14, 64-d), scene {args.size}px, "
-          f"implicit settings {args.settings!r} {extra or ''} ({feats.info['steps_done']} steps, "
-          f"{fit_s:.0f} s)")
+    print(
+        f"synthetic pooled backbone (stride 14, 64-d), scene {args.size}px, "
+        f"implicit settings {args.settings!r} {extra or ''} ({feats.info['steps_done']} steps, "
+        f"{fit_s:.0f} s)"
+    )
     for name, y in [("bilinear", bil), ("implicit", hr)]:
         mse = (y - truth).square().mean().item()
         cos = F.cosine_similarity(y, truth, dim=1).mean().item()

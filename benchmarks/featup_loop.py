@@ -72,7 +72,7 @@ class _AttnDown(nn.Module):
         b, c, h, w = x.shape
         stride = (h - self.kernel) // (self.grid - 1)
         patches = F.unfold(_blur(x), self.kernel, stride=stride)
-        patches = patches.reshape(b, c, self.kernel ** 2, self.grid, self.grid)
+        patches = patches.reshape(b, c, self.kernel**2, self.grid, self.grid)
         patches = patches.permute(0, 3, 4, 2, 1)
         logits = self.net(patches).squeeze(-1)
         keep = torch.rand(b, self.grid, self.grid, 1) > 0.2
@@ -86,13 +86,21 @@ def _jitter(x, pad, zoom, dy, dx, flip):
     x = F.pad(x, [pad] * 4, mode="reflect")
     if zoom > 1.0:
         x = F.interpolate(x, scale_factor=zoom, mode="bilinear")
-    x = x[:, :, dy:dy + h, dx:dx + w]
+    x = x[:, :, dy : dy + h, dx : dx + w]
     return torch.flip(x, [3]) if flip else x
 
 
 def featup_step_seconds(
-    image: torch.Tensor, grid: int, steps: int = 4, proj_dim: int = 128, n_freqs: int = 30,
-    batch: int = 10, max_pad: int = 30, max_zoom: float = 1.8, kernel: int = 29, seed: int = 0,
+    image: torch.Tensor,
+    grid: int,
+    steps: int = 4,
+    proj_dim: int = 128,
+    n_freqs: int = 30,
+    batch: int = 10,
+    max_pad: int = 30,
+    max_zoom: float = 1.8,
+    kernel: int = 29,
+    seed: int = 0,
 ) -> float:
     """Mean wall seconds of ``steps`` steps (after one warm-up) of FeatUp's loop on
     ``image`` (1, 3, H, W) with a ``grid`` x ``grid`` backbone grid."""
@@ -101,9 +109,16 @@ def featup_step_seconds(
     h, w = image.shape[-2:]
     start = 2 * 5 * n_freqs + 3
     up = nn.Sequential(
-        _Fourier(n_freqs), _ChannelNorm(start), nn.Dropout2d(0.2), nn.Conv2d(start, proj_dim, 1),
-        nn.ReLU(), nn.Dropout2d(0.2), _ChannelNorm(proj_dim), nn.Conv2d(proj_dim, proj_dim, 1),
-        nn.ReLU(), nn.Conv2d(proj_dim, proj_dim, 1),
+        _Fourier(n_freqs),
+        _ChannelNorm(start),
+        nn.Dropout2d(0.2),
+        nn.Conv2d(start, proj_dim, 1),
+        nn.ReLU(),
+        nn.Dropout2d(0.2),
+        _ChannelNorm(proj_dim),
+        nn.Conv2d(proj_dim, proj_dim, 1),
+        nn.ReLU(),
+        nn.Conv2d(proj_dim, proj_dim, 1),
     )
     down = _AttnDown(proj_dim + 1, kernel, grid)
     outlier = nn.Conv2d(proj_dim, 1, 1)
@@ -131,8 +146,10 @@ def featup_step_seconds(
         loss = ((out - target).square() / (2 * scales**2) + scales.log()).mean()
         target_mag = target.square().sum(1, keepdim=True).sqrt()
         loss = loss + 0.001 * (out_mag - target_mag).square().mean()
-        tv = ((mag[:, :, 1:] - mag[:, :, :-1]).square().sum()
-              + (mag[..., 1:] - mag[..., :-1]).square().sum()) / mag.numel()
+        tv = (
+            (mag[:, :, 1:] - mag[:, :, :-1]).square().sum()
+            + (mag[..., 1:] - mag[..., :-1]).square().sum()
+        ) / mag.numel()
         loss = loss + 0.05 * tv + 0.1 * (_blur(hr) - hr).square().mean()
         optim.zero_grad(set_to_none=True)
         loss.backward()

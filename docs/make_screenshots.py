@@ -90,8 +90,11 @@ def main() -> None:
     viewer.grid.enabled = False
 
     # similarity: two positive points on the face, one negative on the background
-    for (r, c), mods in [((120, 230), ["Control"]), ((200, 300), ["Control"]),
-                         ((60, 440), ["Control", "Shift"])]:
+    for (r, c), mods in [
+        ((120, 230), ["Control"]),
+        ((200, 300), ["Control"]),
+        ((60, 440), ["Control", "Shift"]),
+    ]:
         from napari.utils.interactions import mouse_press_callbacks
 
         class Click:  # the fields a viewer press callback reads

@@ -17,7 +17,11 @@ def test_pca_recovers_known_components(rng):
     for k in range(3):
         assert abs(abs(pca.components[k] @ axes[k]) - 1) < 1e-3
     assert np.allclose(pca.mean, mean, atol=0.5)
-    assert pca.explained_variance_ratio[0] > pca.explained_variance_ratio[1] > pca.explained_variance_ratio[2]
+    assert (
+        pca.explained_variance_ratio[0]
+        > pca.explained_variance_ratio[1]
+        > pca.explained_variance_ratio[2]
+    )
 
 
 def test_pca_same_projection_for_lowres_and_highres(rng):

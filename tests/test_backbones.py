@@ -8,8 +8,16 @@ import napari_featup as nf
 from napari_featup.backbones import BackboneError, get_spec, pad_to_stride
 from napari_featup.weights import WeightsFileError, WeightsUnavailableError
 
-DIMS = {"dino16": 384, "dinov2": 384, "clip": 512, "maskclip": 512, "vit": 384,
-        "resnet50": 2048, "dinov2-reg": 384, "dinov2-b": 768}
+DIMS = {
+    "dino16": 384,
+    "dinov2": 384,
+    "clip": 512,
+    "maskclip": 512,
+    "vit": 384,
+    "resnet50": 2048,
+    "dinov2-reg": 384,
+    "dinov2-b": 768,
+}
 
 
 def test_list_backbones_has_featup_six_and_extras():
@@ -40,11 +48,18 @@ def test_random_weights_are_reproducible_and_cached():
     b = nf.load_backbone("dino16", weights="random", cache=False)
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)
-    assert nf.load_backbone("dino16", weights="random") is nf.load_backbone("dino16", weights="random")
+    assert nf.load_backbone("dino16", weights="random") is nf.load_backbone(
+        "dino16", weights="random"
+    )
 
 
 def test_expected_strides():
-    assert [get_spec(n).stride for n in ["dino16", "dinov2", "clip", "resnet50"]] == [16, 14, 16, 32]
+    assert [get_spec(n).stride for n in ["dino16", "dinov2", "clip", "resnet50"]] == [
+        16,
+        14,
+        16,
+        32,
+    ]
 
 
 def test_too_small_image_names_minimum():
@@ -75,11 +90,15 @@ def test_maskclip_last_block_is_value_path_only():
         ours = bb(x)
         # timm's own intermediates: patch tokens after the second-to-last block.
         inter = model.forward_intermediates(
-            x, indices=[len(model.blocks) - 2], norm=False, output_fmt="NLC",
-            intermediates_only=True)[0]
+            x,
+            indices=[len(model.blocks) - 2],
+            norm=False,
+            output_fmt="NLC",
+            intermediates_only=True,
+        )[0]
         last = model.blocks[-1]
         qkv = last.attn.qkv(last.norm1(inter))
-        v = qkv[..., 2 * qkv.shape[-1] // 3:]
+        v = qkv[..., 2 * qkv.shape[-1] // 3 :]
         ref = model.head(model.norm(last.attn.proj(v)))
         ref = ref.transpose(1, 2).reshape(1, 512, 3, 4)
     assert torch.allclose(ours, ref, atol=1e-5)
@@ -143,8 +162,9 @@ def test_pretrained_offline_error_names_model_cache_and_command(tmp_path):
         "    print(e)\n"
     )
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
     assert "vit_small_patch14_dinov2.lvd142m" in out.stdout, out.stderr
     assert str(tmp_path / "hf") in out.stdout
     assert "napari-featup download dinov2" in out.stdout

@@ -1,7 +1,6 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
@@ -23,8 +22,20 @@ def images(tmp_path, rng):
 
 def test_extract_png_to_npz(tmp_path, images, capsys):
     out = tmp_path / "f.npz"
-    code = main(["extract", str(images[0]), "-b", "dino16", "--weights", "random",
-                 "-o", str(out), "-q", "--pca"])
+    code = main(
+        [
+            "extract",
+            str(images[0]),
+            "-b",
+            "dino16",
+            "--weights",
+            "random",
+            "-o",
+            str(out),
+            "-q",
+            "--pca",
+        ]
+    )
     assert code == 0
     res = io.load_features(out)
     assert res.lowres.shape == (384, 3, 4) and res.highres.shape == (384, 40, 50)
@@ -34,8 +45,23 @@ def test_extract_png_to_npz(tmp_path, images, capsys):
 
 def test_extract_several_images_to_folder(tmp_path, images):
     out = tmp_path / "feats"
-    code = main(["extract", *map(str, images), "-b", "dino16", "--weights", "random",
-                 "-o", str(out), "--format", "zarr", "-q", "--highres-dtype", "float16"])
+    code = main(
+        [
+            "extract",
+            *map(str, images),
+            "-b",
+            "dino16",
+            "--weights",
+            "random",
+            "-o",
+            str(out),
+            "--format",
+            "zarr",
+            "-q",
+            "--highres-dtype",
+            "float16",
+        ]
+    )
     assert code == 0
     res = io.load_features(out / "cells.features.zarr")
     assert res.highres.shape == (384, 36, 30) and res.highres.dtype == np.float16
@@ -45,7 +71,9 @@ def test_extract_several_images_to_folder(tmp_path, images):
 
 def test_exit_codes(tmp_path, images, capsys):
     base = ["-b", "dino16", "--weights", "random", "-q"]
-    assert main(["extract", str(tmp_path / "missing.png"), *base, "-o", str(tmp_path / "a.npz")]) == 3
+    assert (
+        main(["extract", str(tmp_path / "missing.png"), *base, "-o", str(tmp_path / "a.npz")]) == 3
+    )
     assert "does not exist" in capsys.readouterr().err
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
@@ -75,9 +103,20 @@ def test_list(capsys):
 def test_offline_pretrained_exit_code(tmp_path, images):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
     proc = subprocess.run(
-        [sys.executable, "-m", "napari_featup.cli", "extract", str(images[0]), "-q",
-         "-o", str(tmp_path / "o.npz")],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "napari_featup.cli",
+            "extract",
+            str(images[0]),
+            "-q",
+            "-o",
+            str(tmp_path / "o.npz"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 4, proc.stderr
     assert "napari-featup download dinov2" in proc.stderr
@@ -85,19 +124,42 @@ def test_offline_pretrained_exit_code(tmp_path, images):
 
 
 def test_download_offline_exit_code(tmp_path):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"),
-               NAPARI_FEATUP_CACHE=str(tmp_path / "cache"))
-    proc = subprocess.run([sys.executable, "-m", "napari_featup.cli", "download", "dino16"],
-                          env=env, capture_output=True, text=True, timeout=300)
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_HOME=str(tmp_path / "hf"),
+        NAPARI_FEATUP_CACHE=str(tmp_path / "cache"),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "napari_featup.cli", "download", "dino16"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 4, proc.stderr
     assert "vit_small_patch16_224.dino" in proc.stderr
 
 
 def test_extract_with_featup_jbu_checkpoint(tmp_path, images, fixtures_dir):
     out = tmp_path / "jbu.npz"
-    code = main(["extract", str(images[0]), "-b", "dino16", "--weights", "random", "-q",
-                 "-u", "featup-jbu", "--upsampler-weights",
-                 str(fixtures_dir / "featup-jbu" / "dino16.ckpt"), "-o", str(out)])
+    code = main(
+        [
+            "extract",
+            str(images[0]),
+            "-b",
+            "dino16",
+            "--weights",
+            "random",
+            "-q",
+            "-u",
+            "featup-jbu",
+            "--upsampler-weights",
+            str(fixtures_dir / "featup-jbu" / "dino16.ckpt"),
+            "-o",
+            str(out),
+        ]
+    )
     assert code == 0
     res = io.load_features(out)
     assert res.highres.shape == (384, 40, 50) and res.metadata["upsampler"] == "featup-jbu"
@@ -106,10 +168,25 @@ def test_extract_with_featup_jbu_checkpoint(tmp_path, images, fixtures_dir):
 
 def test_upsampler_options(tmp_path, images, capsys):
     out = tmp_path / "o.npz"
-    base = ["extract", str(images[0]), "-b", "dino16", "--weights", "random", "-q",
-            "-u", "jbu-classic", "-o", str(out)]
-    assert main(base + ["--upsampler-option", "consistency=0",
-                        "--upsampler-option", "sigma_range=0.1"]) == 0
+    base = [
+        "extract",
+        str(images[0]),
+        "-b",
+        "dino16",
+        "--weights",
+        "random",
+        "-q",
+        "-u",
+        "jbu-classic",
+        "-o",
+        str(out),
+    ]
+    assert (
+        main(
+            base + ["--upsampler-option", "consistency=0", "--upsampler-option", "sigma_range=0.1"]
+        )
+        == 0
+    )
     info = io.load_features(out).metadata["upsampler_info"]
     assert info["consistency_steps"] == 0 and info["sigma_range_rgb01"] == 0.1
     assert main(base + ["--overwrite", "--upsampler-option", "bogus=1"]) == 2

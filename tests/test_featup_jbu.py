@@ -44,7 +44,11 @@ def _cases() -> list[dict]:
 
 def _case(name: str):
     z = np.load(FIXTURES / f"{name}.npz")
-    return torch.from_numpy(z["feats"]), torch.from_numpy(z["image"]), torch.from_numpy(z["expected"])
+    return (
+        torch.from_numpy(z["feats"]),
+        torch.from_numpy(z["image"]),
+        torch.from_numpy(z["expected"]),
+    )
 
 
 def _random_stack(dim: int = 8, seed: int = 1, scale: float = 0.3) -> J.FeatUpJBU:
@@ -113,7 +117,9 @@ def test_reflect_index_equals_torch_reflect_and_extends_it():
     assert J.reflect_index(torch.arange(-2, 3), 1).tolist() == [0] * 5
 
 
-@pytest.mark.parametrize("size,out", [((56, 70), (64, 80)), ((64, 96), (8, 12)), ((30, 17), (7, 40))])
+@pytest.mark.parametrize(
+    "size,out", [((56, 70), (64, 80)), ((64, 96), (8, 12)), ((30, 17), (7, 40))]
+)
 def test_guidance_pooling_equals_adaptive_avg_pool(size, out):
     x = torch.randn(1, 3, *size)
     rows, cols = torch.arange(out[0]), torch.arange(out[1])
@@ -135,7 +141,7 @@ def test_batch_equals_per_image():
     feats, img = torch.randn(2, up.dim, 3, 4), torch.randn(2, 3, 42, 56)
     with torch.no_grad():
         both = up(feats, img)
-        single = torch.cat([up(feats[i:i + 1], img[i:i + 1]) for i in range(2)])
+        single = torch.cat([up(feats[i : i + 1], img[i : i + 1]) for i in range(2)])
     assert torch.allclose(both, single, atol=1e-5)
 
 
@@ -155,7 +161,7 @@ def test_tiled_equals_untiled(cache):
             assert tiles.shape == full.shape == (1, 384, 56, 56)
             assert (tiles - full).abs().max().item() <= 1e-5
         for r in (0, 1, 2, 27, 53, 54, 55):  # single rows: the halo at both borders
-            assert (kern(feats, slice(r, r + 1)) - full[:, :, r:r + 1]).abs().max().item() <= 1e-5
+            assert (kern(feats, slice(r, r + 1)) - full[:, :, r : r + 1]).abs().max().item() <= 1e-5
         # and the whole-image path agrees with FeatUp's 16x output resized
         native = up(feats, image)
     resized = F.interpolate(native, (56, 56), mode="bilinear", align_corners=False)
@@ -193,7 +199,9 @@ def test_kernel_reuse_project_equals_upsample_then_project():
     a, b = kern.affine
     assert a.shape == (384, 384) and b.shape == (384,)
     w = up.fixup_proj[1].weight[:, :, 0, 0]
-    assert torch.allclose(a, torch.eye(384) + 0.1 * w) and torch.allclose(b, 0.1 * up.fixup_proj[1].bias)
+    assert torch.allclose(a, torch.eye(384) + 0.1 * w) and torch.allclose(
+        b, 0.1 * up.fixup_proj[1].bias
+    )
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -263,7 +271,10 @@ def test_registry_use_norm_and_dim_checks():
     ckpt = FIXTURES / "dinov2.ckpt"
     up = load_upsampler("featup-jbu", backbone="dinov2", weights=ckpt, device="cpu")
     assert up.use_norm is True and up.linear and not up.training and up.name == "featup-jbu"
-    assert load_upsampler("featup-jbu", backbone="dinov2", weights=ckpt, use_norm=False).use_norm is False
+    assert (
+        load_upsampler("featup-jbu", backbone="dinov2", weights=ckpt, use_norm=False).use_norm
+        is False
+    )
     with pytest.raises(ValueError, match="512-d"):
         load_upsampler("featup-jbu", backbone="clip", weights=ckpt)
     r1 = load_upsampler("featup-jbu", backbone="maskclip", weights="random")
@@ -288,8 +299,10 @@ def test_published_checkpoint_offline_error_names_url_and_destination(tmp_path, 
     dest = J.featup_checkpoint_path("dinov2", True)
     assert dest.is_relative_to(tmp_path / "cache")
     url = J.featup_checkpoint_url("dinov2", True)
-    assert url == ("https://marhamilresearch4.blob.core.windows.net/feature-upsampling-public/"
-                   "pretrained/dinov2_jbu_stack_cocostuff.ckpt")
+    assert url == (
+        "https://marhamilresearch4.blob.core.windows.net/feature-upsampling-public/"
+        "pretrained/dinov2_jbu_stack_cocostuff.ckpt"
+    )
     no_norm = J.featup_checkpoint_url("maskclip", False)
     assert no_norm.endswith("pretrained/no_norm/maskclip_jbu_stack_cocostuff.ckpt")
     with pytest.raises(WeightsUnavailableError) as info:
@@ -299,7 +312,9 @@ def test_published_checkpoint_offline_error_names_url_and_destination(tmp_path, 
     assert not dest.exists() and not list(dest.parent.glob("*.part-*"))  # nothing half-written
     with pytest.raises(WeightsUnavailableError, match="only with use_norm=False"):
         load_upsampler("featup-jbu", backbone="maskclip", use_norm=True)
-    with pytest.raises(WeightsUnavailableError, match="no JBU checkpoint for backbone 'dinov2-reg'"):
+    with pytest.raises(
+        WeightsUnavailableError, match="no JBU checkpoint for backbone 'dinov2-reg'"
+    ):
         load_upsampler("featup-jbu", backbone="dinov2-reg")
 
 
@@ -332,7 +347,12 @@ def test_pipeline_end_to_end(use_norm):
     rng = np.random.default_rng(0)
     img = (rng.random((50, 70, 3)) * 255).astype(np.uint8)
     res = nf.extract_features(
-        img, "dinov2", "featup-jbu", weights="random", device="cpu", use_norm=use_norm,
+        img,
+        "dinov2",
+        "featup-jbu",
+        weights="random",
+        device="cpu",
+        use_norm=use_norm,
         upsampler_weights=FIXTURES / "dinov2.ckpt",
     )
     md = res.metadata

@@ -23,6 +23,7 @@ def _one_thread():
     yield
     torch.set_num_threads(n)
 
+
 FAST = {"jbu-classic": {}, "guided-fit": {"steps": 5}}
 
 

@@ -38,7 +38,8 @@ def test_hubconf_entry_points():
     from pathlib import Path
 
     spec = importlib.util.spec_from_file_location(
-        "hubconf", Path(__file__).resolve().parents[1] / "hubconf.py")
+        "hubconf", Path(__file__).resolve().parents[1] / "hubconf.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     for name in hub.HUB_MODELS:

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 
 import napari_featup as nf
 from napari_featup.field import FeatureField
-from napari_featup.upsamplers import resize_bilinear
 from napari_featup.implicit import (
     AttentionDownsampler,
     FitProgress,
@@ -28,6 +27,7 @@ from napari_featup.implicit import (
     resolve_config,
     window_origins,
 )
+from napari_featup.upsamplers import resize_bilinear
 
 TINY = dict(views=6, pca_views=6, steps=3, batch=2, view_batch=6)
 
@@ -65,14 +65,16 @@ def fitted(bb, image):
 # ----------------------------------------------------------------- building blocks
 
 
-@pytest.mark.parametrize("zoom,dy,dx,flip", [(1.0, 3, 7, False), (1.37, 10, 2, True), (1.8, 34, 37, True)])
+@pytest.mark.parametrize(
+    "zoom,dy,dx,flip", [(1.0, 3, 7, False), (1.37, 10, 2, True), (1.8, 34, 37, True)]
+)
 def test_jitter_matches_pad_zoom_crop_flip(zoom, dy, dx, flip):
     x = torch.randn(1, 4, 20, 24)
     pad = 5
     ref = F.pad(x, [pad] * 4, mode="reflect")
     if zoom > 1:
         ref = F.interpolate(ref, scale_factor=zoom, mode="bilinear")
-    ref = ref[:, :, dy:dy + 20, dx:dx + 24]
+    ref = ref[:, :, dy : dy + 20, dx : dx + 24]
     if flip:
         ref = ref.flip(3)
     j = Jitter(zoom, dy, dx, flip)
@@ -84,7 +86,7 @@ def test_jitter_matches_pad_zoom_crop_flip(zoom, dy, dx, flip):
     full = ViewOps([j], (20, 24), pad, "cpu", s, (5, 6))(x)
     torch.testing.assert_close(full, full_ref, atol=2e-5, rtol=0)
     win = ViewOps([j], (20, 24), pad, "cpu", s, (2, 3), [(2, 1)])(x)
-    torch.testing.assert_close(win[0], full_ref[0, :, 2 * s:5 * s, s:5 * s], atol=2e-5, rtol=0)
+    torch.testing.assert_close(win[0], full_ref[0, :, 2 * s : 5 * s, s : 5 * s], atol=2e-5, rtol=0)
 
 
 @pytest.mark.parametrize("cells,origins", [((5, 6), None), ((2, 3), [(2, 1), (0, 3), (3, 0)])])
@@ -103,8 +105,12 @@ def test_view_pooling_matches_pooling_the_views(cells, origins):
     assert out.shape == (3, 6, kh, kw)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
     g = torch.randn_like(ref)
-    torch.testing.assert_close(torch.autograd.grad((out * g).sum(), x)[0],
-                               torch.autograd.grad((ref * g).sum(), x)[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        torch.autograd.grad((out * g).sum(), x)[0],
+        torch.autograd.grad((ref * g).sum(), x)[0],
+        atol=1e-5,
+        rtol=0,
+    )
 
 
 def test_attention_downsampler_matches_unfold_reference():
@@ -133,8 +139,9 @@ def _featup_mlp(net, coords, colour, gen=None, p=0.0):
     p0 = net.phases[0].T.double()  # (F, 5)
     p1 = net.phases[1].T.double()
     n = len(inp)
-    x = torch.cat([torch.sin(arg + p0).reshape(n, -1), torch.cos(arg + p1).reshape(n, -1),
-                   colour.double()], 1).float()
+    x = torch.cat(
+        [torch.sin(arg + p0).reshape(n, -1), torch.cos(arg + p1).reshape(n, -1), colour.double()], 1
+    ).float()
     x = F.layer_norm(x, x.shape[1:], net.norm_in.weight, net.norm_in.bias, net.norm_in.eps)
     if p > 0:
         x = x * ((torch.rand(x.shape[1:], generator=gen) >= p).float() / (1 - p))
@@ -185,8 +192,12 @@ def test_render_sizes_and_rows(fitted, bb):
     # an image at the render size supplies the colours (FeatUp's colour frequencies reach
     # e^10, so only the very same colours give the very same features)
     img = resize_bilinear(fitted.image, (61, 90))
-    torch.testing.assert_close(fitted.render((61, 90), image=img), fitted.render((61, 90)), atol=1e-5, rtol=0)
-    assert (fitted.render((61, 90), image=img.flip(-1)) - fitted.render((61, 90))).abs().max() > 1e-3
+    torch.testing.assert_close(
+        fitted.render((61, 90), image=img), fitted.render((61, 90)), atol=1e-5, rtol=0
+    )
+    assert (
+        fitted.render((61, 90), image=img.flip(-1)) - fitted.render((61, 90))
+    ).abs().max() > 1e-3
 
 
 def test_features_are_not_constant_and_follow_the_image(fitted):
@@ -275,7 +286,7 @@ def test_window_origins_cover_border_cells():
     counts = torch.zeros(16, 20)
     for i, j in window_origins(4000, (16, 20), (8, 8), gen):
         assert 0 <= i <= 8 and 0 <= j <= 12
-        counts[i:i + 8, j:j + 8] += 1
+        counts[i : i + 8, j : j + 8] += 1
     assert counts[0, 0] > 0.2 * counts.max(), counts
 
 
@@ -349,7 +360,11 @@ def test_render_bad_arguments(fitted):
 def test_pipeline_featup_implicit(image):
     events = []
     res = nf.extract_features(
-        image, "dinov2", "featup-implicit", weights="random", device="cpu",
+        image,
+        "dinov2",
+        "featup-implicit",
+        weights="random",
+        device="cpu",
         upsampler_options={"steps": 2, "views": 4, "pca_views": 4, "batch": 2},
         progress=events.append,
     )
@@ -371,13 +386,15 @@ def test_pipeline_featup_implicit(image):
     assert np.abs(field.project(w, b) - direct).max() < 1e-4 * np.abs(direct).max()
     np.testing.assert_allclose(field.features_at([(7, 9)])[0], res.highres[:, 7, 9], atol=1e-4)
     # evaluated in row tiles, it matches one whole evaluation
-    tiled = FeatureField(field.lowres, field.image, field.upsampler, field.size,
-                         tile_budget_bytes=200_000)
+    tiled = FeatureField(
+        field.lowres, field.image, field.upsampler, field.size, tile_budget_bytes=200_000
+    )
     assert tiled.tile_rows() < 30
     np.testing.assert_allclose(tiled.project(w, b), field.project(w, b), rtol=0, atol=1e-5)
     # above the float32 budget the store is float16: half the memory, ~1e-3 relative
-    half = FeatureField(field.lowres, field.image, field.upsampler, field.size,
-                        dense_float32_bytes=1000)
+    half = FeatureField(
+        field.lowres, field.image, field.upsampler, field.size, dense_float32_bytes=1000
+    )
     got = half.project(w, b)
     assert half._dense.dtype == torch.float16
     assert np.abs(got - direct).max() < 1e-2 * np.abs(direct).max()
@@ -391,15 +408,22 @@ def test_pipeline_cancel_during_fit(image):
 
     with pytest.raises(nf.Cancelled):
         nf.extract_features(
-            image, "dinov2", "featup-implicit", weights="random", device="cpu",
+            image,
+            "dinov2",
+            "featup-implicit",
+            weights="random",
+            device="cpu",
             upsampler_options={"steps": 50, "views": 4, "pca_views": 4, "batch": 2},
-            progress=seen.append, should_cancel=cancel,
+            progress=seen.append,
+            should_cancel=cancel,
         )
     assert not any(e.message.startswith("upsampling") for e in seen)
 
 
 def test_upsampler_rows_and_options(bb, image):
-    up = nf.load_upsampler("featup-implicit", backbone=bb, device="cpu", steps=2, views=4, pca_views=4, batch=2)
+    up = nf.load_upsampler(
+        "featup-implicit", backbone=bb, device="cpu", steps=2, views=4, pca_views=4, batch=2
+    )
     assert up.name == "featup-implicit" and not up.linear and up.use_norm
     x = _as_image_tensor(image)
     from napari_featup.backbones import pad_to_stride
@@ -409,11 +433,14 @@ def test_upsampler_rows_and_options(bb, image):
     list(up.iter_fit(low, padded))
     full = up.upsample(low, padded)
     assert full.shape == (1, 384, 42, 56)
-    torch.testing.assert_close(up.upsample(low, padded, rows=slice(10, 20)), full[:, :, 10:20], atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        up.upsample(low, padded, rows=slice(10, 20)), full[:, :, 10:20], atol=1e-5, rtol=0
+    )
     assert list(up.iter_fit(low, padded)) == []  # same image: not refitted
     # asked to render without a fit, under inference_mode (as FeatureField does): fits first
-    fresh = nf.load_upsampler("featup-implicit", backbone=bb, device="cpu", steps=1, views=2,
-                              pca_views=2, batch=1)
+    fresh = nf.load_upsampler(
+        "featup-implicit", backbone=bb, device="cpu", steps=1, views=2, pca_views=2, batch=1
+    )
     with torch.inference_mode():
         assert fresh.upsample(low, padded, rows=slice(0, 3)).shape == (1, 384, 3, 56)
     with pytest.raises(ValueError, match="no pretrained weights"):

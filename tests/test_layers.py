@@ -26,8 +26,11 @@ def stack_run():
     rng = np.random.default_rng(1)
     data = rng.integers(0, 4000, (3, 42, 56), dtype=np.uint16)
     data[:, :, 28:] += 20000  # two regions
-    req = RunRequest(data, [(0,), (2,)], dict(backbone="dinov2", upsampler="bilinear",
-                                             weights="random", device="cpu"))
+    req = RunRequest(
+        data,
+        [(0,), (2,)],
+        dict(backbone="dinov2", upsampler="bilinear", weights="random", device="cpu"),
+    )
     out, events = run_to_end(req)
     return data, out, events
 
@@ -57,8 +60,9 @@ def test_iter_run_progress_and_planes(stack_run):
 
 
 def test_iter_run_returns_errors_instead_of_raising():
-    req = RunRequest(np.zeros((8, 8), np.uint8), [()], dict(backbone="dinov2", weights="random",
-                                                            device="cpu"))
+    req = RunRequest(
+        np.zeros((8, 8), np.uint8), [()], dict(backbone="dinov2", weights="random", device="cpu")
+    )
     out, _ = run_to_end(req)
     assert out.error is not None and "needs at least 14 x 14" in str(out.error)
 
@@ -93,8 +97,17 @@ def test_writer_reader_roundtrip(tmp_path):
     pca = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
     sim = np.linspace(-1, 1, 600, dtype=np.float32).reshape(20, 30)
     layers = [
-        (pca, {"name": "x PCA bilinear", "rgb": True, "scale": (2.0, 2.0), "translate": (1.0, 0.0),
-               "metadata": {"napari_featup": {"backbone": "dinov2"}}}, "image"),
+        (
+            pca,
+            {
+                "name": "x PCA bilinear",
+                "rgb": True,
+                "scale": (2.0, 2.0),
+                "translate": (1.0, 0.0),
+                "metadata": {"napari_featup": {"backbone": "dinov2"}},
+            },
+            "image",
+        ),
         (sim, {"name": "x similarity", "scale": (2.0, 2.0), "colormap": "inferno"}, "image"),
     ]
     path = tmp_path / "layers.zarr"
@@ -121,9 +134,12 @@ def test_reader_ignores_foreign_files(tmp_path):
 def test_samples_are_bundled():
     from napari_featup import _sample_data as sd
 
-    for fn, shape in [(sd.astronaut, (512, 512, 3)), (sd.immunohistochemistry, (512, 512, 3)),
-                      (sd.cell, (660, 550))]:
-        (data, kwargs), = fn()
+    for fn, shape in [
+        (sd.astronaut, (512, 512, 3)),
+        (sd.immunohistochemistry, (512, 512, 3)),
+        (sd.cell, (660, 550)),
+    ]:
+        ((data, kwargs),) = fn()
         assert data.shape == shape and kwargs["name"]
 
 

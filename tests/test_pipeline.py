@@ -52,7 +52,9 @@ def test_resize_bilinear_rows_match_interpolate():
     x = torch.randn(1, 5, 7, 9)
     full = F.interpolate(x, size=(50, 61), mode="bilinear", align_corners=False)
     assert torch.allclose(resize_bilinear(x, (50, 61)), full, atol=1e-6)
-    assert torch.allclose(resize_bilinear(x, (50, 61), slice(13, 29)), full[..., 13:29, :], atol=1e-6)
+    assert torch.allclose(
+        resize_bilinear(x, (50, 61), slice(13, 29)), full[..., 13:29, :], atol=1e-6
+    )
 
 
 def test_progress_events_and_cancel(rgb_image):
@@ -67,8 +69,13 @@ def test_progress_events_and_cancel(rgb_image):
 
     seen = []
     with pytest.raises(nf.Cancelled, match="step 2"):
-        nf.extract_features(rgb_image, "dino16", weights="random",
-                            progress=seen.append, should_cancel=lambda: len(seen) >= 2)
+        nf.extract_features(
+            rgb_image,
+            "dino16",
+            weights="random",
+            progress=seen.append,
+            should_cancel=lambda: len(seen) >= 2,
+        )
     assert [e.step for e in seen] == [1, 2]
 
 
@@ -128,7 +135,11 @@ def test_parse_upsampler_options():
     from napari_featup.upsamplers import UpsamplerError, parse_options, upsampler_options
 
     assert parse_options("steps=40, settings=featup; lr=1e-3, flips=False") == {
-        "steps": 40, "settings": "featup", "lr": 1e-3, "flips": False}
+        "steps": 40,
+        "settings": "featup",
+        "lr": 1e-3,
+        "flips": False,
+    }
     assert parse_options(["size=(1, 2)", "name=a,b"]) == {"size": (1, 2), "name": "a,b"}
     assert parse_options("") == {} and parse_options(None) == {}
     with pytest.raises(UpsamplerError, match="KEY=VALUE"):

@@ -90,7 +90,11 @@ def test_dask_input():
         (np.zeros((2, 3, 4, 5, 6)), {}, "channel_axis"),
         (np.zeros((5, 8, 8)), {}, "stack"),
         (np.zeros((4, 4, 3)), {"channel_axis": 5}, "out of range"),
-        (np.zeros((3, 4, 4)), {"channel_axis": 0, "channels": [0, 1, 7]}, "channel 7 does not exist"),
+        (
+            np.zeros((3, 4, 4)),
+            {"channel_axis": 0, "channels": [0, 1, 7]},
+            "channel 7 does not exist",
+        ),
         (np.zeros((4, 4)), {"scaling": "magic"}, "unknown scaling"),
         (np.array([["a", "b"]]), {}, "dtype"),
         (np.zeros((4, 4), complex), {}, "complex"),

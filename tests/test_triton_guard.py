@@ -25,8 +25,9 @@ print(blocked, imported, len(w))
 
 
 def _run(load: str) -> list[str]:
-    out = subprocess.run([sys.executable, "-c", CHILD.format(load=load)], capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD.format(load=load)], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout.split()
 

@@ -62,7 +62,7 @@ def two_region_rgb(h: int = 56, w: int = 70) -> np.ndarray:
     rng = np.random.default_rng(0)
     img = np.zeros((h, w, 3), np.uint8)
     img[:, : w // 2] = (200, 40, 40)
-    img[:, w // 2:] = (30, 60, 220)
+    img[:, w // 2 :] = (30, 60, 220)
     return img + rng.integers(0, 20, img.shape, dtype=np.uint8)
 
 
@@ -88,8 +88,9 @@ def test_samples_open(make_napari_viewer):
 
 def test_run_makes_aligned_layers(qtbot, viewer_widget, notes):
     viewer, widget = viewer_widget
-    image = viewer.add_image(two_region_rgb(), name="photo", scale=(2.0, 3.0),
-                             translate=(10.0, -5.0))
+    image = viewer.add_image(
+        two_region_rgb(), name="photo", scale=(2.0, 3.0), translate=(10.0, -5.0)
+    )
     assert widget.image_combo.currentText() == "photo"  # the picker follows the viewer
     assert run_and_wait(qtbot, widget) == "done"
 
@@ -121,8 +122,9 @@ def test_run_makes_aligned_layers(qtbot, viewer_widget, notes):
 
 def test_click_makes_similarity_heatmap_and_mask(qtbot, viewer_widget):
     viewer, widget = viewer_widget
-    image = viewer.add_image(two_region_rgb(), name="photo", scale=(2.0, 3.0),
-                             translate=(10.0, -5.0))
+    image = viewer.add_image(
+        two_region_rgb(), name="photo", scale=(2.0, 3.0), translate=(10.0, -5.0)
+    )
     assert run_and_wait(qtbot, widget) == "done"
     pixel = np.array([20, 12])
     world = image.data_to_world(pixel)
@@ -145,8 +147,9 @@ def test_click_makes_similarity_heatmap_and_mask(qtbot, viewer_widget):
     with qtbot.waitSignal(widget.similarity_updated, timeout=10_000):
         mouse_press_callbacks(viewer, Click(position=tuple(neg), modifiers=["Control", "Shift"]))
     assert list(query.features["sign"]) == ["positive", "negative"]
-    np.testing.assert_allclose(query.face_color[:, :3], [[0.2, 0.867, 0.333], [1.0, 0.2, 0.8]],
-                               atol=0.01)  # green positive, magenta negative
+    np.testing.assert_allclose(
+        query.face_color[:, :3], [[0.2, 0.867, 0.333], [1.0, 0.2, 0.8]], atol=0.01
+    )  # green positive, magenta negative
     assert sim_layer.data[30, 60] < before[30, 60]
     # a plain click (no modifier) adds nothing
     mouse_press_callbacks(viewer, Click(position=tuple(world), modifiers=[]))

@@ -22,11 +22,11 @@ from .pipeline import (  # noqa: E402
 )
 from .preprocess import ImageError, prepare_image  # noqa: E402
 from .upsamplers import Upsampler, UpsamplerError, list_upsamplers, load_upsampler  # noqa: E402
-from .weights import WeightsFileError, WeightsUnavailableError  # noqa: E402
 from .upsamplers.featup_jbu import (  # noqa: E402
     download_featup_checkpoint,
     load_featup_checkpoint,
 )
+from .weights import WeightsFileError, WeightsUnavailableError  # noqa: E402
 
 __all__ = [
     "Backbone",

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -71,7 +72,9 @@ def _saved_layers(arrays: dict, layers: dict) -> list[tuple[np.ndarray, dict, st
             kwargs["rgb"] = bool(info.get("rgb"))
             if info.get("colormap"):
                 kwargs["colormap"] = info["colormap"]
-        kwargs["metadata"] = {"napari_featup": dict(info.get("napari_featup") or {}, layer="from-file")}
+        kwargs["metadata"] = {
+            "napari_featup": dict(info.get("napari_featup") or {}, layer="from-file")
+        }
         data = arrays[key]
         if ltype == "labels" and not np.issubdtype(data.dtype, np.integer):
             data = data.astype(np.int32)

@@ -7,8 +7,8 @@ limits taken from percentiles of the fitted projection, so colours agree between
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -51,9 +51,9 @@ class PCAProjection:
     def colorize(self, projected: np.ndarray) -> np.ndarray:
         """(K, H, W) components -> (H, W, K) float32 in [0, 1] with the fitted limits."""
         span = np.where(self.high > self.low, self.high - self.low, 1.0)
-        scaled = (np.asarray(projected, dtype=np.float32) - self.low.reshape(-1, 1, 1)) / span.reshape(
-            -1, 1, 1
-        )
+        scaled = (
+            np.asarray(projected, dtype=np.float32) - self.low.reshape(-1, 1, 1)
+        ) / span.reshape(-1, 1, 1)
         return np.clip(np.moveaxis(scaled, 0, -1), 0.0, 1.0).astype(np.float32)
 
     def to_rgb(self, features: np.ndarray) -> np.ndarray:
@@ -64,7 +64,7 @@ class PCAProjection:
         return {k: np.asarray(v).tolist() for k, v in self.__dict__.items()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PCAProjection":
+    def from_dict(cls, d: dict) -> PCAProjection:
         """Inverse of :meth:`to_dict` (e.g. a PCA stored in a feature file's metadata)."""
         return cls(**{k: np.asarray(v, dtype=np.float32) for k, v in d.items()})
 
@@ -124,9 +124,7 @@ def fit_pca(
     )
 
 
-def make_query(
-    positives: np.ndarray, negatives: np.ndarray | None = None
-) -> np.ndarray:
+def make_query(positives: np.ndarray, negatives: np.ndarray | None = None) -> np.ndarray:
     """A query direction from (N, C) positive and optional (M, C) negative features.
 
     Each feature is unit-normalised; the query is the mean positive direction minus
@@ -173,6 +171,10 @@ def similarity_to_points(
     negatives: Sequence[tuple[int, int]] = (),
 ) -> np.ndarray:
     """Cosine similarity of (C, H, W) features to the query made at (row, col) points."""
-    pos = np.stack([features[:, r, c] for r, c in positives]) if positives else np.zeros((0, features.shape[0]))
+    pos = (
+        np.stack([features[:, r, c] for r, c in positives])
+        if positives
+        else np.zeros((0, features.shape[0]))
+    )
     neg = np.stack([features[:, r, c] for r, c in negatives]) if negatives else None
     return cosine_similarity(features, make_query(pos, neg))

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -39,24 +39,73 @@ class BackboneSpec:
 _SPECS: dict[str, BackboneSpec] = {
     s.name: s
     for s in [
-        BackboneSpec("dino16", "vit_small_patch16_224.dino", 384, 16,
-                     "DINO ViT-S/16, last block after the final norm", True),
-        BackboneSpec("dinov2", "vit_small_patch14_dinov2.lvd142m", 384, 14,
-                     "DINOv2 ViT-S/14 (no registers), normed patch tokens", True),
-        BackboneSpec("clip", "vit_base_patch16_clip_224.openai", 512, 16,
-                     "CLIP ViT-B/16 (OpenAI), ln_post and projection on every token",
-                     True, kind="clip"),
-        BackboneSpec("maskclip", "vit_base_patch16_clip_224.openai", 512, 16,
-                     "MaskCLIP: CLIP ViT-B/16 whose last block keeps only the value path",
-                     True, kind="maskclip"),
-        BackboneSpec("vit", "vit_small_patch16_224.augreg_in21k_ft_in1k", 384, 16,
-                     "ViT-S/16 (AugReg, ImageNet-21k then 1k), after the final norm", True),
-        BackboneSpec("resnet50", "resnet50.tv_in1k", 2048, 32,
-                     "ResNet-50, torchvision v1 weights, layer4", True, kind="resnet"),
-        BackboneSpec("dinov2-reg", "vit_small_patch14_reg4_dinov2.lvd142m", 384, 14,
-                     "DINOv2 ViT-S/14 with 4 registers (no FeatUp checkpoint)", False),
-        BackboneSpec("dinov2-b", "vit_base_patch14_dinov2.lvd142m", 768, 14,
-                     "DINOv2 ViT-B/14 (no FeatUp checkpoint)", False),
+        BackboneSpec(
+            "dino16",
+            "vit_small_patch16_224.dino",
+            384,
+            16,
+            "DINO ViT-S/16, last block after the final norm",
+            True,
+        ),
+        BackboneSpec(
+            "dinov2",
+            "vit_small_patch14_dinov2.lvd142m",
+            384,
+            14,
+            "DINOv2 ViT-S/14 (no registers), normed patch tokens",
+            True,
+        ),
+        BackboneSpec(
+            "clip",
+            "vit_base_patch16_clip_224.openai",
+            512,
+            16,
+            "CLIP ViT-B/16 (OpenAI), ln_post and projection on every token",
+            True,
+            kind="clip",
+        ),
+        BackboneSpec(
+            "maskclip",
+            "vit_base_patch16_clip_224.openai",
+            512,
+            16,
+            "MaskCLIP: CLIP ViT-B/16 whose last block keeps only the value path",
+            True,
+            kind="maskclip",
+        ),
+        BackboneSpec(
+            "vit",
+            "vit_small_patch16_224.augreg_in21k_ft_in1k",
+            384,
+            16,
+            "ViT-S/16 (AugReg, ImageNet-21k then 1k), after the final norm",
+            True,
+        ),
+        BackboneSpec(
+            "resnet50",
+            "resnet50.tv_in1k",
+            2048,
+            32,
+            "ResNet-50, torchvision v1 weights, layer4",
+            True,
+            kind="resnet",
+        ),
+        BackboneSpec(
+            "dinov2-reg",
+            "vit_small_patch14_reg4_dinov2.lvd142m",
+            384,
+            14,
+            "DINOv2 ViT-S/14 with 4 registers (no FeatUp checkpoint)",
+            False,
+        ),
+        BackboneSpec(
+            "dinov2-b",
+            "vit_base_patch14_dinov2.lvd142m",
+            768,
+            14,
+            "DINOv2 ViT-B/14 (no FeatUp checkpoint)",
+            False,
+        ),
     ]
 }
 
@@ -77,9 +126,7 @@ def get_spec(name: str) -> BackboneSpec:
     """The :class:`BackboneSpec` for ``name`` (case-insensitive)."""
     key = str(name).lower()
     if key not in _SPECS:
-        raise BackboneError(
-            f"unknown backbone {name!r}; choose one of {', '.join(_SPECS)}"
-        )
+        raise BackboneError(f"unknown backbone {name!r}; choose one of {', '.join(_SPECS)}")
     return _SPECS[key]
 
 
@@ -148,7 +195,7 @@ class Backbone(nn.Module):
             tokens = _vit_tokens(self.model, x, value_path_last=(kind == "maskclip"))
             if kind in ("clip", "maskclip"):
                 tokens = self.model.head(tokens)  # the 768 -> 512 projection
-            tokens = tokens[:, self.model.num_prefix_tokens:]
+            tokens = tokens[:, self.model.num_prefix_tokens :]
             feats = tokens.transpose(1, 2).reshape(x.shape[0], -1, h, w)
         return feats.float()
 
@@ -226,11 +273,9 @@ def _load_file(spec: BackboneSpec, path: Path) -> nn.Module:
                 state = filt(state, model)
             except Exception as exc:  # noqa: BLE001
                 raise BackboneError(
-                    f"{path} does not hold weights for {spec.name!r} "
-                    f"({spec.timm_name}): {exc}"
+                    f"{path} does not hold weights for {spec.name!r} ({spec.timm_name}): {exc}"
                 ) from exc
-    state = {k: v for k, v in state.items() if not k.startswith(("head.", "fc."))
-             or k in own}
+    state = {k: v for k, v in state.items() if not k.startswith(("head.", "fc.")) or k in own}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(("head.", "fc."))]
     if missing or unexpected:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INPUT, EXIT_WEIGHTS, EXIT_EXISTS = 0, 1, 2, 3, 4, 5
 
@@ -21,7 +21,7 @@ class CLIError(Exception):
         self.code = code
 
 
-def read_image(path: "str | Path"):
+def read_image(path: str | Path):
     """Read an image file into a numpy array (TIFF via tifffile, .npy, others via imageio)."""
     import numpy as np
 
@@ -95,8 +95,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             scaling=args.scaling,
             contrast_limits=args.contrast_limits,
         )
-        with tqdm(total=None, desc=Path(image_path).name, unit="step",
-                  disable=args.quiet) as bar:
+        with tqdm(total=None, desc=Path(image_path).name, unit="step", disable=args.quiet) as bar:
 
             def show(ev) -> None:
                 bar.total, bar.n = ev.total, ev.step
@@ -171,49 +170,89 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("images", nargs="+", help="image files (TIFF, PNG, JPEG, .npy, ...)")
     ex.add_argument("--backbone", "-b", default="dinov2", choices=list_backbones())
     ex.add_argument("--upsampler", "-u", default="bilinear", choices=list_upsamplers())
-    ex.add_argument("--weights", default="pretrained",
-                    help="backbone weights: pretrained, random (untrained) or a file path")
-    ex.add_argument("--upsampler-weights", default=None,
-                    help="upsampler weights file (e.g. a FeatUp .ckpt), or random (untrained)")
-    ex.add_argument("--upsampler-option", action="append", metavar="KEY=VALUE",
-                    help="an upsampler option, repeatable (e.g. steps=40 for featup-implicit, "
-                         "sigma_range=0.1 for jbu-classic)")
-    ex.add_argument("--use-norm", dest="use_norm", action="store_true", default=None,
-                    help="apply FeatUp's channel LayerNorm before upsampling")
+    ex.add_argument(
+        "--weights",
+        default="pretrained",
+        help="backbone weights: pretrained, random (untrained) or a file path",
+    )
+    ex.add_argument(
+        "--upsampler-weights",
+        default=None,
+        help="upsampler weights file (e.g. a FeatUp .ckpt), or random (untrained)",
+    )
+    ex.add_argument(
+        "--upsampler-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="an upsampler option, repeatable (e.g. steps=40 for featup-implicit, "
+        "sigma_range=0.1 for jbu-classic)",
+    )
+    ex.add_argument(
+        "--use-norm",
+        dest="use_norm",
+        action="store_true",
+        default=None,
+        help="apply FeatUp's channel LayerNorm before upsampling",
+    )
     ex.add_argument("--no-norm", dest="use_norm", action="store_false")
     ex.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     ex.add_argument("--precision", default="float32", choices=["float32", "float16", "bfloat16"])
     ex.add_argument("--scaling", default="auto", choices=list(SCALINGS))
     ex.add_argument("--contrast-limits", nargs=2, type=float, metavar=("LOW", "HIGH"))
-    ex.add_argument("--channel-axis", type=int, default=None,
-                    help="axis holding channels of a multichannel image")
-    ex.add_argument("--channels", type=int, nargs="+", default=None,
-                    help="source channels for R G B (1 or 3 indices)")
+    ex.add_argument(
+        "--channel-axis",
+        type=int,
+        default=None,
+        help="axis holding channels of a multichannel image",
+    )
+    ex.add_argument(
+        "--channels",
+        type=int,
+        nargs="+",
+        default=None,
+        help="source channels for R G B (1 or 3 indices)",
+    )
     ex.add_argument("--no-highres", action="store_true", help="save only the low-res grid")
     ex.add_argument("--highres-dtype", default="float32", choices=["float32", "float16"])
     ex.add_argument("--pca", action="store_true", help="also fit and save a 3-component PCA")
-    ex.add_argument("--out", "-o", required=True,
-                    help="output file (.npz, .zarr, .tif, .npy) or, for several images, a folder")
+    ex.add_argument(
+        "--out",
+        "-o",
+        required=True,
+        help="output file (.npz, .zarr, .tif, .npy) or, for several images, a folder",
+    )
     ex.add_argument("--format", default=None, help="file format when --out is a folder (npz)")
     ex.add_argument("--overwrite", action="store_true", help="replace existing output files")
     ex.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     ex.set_defaults(func=_cmd_extract)
 
     dl = sub.add_parser("download", help="fetch pretrained weights ahead of going offline")
-    dl.add_argument("backbones", nargs="*", metavar="BACKBONE",
-                    help=f"backbones to fetch (default: all of {', '.join(list_backbones())})")
-    dl.add_argument("--no-jbu", action="store_true",
-                    help="skip FeatUp's JBU checkpoints (fetched by default where published)")
+    dl.add_argument(
+        "backbones",
+        nargs="*",
+        metavar="BACKBONE",
+        help=f"backbones to fetch (default: all of {', '.join(list_backbones())})",
+    )
+    dl.add_argument(
+        "--no-jbu",
+        action="store_true",
+        help="skip FeatUp's JBU checkpoints (fetched by default where published)",
+    )
     dl.set_defaults(func=_cmd_download)
 
     ls = sub.add_parser("list", help="list backbones and upsamplers")
     ls.set_defaults(func=_cmd_list)
 
     demo = sub.add_parser("demo", help="open napari with a sample image and the FeatUp widget")
-    demo.add_argument("--sample", default="astronaut", choices=["astronaut", "ihc", "cell"],
-                      help="sample image")
-    demo.add_argument("--weights", default="auto", choices=["auto", "pretrained", "random"],
-                      help="auto: pretrained if cached, else random (flagged)")
+    demo.add_argument(
+        "--sample", default="astronaut", choices=["astronaut", "ihc", "cell"], help="sample image"
+    )
+    demo.add_argument(
+        "--weights",
+        default="auto",
+        choices=["auto", "pretrained", "random"],
+        help="auto: pretrained if cached, else random (flagged)",
+    )
     demo.set_defaults(func=_cmd_demo)
     return parser
 

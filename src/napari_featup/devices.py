@@ -7,7 +7,7 @@ import torch
 PRECISIONS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def resolve_device(device: "str | torch.device" = "auto") -> torch.device:
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` picks CUDA, then Apple MPS, then CPU; anything else is checked."""
     if isinstance(device, torch.device):
         return device

@@ -12,7 +12,7 @@ channels) keep only the factors, and queries are mapped through the affine map.
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -75,7 +75,9 @@ class FeatureField:
         return self._kernels
 
     def tile_rows(self, channels: int | None = None) -> int:
-        return rows_per_tile(channels or self.channels, self.image.shape[-1], self.tile_budget_bytes)
+        return rows_per_tile(
+            channels or self.channels, self.image.shape[-1], self.tile_budget_bytes
+        )
 
     @torch.inference_mode()
     def _ensure_dense(self) -> torch.Tensor:
@@ -128,8 +130,10 @@ class FeatureField:
     ) -> np.ndarray:
         """``weight @ f + bias`` at every pixel: (K, C), (K,) -> (K, H, W) float32."""
         w = torch.as_tensor(np.asarray(weight, dtype=np.float32), device=self.lowres.device)
-        b = None if bias is None else torch.as_tensor(
-            np.asarray(bias, dtype=np.float32), device=self.lowres.device
+        b = (
+            None
+            if bias is None
+            else torch.as_tensor(np.asarray(bias, dtype=np.float32), device=self.lowres.device)
         )
         out = np.empty((w.shape[0],) + self.size, np.float32)
         for rows in self.iter_tiles(w.shape[0]):
@@ -152,7 +156,9 @@ class FeatureField:
     def norms(self) -> np.ndarray:
         """Per-pixel feature norm (H, W), computed once in tiles and cached."""
         if self._norms is None:
-            parts = [torch.linalg.vector_norm(self.highres_rows(r), dim=0) for r in self.iter_tiles()]
+            parts = [
+                torch.linalg.vector_norm(self.highres_rows(r), dim=0) for r in self.iter_tiles()
+            ]
             self._norms = torch.cat(parts, dim=0)
         return self._norms.cpu().numpy()
 
@@ -168,7 +174,9 @@ class FeatureField:
     def _check_point(self, r: float, c: float) -> tuple[int, int]:
         ri, ci = int(round(float(r))), int(round(float(c)))
         if not (0 <= ri < self.size[0] and 0 <= ci < self.size[1]):
-            raise ValueError(f"point ({r}, {c}) lies outside the {self.size[0]} x {self.size[1]} image")
+            raise ValueError(
+                f"point ({r}, {c}) lies outside the {self.size[0]} x {self.size[1]} image"
+            )
         return ri, ci
 
     def similarity(

@@ -64,8 +64,14 @@ def load(
     """
     if name not in HUB_MODELS:
         raise ValueError(f"no FeatUp hub model {name!r}; choose one of {', '.join(HUB_MODELS)}")
-    bb = load_backbone(name, weights=weights or ("pretrained" if pretrained else "random"),
-                       device=device)
-    up = load_upsampler("featup-jbu", backbone=bb, use_norm=use_norm, device=bb.device,
-                        weights=upsampler_weights if (upsampler_weights or pretrained) else "random")
+    bb = load_backbone(
+        name, weights=weights or ("pretrained" if pretrained else "random"), device=device
+    )
+    up = load_upsampler(
+        "featup-jbu",
+        backbone=bb,
+        use_norm=use_norm,
+        device=bb.device,
+        weights=upsampler_weights if (upsampler_weights or pretrained) else "random",
+    )
     return UpsampledBackbone(bb, up, use_norm).eval()

@@ -48,9 +48,10 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Generator, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -109,13 +110,25 @@ SETTINGS: dict[str, ImplicitConfig] = {
     # (3000 views, 1200 steps): 8 windows a step end higher, 32 gain nothing per step,
     # 512 views nothing over 256. docs/implicit.md has the curves and the speed-up.
     "fast": ImplicitConfig(
-        views=256, steps=700, batch=16, cells=8, lr=8e-3, schedule="cosine", warmup=5,
+        views=256,
+        steps=700,
+        batch=16,
+        cells=8,
+        lr=8e-3,
+        schedule="cosine",
+        warmup=5,
         pca_views=32,
     ),
     # A quick look: the same recipe cut to 32 views and 70 steps (about 1/13 of "fast"'s
     # time; its held-out loss levels off near that of FeatUp's 60th step).
     "preview": ImplicitConfig(
-        views=32, steps=70, batch=4, cells=8, lr=8e-3, schedule="cosine", warmup=5,
+        views=32,
+        steps=70,
+        batch=4,
+        cells=8,
+        lr=8e-3,
+        schedule="cosine",
+        warmup=5,
         pca_views=32,
     ),
 }
@@ -147,17 +160,25 @@ def _check_config(cfg: ImplicitConfig) -> None:
         if not ok:
             raise ValueError(f"implicit option {what}")
 
-    need(isinstance(cfg.cells, (int, np.integer)) and cfg.cells >= 0,
-         f"cells={cfg.cells!r} must be a whole number >= 0")
+    need(
+        isinstance(cfg.cells, (int, np.integer)) and cfg.cells >= 0,
+        f"cells={cfg.cells!r} must be a whole number >= 0",
+    )
     for name in ("views", "steps", "batch", "n_freqs", "proj_dim", "pca_views", "view_batch"):
         v = getattr(cfg, name)
-        need(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1,
-             f"{name}={v!r} must be a whole number >= 1")
-    need(isinstance(cfg.max_fit_pixels, (int, np.integer)) and cfg.max_fit_pixels >= 256,
-         f"max_fit_pixels={cfg.max_fit_pixels!r} must be a whole number >= 256")
+        need(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1,
+            f"{name}={v!r} must be a whole number >= 1",
+        )
+    need(
+        isinstance(cfg.max_fit_pixels, (int, np.integer)) and cfg.max_fit_pixels >= 256,
+        f"max_fit_pixels={cfg.max_fit_pixels!r} must be a whole number >= 256",
+    )
     need(math.isfinite(cfg.lr) and cfg.lr > 0, f"lr={cfg.lr!r} must be a positive number")
-    need(cfg.schedule in ("constant", "cosine"),
-         f"schedule={cfg.schedule!r} must be 'constant' or 'cosine'")
+    need(
+        cfg.schedule in ("constant", "cosine"),
+        f"schedule={cfg.schedule!r} must be 'constant' or 'cosine'",
+    )
     need(cfg.max_zoom >= 1.0, f"max_zoom={cfg.max_zoom!r} must be >= 1")
     need(cfg.max_pad >= 0, f"max_pad={cfg.max_pad!r} must be >= 0")
     for name in ("dropout", "attn_dropout", "logit_mask"):
@@ -245,13 +266,20 @@ class ImplicitNet(nn.Module):
         g = self.norm_in.weight if m is None else self.norm_in.weight * m
         beta = self.norm_in.bias if m is None else self.norm_in.bias * m
         w = self.fc1.weight
-        ws, wc = w[:, :nf][:, perm] * g[:nf][perm], w[:, nf:2 * nf][:, perm] * g[nf:2 * nf][perm]
+        ws, wc = (
+            w[:, :nf][:, perm] * g[:nf][perm],
+            w[:, nf : 2 * nf][:, perm] * g[nf : 2 * nf][perm],
+        )
         c0, s0, c1, s1 = torch.cos(p0), torch.sin(p0), torch.cos(p1), torch.sin(p1)
-        big_g = torch.cat([ws * c0 - wc * s1, ws * s0 + wc * c1, w[:, 2 * nf:] * g[2 * nf:]], 1)
+        big_g = torch.cat([ws * c0 - wc * s1, ws * s0 + wc * c1, w[:, 2 * nf :] * g[2 * nf :]], 1)
         n_in = w.shape[1]
         mean_w = torch.cat([c0 - s1, s0 + c1, torch.ones(3, device=w.device)]) / n_in
-        sq_w = torch.cat([torch.cos(2 * p0) - torch.cos(2 * p1),
-                          torch.sin(2 * p0) - torch.sin(2 * p1)]) / n_in
+        sq_w = (
+            torch.cat(
+                [torch.cos(2 * p0) - torch.cos(2 * p1), torch.sin(2 * p0) - torch.sin(2 * p1)]
+            )
+            / n_in
+        )
         sq_c = (s0.square() + c1.square()).sum() / n_in
         return big_g, mean_w, sq_w, sq_c, w @ g, w @ beta + self.fc1.bias
 
@@ -275,8 +303,8 @@ class ImplicitNet(nn.Module):
         mean = e @ mean_w
         with torch.no_grad():
             s = e[:, :nf]
-            sq_in = torch.cat([s * s, s * e[:, nf:2 * nf]], 1)
-            col_sq = e[:, 2 * nf:].square().sum(1) / e.shape[1]
+            sq_in = torch.cat([s * s, s * e[:, nf : 2 * nf]], 1)
+            col_sq = e[:, 2 * nf :].square().sum(1) / e.shape[1]
         var = (sq_in @ sq_w + sq_c + col_sq - mean.square()).clamp_min(0)
         rstd = torch.rsqrt(var + self.norm_in.eps)
         x = torch.addmm(-mean[:, None] * u, e, big_g.T) * rstd[:, None] + v
@@ -291,7 +319,7 @@ class ImplicitNet(nn.Module):
 def _gaussian_blur(x: torch.Tensor) -> torch.Tensor:
     """5-tap Gaussian (sigma 1) blur of (B, C, H, W), reflect border, per channel."""
     t = torch.arange(5, dtype=torch.float64, device=x.device) - 2
-    k = torch.exp(-t**2 / 2)
+    k = torch.exp(-(t**2) / 2)
     k = (k / k.sum()).to(x.dtype)
     c = x.shape[1]
     mode = "reflect" if min(x.shape[-2:]) > 2 else "replicate"
@@ -333,7 +361,10 @@ class AttentionDownsampler(nn.Module):
         return xp.reshape(xp.shape[0], xp.shape[1], h + 1, s, w + 1, s)
 
     def attention(
-        self, logits: torch.Tensor, grid: tuple[int, int], gen: torch.Generator | None = None,
+        self,
+        logits: torch.Tensor,
+        grid: tuple[int, int],
+        gen: torch.Generator | None = None,
         logit_mask: float = 0.0,
     ) -> torch.Tensor:
         """Padded (B, 1, (h+1)*s, (w+1)*s) pixel logits -> (B, h, w, 2, s, 2, s) weights."""
@@ -342,7 +373,7 @@ class AttentionDownsampler(nn.Module):
         bsz = logits.shape[0]
         lb = self._blocks(logits, h, w)[:, 0]  # (B, h+1, s, w+1, s)
         lwin = torch.stack(
-            [torch.stack([lb[:, a:a + h, :, b:b + w] for b in (0, 1)], 0) for a in (0, 1)], 0
+            [torch.stack([lb[:, a : a + h, :, b : b + w] for b in (0, 1)], 0) for a in (0, 1)], 0
         )
         # (2a, 2b, B, h, s, w, s) -> (B, h, w, a, u, b, v): offset (a*s + u, b*s + v)
         lwin = lwin.permute(2, 3, 5, 0, 4, 1, 6).reshape(bsz, h, w, 4 * s * s)
@@ -362,9 +393,9 @@ class AttentionDownsampler(nn.Module):
         for a in (0, 1):
             for b in (0, 1):
                 wab = attn[:, :, :, a, :, b, :].permute(0, 1, 3, 2, 4)
-                wts[:, a, b, a:a + h, :, b:b + w, :] = wab
+                wts[:, a, b, a : a + h, :, b : b + w, :] = wab
         part = torch.einsum("bxyIuJv,bcIuJv->bxycIJ", wts, blocks)  # one pass over the map
-        return sum(part[:, a, b, :, a:a + h, b:b + w] for a in (0, 1) for b in (0, 1))
+        return sum(part[:, a, b, :, a : a + h, b : b + w] for a in (0, 1) for b in (0, 1))
 
     def forward(
         self,
@@ -470,7 +501,7 @@ class _Taps:
 def _blur_matrix(n: int) -> torch.Tensor:
     """(n, n) matrix of the 5-tap Gaussian (sigma 1) with reflect border, one axis."""
     t = torch.arange(5, dtype=torch.float64) - 2
-    k = torch.exp(-t**2 / 2)
+    k = torch.exp(-(t**2) / 2)
     k = k / k.sum()
     m = torch.zeros(n, n, dtype=torch.float64)
     r = torch.arange(n)
@@ -581,7 +612,9 @@ class ViewOps:
     def crop(self, t: torch.Tensor) -> torch.Tensor:
         """The windows' cells of grid maps (B, C, h, w) -> (B, C, kh, kw)."""
         kh, kw = self.cells
-        return torch.stack([t[b, :, i:i + kh, j:j + kw] for b, (i, j) in enumerate(self.origins)])
+        return torch.stack(
+            [t[b, :, i : i + kh, j : j + kw] for b, (i, j) in enumerate(self.origins)]
+        )
 
 
 class _BandRows(torch.autograd.Function):
@@ -590,10 +623,10 @@ class _BandRows(torch.autograd.Function):
     into one gradient buffer (autograd's slices would zero a full-size buffer per view)."""
 
     @staticmethod
-    def forward(ctx, flat: torch.Tensor, ops: "ViewOps", c: int) -> tuple[torch.Tensor, ...]:
+    def forward(ctx, flat: torch.Tensor, ops: ViewOps, c: int) -> tuple[torch.Tensor, ...]:
         ctx.ops, ctx.c, ctx.shape = ops, c, flat.shape
         return tuple(
-            ty @ flat[a:e, a2 * c:e2 * c]
+            ty @ flat[a:e, a2 * c : e2 * c]
             for ty, (a, e), (a2, e2) in zip(ops.ty_band, ops.row_spans, ops.col_spans)
         )
 
@@ -603,7 +636,7 @@ class _BandRows(torch.autograd.Function):
         out = grads[0].new_zeros(ctx.shape)
         for g, ty, (a, e), (a2, e2) in zip(grads, ops.ty_band, ops.row_spans, ops.col_spans):
             if g is not None:
-                out[a:e, a2 * c:e2 * c].addmm_(ty.T, g)
+                out[a:e, a2 * c : e2 * c].addmm_(ty.T, g)
         return out, None, None
 
 
@@ -647,7 +680,7 @@ class ImplicitFeatures:
     def device(self) -> torch.device:
         return self.components.device
 
-    def to(self, device: str | torch.device) -> "ImplicitFeatures":
+    def to(self, device: str | torch.device) -> ImplicitFeatures:
         dev = resolve_device(device)
         self.net.to(dev)
         self.components, self.mean = self.components.to(dev), self.mean.to(dev)
@@ -725,7 +758,7 @@ class ImplicitFeatures:
             e = ImplicitNet.encode(self._coords(size, slice(a, b)), col, self.net.n_freqs)
             z = self.net(e)  # (N, P)
             f = z if pca else z @ self.components + self.mean  # (N, P or C)
-            out[0, :, a - r0:b - r0] = f.T.reshape(out.shape[1], b - a, ww)
+            out[0, :, a - r0 : b - r0] = f.T.reshape(out.shape[1], b - a, ww)
         return out
 
     def state(self) -> dict:
@@ -758,7 +791,7 @@ class ImplicitFeatures:
         return path
 
     @classmethod
-    def from_state(cls, st: dict, device: str | torch.device = "cpu") -> "ImplicitFeatures":
+    def from_state(cls, st: dict, device: str | torch.device = "cpu") -> ImplicitFeatures:
         if not isinstance(st, dict) or st.get("format") != FORMAT:
             raise ValueError(f"not a {FORMAT} file (no 'format': {FORMAT!r} entry)")
         if int(st.get("format_version", -1)) > FORMAT_VERSION:
@@ -771,13 +804,19 @@ class ImplicitFeatures:
         net.load_state_dict(st["net"])
         dev = resolve_device(device)
         return cls(
-            net, comps, st["mean"].float(), st["colour_range"].float(), st["image"].float(),
-            tuple(st["fit_size"]), tuple(st["content_size"]), tuple(st["original_size"]),
+            net,
+            comps,
+            st["mean"].float(),
+            st["colour_range"].float(),
+            st["image"].float(),
+            tuple(st["fit_size"]),
+            tuple(st["content_size"]),
+            tuple(st["original_size"]),
             dict(st.get("info", {})),
         ).to(dev)
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "ImplicitFeatures":
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> ImplicitFeatures:
         """Read a file written by :meth:`save` (no arbitrary unpickling)."""
         path = Path(path)
         if not path.is_file():
@@ -829,15 +868,19 @@ class ImplicitFitter:
         with torch.inference_mode(False):
             img = image.to(self.device, torch.float32).clone()
             if self.content_size != self.original_size:
-                img = F.interpolate(img, self.content_size, mode="bilinear", align_corners=False,
-                                    antialias=True)
+                img = F.interpolate(
+                    img, self.content_size, mode="bilinear", align_corners=False, antialias=True
+                )
             self.content = img
             self.fit_image = pad_to_stride(img, s)
         self.fit_size = tuple(int(v) for v in self.fit_image.shape[-2:])
         self.grid = (self.fit_size[0] // s, self.fit_size[1] // s)
         self.gen = torch.Generator().manual_seed(self.seed)
-        self.dev_gen = (self.gen if self.device.type == "cpu"
-                        else torch.Generator(self.device).manual_seed(self.seed))
+        self.dev_gen = (
+            self.gen
+            if self.device.type == "cpu"
+            else torch.Generator(self.device).manual_seed(self.seed)
+        )
         self.jitters: list[Jitter] = []
         self.targets: torch.Tensor | None = None  # (V, P, h, w) PCA space
         self.components = self.mean = None
@@ -870,7 +913,7 @@ class ImplicitFitter:
         self.jitters = self.make_jitters(cfg.views)
         feats = []
         for a in range(0, cfg.views, cfg.view_batch):
-            feats.append(self.view_features(self.jitters[a:a + cfg.view_batch]).cpu())
+            feats.append(self.view_features(self.jitters[a : a + cfg.view_batch]).cpu())
             yield min(cfg.views, a + cfg.view_batch)
         with torch.inference_mode(False):
             # (V, C, h, w) on CPU: 3000 x 384 x 16 x 16 floats = 1.2 GB for FeatUp's settings
@@ -954,10 +997,18 @@ class ImplicitFitter:
         if random_windows and k > 0 and (k < h or k < w):
             kh, kw = min(k, h), min(k, w)
             origins = window_origins(len(jitters), (h, w), (kh, kw), self.gen)
-            return ViewOps(jitters, self.fit_size, self.cfg.max_pad, self.device,
-                           self.bb.patch_size, (kh, kw), origins)
-        return ViewOps(jitters, self.fit_size, self.cfg.max_pad, self.device,
-                       self.bb.patch_size, (h, w))
+            return ViewOps(
+                jitters,
+                self.fit_size,
+                self.cfg.max_pad,
+                self.device,
+                self.bb.patch_size,
+                (kh, kw),
+                origins,
+            )
+        return ViewOps(
+            jitters, self.fit_size, self.cfg.max_pad, self.device, self.bb.patch_size, (h, w)
+        )
 
     def objective(
         self, ops: ViewOps, targets: torch.Tensor, train: bool
@@ -984,8 +1035,9 @@ class ImplicitFitter:
         av = a.expand(bsz, -1) if m is None else a * m
         logit_map = (both @ av.T).T.reshape(bsz, 1, hf, wf)
         logits = ops(logit_map) + self.down.attn.bias
-        attn = self.down.attention(logits, ops.cells, self.dev_gen,
-                                   cfg.logit_mask if train else 0.0)
+        attn = self.down.attention(
+            logits, ops.cells, self.dev_gen, cfg.logit_mask if train else 0.0
+        )
         down = ops.pool(both.view(hf, wf, -1), attn)  # blurred, jittered, pooled views
         mag_d, out = down[:, :1], down[:, 1:]
         log_s = self.scale_net(targets.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
@@ -998,8 +1050,10 @@ class ImplicitFitter:
             loss = loss + cfg.mag_weight * mag
             terms["mag"] = float(mag.detach())
         if cfg.mag_tv_weight > 0:
-            tv = ((hr_mag[..., 1:, :] - hr_mag[..., :-1, :]).square().sum()
-                  + (hr_mag[..., 1:] - hr_mag[..., :-1]).square().sum()) / hr_mag.numel()
+            tv = (
+                (hr_mag[..., 1:, :] - hr_mag[..., :-1, :]).square().sum()
+                + (hr_mag[..., 1:] - hr_mag[..., :-1]).square().sum()
+            ) / hr_mag.numel()
             loss = loss + cfg.mag_tv_weight * tv
             terms["mag_tv"] = float(tv.detach())
         if cfg.blur_pin > 0:
@@ -1040,8 +1094,8 @@ class ImplicitFitter:
         acc: dict[str, float] = {}
         n = len(jitters)
         for a in range(0, n, chunk):
-            js = jitters[a:a + chunk]
-            loss, terms = self.objective(self.view_ops(js), targets[a:a + chunk], train=False)
+            js = jitters[a : a + chunk]
+            loss, terms = self.objective(self.view_ops(js), targets[a : a + chunk], train=False)
             terms["loss"] = float(loss)
             for k, v in terms.items():
                 acc[k] = acc.get(k, 0.0) + v * len(js) / n
@@ -1062,8 +1116,15 @@ class ImplicitFitter:
         net = ImplicitNet(self.cfg.n_freqs, int(self.components.shape[0])).to(self.device)
         net.load_state_dict(self.net.state_dict())
         return ImplicitFeatures(
-            net, self.components.clone(), self.mean.clone(), self.colour_range.clone(),
-            self.content.clone(), self.fit_size, self.content_size, self.original_size, info,
+            net,
+            self.components.clone(),
+            self.mean.clone(),
+            self.colour_range.clone(),
+            self.content.clone(),
+            self.fit_size,
+            self.content_size,
+            self.original_size,
+            info,
         )
 
 
@@ -1129,15 +1190,17 @@ def iter_fit_implicit(
     total = cfg.views + cfg.steps
     yield FitProgress(0, total, float("nan"), "featurising jittered views")
     for done in fitter.iter_views():
-        yield FitProgress(done, total, float("nan"),
-                          f"featurising jittered views ({done}/{cfg.views})")
+        yield FitProgress(
+            done, total, float("nan"), f"featurising jittered views ({done}/{cfg.views})"
+        )
     fitter.build()
     every = max(1, int(progress_every))
     for i in range(cfg.steps):
         loss = fitter.step()
         if (i + 1) % every == 0 or i + 1 == cfg.steps:
-            yield FitProgress(cfg.views + i + 1, total, loss,
-                              f"fitting step {i + 1}/{cfg.steps}, loss {loss:.4f}")
+            yield FitProgress(
+                cfg.views + i + 1, total, loss, f"fitting step {i + 1}/{cfg.steps}, loss {loss:.4f}"
+            )
     return fitter.result()
 
 

@@ -66,7 +66,7 @@ def _remove(path: Path) -> None:
 
 
 def save_arrays(
-    path: "str | os.PathLike",
+    path: str | os.PathLike,
     arrays: dict[str, np.ndarray],
     metadata: dict | None = None,
     overwrite: bool = False,
@@ -146,7 +146,7 @@ def _write_tif(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
             tw.write(arr, description=desc, metadata=None, photometric="minisblack")
 
 
-def _checked(path: "str | os.PathLike") -> tuple[Path, str]:
+def _checked(path: str | os.PathLike) -> tuple[Path, str]:
     path = Path(path)
     suffix = _suffix(path)
     if not path.exists():
@@ -158,7 +158,7 @@ def _unreadable(path: Path, exc: Exception) -> FeatureFileError:
     return FeatureFileError(f"{str(path)!r} is not a readable feature file: {exc}")
 
 
-def read_metadata(path: "str | os.PathLike") -> dict:
+def read_metadata(path: str | os.PathLike) -> dict:
     """The metadata written by :func:`save_arrays`, without reading the arrays
     (``{}`` for a file of a supported format that carries none)."""
     path, suffix = _checked(path)
@@ -188,7 +188,7 @@ def read_metadata(path: "str | os.PathLike") -> dict:
         raise _unreadable(path, exc) from exc
 
 
-def load_arrays(path: "str | os.PathLike") -> tuple[dict[str, np.ndarray], dict]:
+def load_arrays(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
     """Read the named arrays and metadata written by :func:`save_arrays`."""
     path, suffix = _checked(path)
     meta = read_metadata(path)
@@ -217,13 +217,16 @@ def load_arrays(path: "str | os.PathLike") -> tuple[dict[str, np.ndarray], dict]
     return arrays, meta
 
 
-def save_features(path: "str | os.PathLike", result: Any, overwrite: bool = False) -> Path:
+def save_features(path: str | os.PathLike, result: Any, overwrite: bool = False) -> Path:
     """Save a :class:`~napari_featup.pipeline.FeatureResult` (low-res, full-res if
     materialised, PCA if fitted, metadata)."""
     arrays = {"lowres": result.lowres, "highres": getattr(result, "highres", None)}
     if Path(path).suffix.lower() == ".npy":
-        arrays = {"highres": arrays["highres"]} if arrays["highres"] is not None else {
-            "lowres": arrays["lowres"]}
+        arrays = (
+            {"highres": arrays["highres"]}
+            if arrays["highres"] is not None
+            else {"lowres": arrays["lowres"]}
+        )
     meta = dict(result.metadata)
     pca = getattr(result, "pca", None)
     if pca is not None:
@@ -231,7 +234,7 @@ def save_features(path: "str | os.PathLike", result: Any, overwrite: bool = Fals
     return save_arrays(path, arrays, meta, overwrite=overwrite)
 
 
-def load_features(path: "str | os.PathLike") -> Any:
+def load_features(path: str | os.PathLike) -> Any:
     """Read a file written by :func:`save_features` back into a ``FeatureResult``."""
     from .analysis import PCAProjection
     from .pipeline import FeatureResult

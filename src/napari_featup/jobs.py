@@ -11,8 +11,9 @@ the caller reports them its own way.
 
 from __future__ import annotations
 
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generator, Sequence
+from typing import Any
 
 import numpy as np
 

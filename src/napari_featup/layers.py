@@ -18,8 +18,8 @@ which napari's ``viewer._add_layer_from_data`` and npe2 readers accept.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -88,13 +88,13 @@ class PlaneGeometry:
 
     def planes(self) -> list[Index]:
         """All plane indices, in C order."""
-        return [tuple(int(v) for v in i) for i in np.ndindex(*self.leading)] if self.leading else [()]
+        return (
+            [tuple(int(v) for v in i) for i in np.ndindex(*self.leading)] if self.leading else [()]
+        )
 
     def check_index(self, index: Sequence[int]) -> Index:
         idx = tuple(int(v) for v in index)
-        if len(idx) != len(self.leading) or any(
-            not 0 <= i < n for i, n in zip(idx, self.leading)
-        ):
+        if len(idx) != len(self.leading) or any(not 0 <= i < n for i, n in zip(idx, self.leading)):
             raise IndexError(f"plane index {idx} is outside the stack of shape {self.leading}")
         return idx
 
@@ -262,16 +262,26 @@ class FeatureStack:
         return [
             (
                 self.pca_lowres,
-                dict(name=f"{self.image_name} {LOWRES_SUFFIX}", rgb=True, scale=low_scale,
-                     translate=low_translate, metadata=self.layer_metadata("pca-lowres"),
-                     blending="translucent"),
+                dict(
+                    name=f"{self.image_name} {LOWRES_SUFFIX}",
+                    rgb=True,
+                    scale=low_scale,
+                    translate=low_translate,
+                    metadata=self.layer_metadata("pca-lowres"),
+                    blending="translucent",
+                ),
                 "image",
             ),
             (
                 self.pca_full,
-                dict(name=pca_name(self.image_name, self.upsampler), rgb=True,
-                     scale=list(g.scale), translate=list(g.translate),
-                     metadata=self.layer_metadata("pca-full"), blending="translucent"),
+                dict(
+                    name=pca_name(self.image_name, self.upsampler),
+                    rgb=True,
+                    scale=list(g.scale),
+                    translate=list(g.translate),
+                    metadata=self.layer_metadata("pca-full"),
+                    blending="translucent",
+                ),
                 "image",
             ),
         ]
@@ -288,10 +298,16 @@ class FeatureStack:
         limits = (lo, hi) if hi > lo else (-1.0, 1.0)
         return (
             self.similarity,
-            dict(name=f"{self.image_name} {SIMILARITY_SUFFIX}", scale=list(g.scale),
-                 translate=list(g.translate), colormap="inferno", contrast_limits=limits,
-                 opacity=0.8, blending="translucent",
-                 metadata=self.layer_metadata("similarity")),
+            dict(
+                name=f"{self.image_name} {SIMILARITY_SUFFIX}",
+                scale=list(g.scale),
+                translate=list(g.translate),
+                colormap="inferno",
+                contrast_limits=limits,
+                opacity=0.8,
+                blending="translucent",
+                metadata=self.layer_metadata("similarity"),
+            ),
             "image",
         )
 
@@ -314,8 +330,13 @@ class FeatureStack:
         meta[META_KEY]["threshold"] = float(threshold)
         return (
             self.mask(threshold),
-            dict(name=f"{self.image_name} {MASK_SUFFIX}", scale=list(g.scale),
-                 translate=list(g.translate), metadata=meta, opacity=0.5),
+            dict(
+                name=f"{self.image_name} {MASK_SUFFIX}",
+                scale=list(g.scale),
+                translate=list(g.translate),
+                metadata=meta,
+                opacity=0.5,
+            ),
             "labels",
         )
 
@@ -378,19 +399,54 @@ def result_layer_data(
     if lowres is not None:
         stride = int(metadata.get("stride", 1))
         s, t = grid_transform(stride, scale, translate)
-        out.append((to_uint8_rgb(pca.to_rgb(lowres)),
-                    dict(name=f"{name} {LOWRES_SUFFIX}", rgb=True, scale=s, translate=t,
-                         metadata=meta), "image"))
+        out.append(
+            (
+                to_uint8_rgb(pca.to_rgb(lowres)),
+                dict(name=f"{name} {LOWRES_SUFFIX}", rgb=True, scale=s, translate=t, metadata=meta),
+                "image",
+            )
+        )
     up = str(metadata.get("upsampler", "full-res"))
     if highres is not None and pca is not None:
-        out.append((to_uint8_rgb(pca.to_rgb(highres)),
-                    dict(name=pca_name(name, up), rgb=True, scale=scale, translate=translate,
-                         metadata=meta), "image"))
+        out.append(
+            (
+                to_uint8_rgb(pca.to_rgb(highres)),
+                dict(
+                    name=pca_name(name, up),
+                    rgb=True,
+                    scale=scale,
+                    translate=translate,
+                    metadata=meta,
+                ),
+                "image",
+            )
+        )
     elif "pca" in extra:
-        out.append((np.asarray(extra["pca"]), dict(name=pca_name(name, up), rgb=True,
-                    scale=scale, translate=translate, metadata=meta), "image"))
+        out.append(
+            (
+                np.asarray(extra["pca"]),
+                dict(
+                    name=pca_name(name, up),
+                    rgb=True,
+                    scale=scale,
+                    translate=translate,
+                    metadata=meta,
+                ),
+                "image",
+            )
+        )
     if "similarity" in extra:
-        out.append((np.asarray(extra["similarity"], np.float32),
-                    dict(name=f"{name} {SIMILARITY_SUFFIX}", scale=scale, translate=translate,
-                         colormap="inferno", metadata=meta), "image"))
+        out.append(
+            (
+                np.asarray(extra["similarity"], np.float32),
+                dict(
+                    name=f"{name} {SIMILARITY_SUFFIX}",
+                    scale=scale,
+                    translate=translate,
+                    colormap="inferno",
+                    metadata=meta,
+                ),
+                "image",
+            )
+        )
     return out

@@ -9,9 +9,10 @@ it with a progress bar; :func:`extract_features` simply runs it to the end.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dc_field
-from typing import Any, Callable, Generator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -89,8 +90,13 @@ def iter_extract(
     """Generator version of :func:`extract_features` (same arguments)."""
     t_start = time.perf_counter()
     x01, prep = prepare_image(
-        image, rgb=rgb, channel_axis=channel_axis, channels=channels, scaling=scaling,
-        contrast_limits=contrast_limits, percentiles=percentiles,
+        image,
+        rgb=rgb,
+        channel_axis=channel_axis,
+        channels=channels,
+        scaling=scaling,
+        contrast_limits=contrast_limits,
+        percentiles=percentiles,
     )
     height, width = x01.shape[-2:]
     n_steps = 4 + (1 if highres else 0)
@@ -102,8 +108,10 @@ def iter_extract(
         return Progress(step, n_steps, msg)
 
     yield event("loading backbone")
-    bb = backbone if isinstance(backbone, Backbone) else load_backbone(
-        backbone, weights=weights, device=device, precision=precision
+    bb = (
+        backbone
+        if isinstance(backbone, Backbone)
+        else load_backbone(backbone, weights=weights, device=device, precision=precision)
     )
     bb.check_size(height, width)
     dev = bb.device
@@ -115,9 +123,17 @@ def iter_extract(
         lowres = bb(padded).float()
 
     yield event("loading upsampler")
-    up = upsampler if isinstance(upsampler, Upsampler) else load_upsampler(
-        upsampler, backbone=bb, use_norm=use_norm, weights=upsampler_weights, device=dev,
-        **(upsampler_options or {}),
+    up = (
+        upsampler
+        if isinstance(upsampler, Upsampler)
+        else load_upsampler(
+            upsampler,
+            backbone=bb,
+            use_norm=use_norm,
+            weights=upsampler_weights,
+            device=dev,
+            **(upsampler_options or {}),
+        )
     )
     if use_norm is not None and isinstance(upsampler, Upsampler):
         up.use_norm = bool(use_norm)
@@ -137,7 +153,9 @@ def iter_extract(
         for i, rows in enumerate(tiles):
             hr[:, rows] = feature_field.highres_rows(rows).cpu().numpy()
             if i + 1 < len(tiles):
-                yield Progress(step, n_steps, f"upsampling with {up.name}: tile {i + 1}/{len(tiles)}")
+                yield Progress(
+                    step, n_steps, f"upsampling with {up.name}: tile {i + 1}/{len(tiles)}"
+                )
         yield event("done")
 
     metadata = _metadata(bb, up, prep, lowres, padded, (height, width), hr is not None)
@@ -186,7 +204,8 @@ def _metadata(
         "highres": (
             f"{up.name} output at {native[0]} x {native[1]}, resized to the padded image "
             f"({padded.shape[-2]} x {padded.shape[-1]}) and cropped to {size[0]} x {size[1]}"
-            if has_highres else None
+            if has_highres
+            else None
         ),
     }
 

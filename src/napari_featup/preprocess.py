@@ -7,8 +7,9 @@ were scaled to [0, 1], and how the image was padded to a whole number of patches
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -53,9 +54,7 @@ def _as_numpy(image: Any) -> np.ndarray:
         arr = np.asarray(image)
     except Exception as exc:  # noqa: BLE001 - any array-like failure is a bad input
         raise ImageError(f"cannot read the image as an array: {exc}") from exc
-    if arr.dtype == object or not (
-        np.issubdtype(arr.dtype, np.number) or arr.dtype == bool
-    ):
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise ImageError(
             f"image has dtype {arr.dtype}; expected a numeric or boolean array "
             "(uint8, uint16, int, float, bool)"
@@ -233,7 +232,7 @@ def prepare_image(
     return np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32), record
 
 
-def normalize(x01: "np.ndarray | Any") -> Any:
+def normalize(x01: np.ndarray | Any) -> Any:
     """ImageNet-normalise a (..., 3, H, W) array or tensor in [0, 1]."""
     mean = np.asarray(IMAGENET_MEAN, dtype=np.float32).reshape(3, 1, 1)
     std = np.asarray(IMAGENET_STD, dtype=np.float32).reshape(3, 1, 1)

@@ -142,7 +142,7 @@ def make_scene(
     to the standard deviation of the ground-truth features.
     """
     H, W = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    if H % stride or W % stride or H < stride or W < stride:
+    if H % stride or W % stride or stride > H or stride > W:
         raise ValueError(f"scene size {H} x {W} must be a positive multiple of stride {stride}")
     if n_regions < 4:
         raise ValueError(f"n_regions must be at least 4, got {n_regions}")

@@ -31,7 +31,7 @@ def cache_dir() -> Path:
     return Path(base) / "napari-featup"
 
 
-def torch_load(path: "str | os.PathLike") -> Any:
+def torch_load(path: str | os.PathLike) -> Any:
     """``torch.load`` without unpickling arbitrary objects, with clear errors."""
     path = Path(path)
     if not path.is_file():
@@ -59,7 +59,7 @@ def torch_load(path: "str | os.PathLike") -> Any:
         ) from exc
 
 
-def load_state_dict_file(path: "str | os.PathLike") -> dict[str, torch.Tensor]:
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A flat state dict from .safetensors or a torch file (unwrapping state_dict/model)."""
     path = Path(path)
     if path.suffix == ".safetensors":
@@ -68,7 +68,9 @@ def load_state_dict_file(path: "str | os.PathLike") -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except Exception as exc:  # noqa: BLE001
-            raise WeightsFileError(f"{str(path)!r} is not a readable safetensors file: {exc}") from exc
+            raise WeightsFileError(
+                f"{str(path)!r} is not a readable safetensors file: {exc}"
+            ) from exc
     obj = torch_load(path)
     for key in ("state_dict", "model", "module"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
@@ -78,7 +80,7 @@ def load_state_dict_file(path: "str | os.PathLike") -> dict[str, torch.Tensor]:
     return obj
 
 
-def download(url: str, dest: "str | os.PathLike", progress: bool = True) -> Path:
+def download(url: str, dest: str | os.PathLike, progress: bool = True) -> Path:
     """Download ``url`` to ``dest`` atomically (temporary name, then rename).
 
     Reuses ``dest`` when it exists. Raises :class:`WeightsUnavailableError` offline,
@@ -96,8 +98,9 @@ def download(url: str, dest: "str | os.PathLike", progress: bool = True) -> Path
             total = int(resp.headers.get("Content-Length") or 0) or None
             from tqdm.auto import tqdm
 
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name,
-                      disable=not progress) as bar:
+            with tqdm(
+                total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress
+            ) as bar:
                 while chunk := resp.read(1 << 20):
                     out.write(chunk)
                     bar.update(len(chunk))

@@ -291,7 +291,8 @@ class FeatUpWidget(QWidget):
 
     def _image_layers(self) -> list[Image]:
         return [
-            lyr for lyr in self.viewer.layers
+            lyr
+            for lyr in self.viewer.layers
             if isinstance(lyr, Image) and "napari_featup" not in lyr.metadata
         ]
 
@@ -512,7 +513,10 @@ class FeatUpWidget(QWidget):
                 return False
         request = RunRequest(
             data=layer.data[0] if getattr(layer, "multiscale", False) else layer.data,
-            planes=planes, extract=settings, rgb=layer.rgb, channel_axis=channel_axis,
+            planes=planes,
+            extract=settings,
+            rgb=layer.rgb,
+            channel_axis=channel_axis,
             pca=stack.pca if reuse else None,
         )
 
@@ -644,8 +648,8 @@ class FeatUpWidget(QWidget):
             pos, neg = _query.split_points(self.query_layer, layer)
             ca = stack.config.get("channel_axis")
             if ca is not None:
-                pos = [p[:ca] + p[ca + 1:] for p in pos]
-                neg = [p[:ca] + p[ca + 1:] for p in neg]
+                pos = [p[:ca] + p[ca + 1 :] for p in pos]
+                neg = [p[:ca] + p[ca + 1 :] for p in neg]
             ignored = stack.set_query(pos, neg)
             if ignored:
                 show_info(
@@ -691,8 +695,13 @@ class FeatUpWidget(QWidget):
 
     def _maybe_follow_slider(self) -> None:
         stack, layer = self.current_stack(), self.image_layer()
-        if (stack is None or layer is None or not stack.geometry.leading
-                or not self.follow_slider.isChecked() or self.jobs.running):
+        if (
+            stack is None
+            or layer is None
+            or not stack.geometry.leading
+            or not self.follow_slider.isChecked()
+            or self.jobs.running
+        ):
             return
         plane = current_plane(self.viewer, layer, stack.geometry, stack.config.get("channel_axis"))
         if plane not in stack.results:
@@ -708,15 +717,18 @@ class FeatUpWidget(QWidget):
         plane = current_plane(self.viewer, layer, stack.geometry, stack.config.get("channel_axis"))
         if plane not in stack.results:
             plane = sorted(stack.results)[0]
-        return export_stack_plane(path, stack, plane, self.export_highres.isChecked(),
-                                  overwrite=overwrite)
+        return export_stack_plane(
+            path, stack, plane, self.export_highres.isChecked(), overwrite=overwrite
+        )
 
     def _export_dialog(self) -> None:
         if self.current_stack() is None:
             show_info("Nothing to export yet: press Run first.")
             return
         path, _ = QFileDialog.getSaveFileName(
-            self, "Export FeatUp features", f"{self.image_layer().name}_features.zarr",
+            self,
+            "Export FeatUp features",
+            f"{self.image_layer().name}_features.zarr",
             "Zarr (*.zarr);;NumPy archive (*.npz);;TIFF (*.tif);;NumPy array (*.npy)",
             options=QFileDialog.DontConfirmOverwrite,
         )
@@ -725,8 +737,11 @@ class FeatUpWidget(QWidget):
         overwrite = False
         if Path(path).exists():
             answer = QMessageBox.question(
-                self, "Overwrite?", f"{path} exists. Replace it?",
-                QMessageBox.Yes | QMessageBox.No, QMessageBox.No,
+                self,
+                "Overwrite?",
+                f"{path} exists. Replace it?",
+                QMessageBox.Yes | QMessageBox.No,
+                QMessageBox.No,
             )
             if answer != QMessageBox.Yes:
                 return

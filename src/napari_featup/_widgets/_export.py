@@ -11,7 +11,7 @@ from ..layers import META_KEY, FeatureStack, Index
 
 
 def export_stack_plane(
-    path: "str | Path",
+    path: str | Path,
     stack: FeatureStack,
     plane: Index,
     include_highres: bool = False,

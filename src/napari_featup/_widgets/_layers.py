@@ -35,8 +35,9 @@ def image_geometry(layer: Any, channel_axis: int | None = None) -> PlaneGeometry
     return PlaneGeometry(tuple(leading), (shape[-2], shape[-1]), scale, translate)
 
 
-def current_plane(viewer: Any, layer: Any, geometry: PlaneGeometry,
-                  channel_axis: int | None = None) -> Index:
+def current_plane(
+    viewer: Any, layer: Any, geometry: PlaneGeometry, channel_axis: int | None = None
+) -> Index:
     """The plane of ``layer`` the viewer's sliders show (rounded and clipped)."""
     if not geometry.leading:
         return ()
@@ -44,9 +45,7 @@ def current_plane(viewer: Any, layer: Any, geometry: PlaneGeometry,
     if channel_axis is not None:
         del pos[channel_axis]
     lead = pos[: len(geometry.leading)]
-    return tuple(
-        int(min(max(round(float(v)), 0), n - 1)) for v, n in zip(lead, geometry.leading)
-    )
+    return tuple(int(min(max(round(float(v)), 0), n - 1)) for v, n in zip(lead, geometry.leading))
 
 
 def upsert_layer(viewer: Any, data: np.ndarray, kwargs: dict, layer_type: str) -> Any:

@@ -7,7 +7,8 @@ a positive point, Ctrl+Shift-click a negative one (in any layer mode).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,15 +22,25 @@ def make_query_layer(viewer: Any, image_layer: Any) -> Any:
     """Add an empty query layer placed like ``image_layer`` (same scale/translate)."""
     features = pd.DataFrame({"sign": pd.Categorical([], categories=list(SIGNS))})
     ndim = image_layer.ndim
-    size = 0.02 * max(float(s) * n for s, n in zip(image_layer.scale[-2:],
-                                                    image_layer.data.shape[-3:-1]
-                                                    if image_layer.rgb else
-                                                    image_layer.data.shape[-2:]))
+    size = 0.02 * max(
+        float(s) * n
+        for s, n in zip(
+            image_layer.scale[-2:],
+            image_layer.data.shape[-3:-1] if image_layer.rgb else image_layer.data.shape[-2:],
+        )
+    )
     layer = viewer.add_points(
-        np.empty((0, ndim)), ndim=ndim, name=QUERY_NAME, features=features,
-        face_color="sign", face_color_cycle=[COLOURS[s] for s in SIGNS],
-        border_color="white", border_width=0.1, size=max(size, 1.0),
-        scale=image_layer.scale, translate=image_layer.translate,
+        np.empty((0, ndim)),
+        ndim=ndim,
+        name=QUERY_NAME,
+        features=features,
+        face_color="sign",
+        face_color_cycle=[COLOURS[s] for s in SIGNS],
+        border_color="white",
+        border_width=0.1,
+        size=max(size, 1.0),
+        scale=image_layer.scale,
+        translate=image_layer.translate,
         metadata={"napari_featup": {"layer": "query", "source_layer": image_layer.name}},
     )
     return layer
@@ -67,14 +78,17 @@ def flip_selected(layer: Any) -> int:
     feats["sign"] = pd.Categorical(signs, categories=list(SIGNS))
     layer.features = feats
     recolour(layer)
-    layer.events.data(value=layer.data, action="changed", data_indices=tuple(sel),
-                      vertex_indices=((),))
+    layer.events.data(
+        value=layer.data, action="changed", data_indices=tuple(sel), vertex_indices=((),)
+    )
     return len(sel)
 
 
 def add_point(layer: Any, world_position: Any, sign: str) -> None:
     """Add a point at a world position with ``sign``, keeping the layer's next sign."""
-    previous = str(layer.feature_defaults["sign"].iloc[0]) if len(layer.feature_defaults) else "positive"
+    previous = (
+        str(layer.feature_defaults["sign"].iloc[0]) if len(layer.feature_defaults) else "positive"
+    )
     set_next_sign(layer, sign)
     try:
         layer.add([layer.world_to_data(world_position)])

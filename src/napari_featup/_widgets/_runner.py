@@ -6,7 +6,7 @@ cancel request; results reach the widget on the GUI thread through ``finished``.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from napari.qt.threading import create_worker
 from napari.utils import progress

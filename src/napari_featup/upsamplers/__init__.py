@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import ast
 import importlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -19,10 +20,21 @@ from .base import Kernels, Upsampler, channel_norm, resize_bilinear
 # name -> (module, factory attribute, one-line description)
 _FACTORIES: dict[str, tuple[str, str, str]] = {
     "bilinear": (".bilinear", "make", "bilinear interpolation (no guidance, no weights)"),
-    "featup-jbu": (".featup_jbu", "make", "FeatUp JBU stack (16x, pretrained per backbone), pure PyTorch"),
-    "jbu-classic": (".jbu_classic", "make",
-                    "joint bilateral upsampling guided by image colour, with back-projection (no weights)"),
-    "guided-fit": (".guided_fit", "make", "per-image fitted anisotropic guided kernels (no weights)"),
+    "featup-jbu": (
+        ".featup_jbu",
+        "make",
+        "FeatUp JBU stack (16x, pretrained per backbone), pure PyTorch",
+    ),
+    "jbu-classic": (
+        ".jbu_classic",
+        "make",
+        "joint bilateral upsampling guided by image colour, with back-projection (no weights)",
+    ),
+    "guided-fit": (
+        ".guided_fit",
+        "make",
+        "per-image fitted anisotropic guided kernels (no weights)",
+    ),
     "featup-implicit": (".implicit", "make", "FeatUp's implicit model, fitted to each image"),
 }
 

@@ -26,7 +26,7 @@ range sigmas cannot underflow every weight to zero. Results do not depend on ``r
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -332,7 +332,7 @@ class GuidedKernels(Kernels):
             (H, W), (h, w) = self.out_size, self.grid
             sy, sx = max(1, round(H / h)), max(1, round(W / w))
             colour = self.colour
-            if (H, W) != (h * sy, w * sx):
+            if (h * sy, w * sx) != (H, W):
                 colour = F.interpolate(
                     colour,
                     size=(h * sy, w * sx),

@@ -18,7 +18,8 @@ whole number of patches, so ``H = h * stride``).
 
 from __future__ import annotations
 
-from typing import ClassVar, Iterator
+from collections.abc import Iterator
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +31,9 @@ def channel_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], eps=eps).permute(0, 3, 1, 2)
 
 
-def _linear_taps(n_in: int, n_out: int, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _linear_taps(
+    n_in: int, n_out: int, device=None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Source indices i0, i1 and weight of i1 for linear resizing n_in -> n_out.
 
     Matches ``F.interpolate(mode="bilinear", align_corners=False)`` (pixel centres
@@ -88,7 +91,9 @@ class Kernels:
         out = self.apply_linear(lowres, rows)
         if self.affine is not None:
             a, b = self.affine
-            out = torch.einsum("kc,bchw->bkhw", a.to(out.dtype), out) + b.to(out.dtype)[:, None, None]
+            out = (
+                torch.einsum("kc,bchw->bkhw", a.to(out.dtype), out) + b.to(out.dtype)[:, None, None]
+            )
         return out
 
     def project(
@@ -139,9 +144,7 @@ class Upsampler(nn.Module):
             raise NotImplementedError(f"upsampler {self.name!r} must implement forward")
         return self.kernels(image, tuple(lowres.shape[-2:]))(lowres)
 
-    def iter_fit(
-        self, lowres: torch.Tensor, image: torch.Tensor
-    ) -> Iterator[tuple[int, int, str]]:
+    def iter_fit(self, lowres: torch.Tensor, image: torch.Tensor) -> Iterator[tuple[int, int, str]]:
         """Fit per-image state before upsampling, yielding ``(done, total, message)``.
 
         Upsamplers that fit to each image (FeatUp's implicit model, fitted guided

@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -179,11 +180,15 @@ class JBULayer(nn.Module):
         super().__init__()
         self.range_temp = nn.Parameter(torch.tensor(0.0))
         self.range_proj = nn.Sequential(
-            nn.Conv2d(guidance_dim, key_dim, 1), nn.GELU(), nn.Dropout2d(0.1),
+            nn.Conv2d(guidance_dim, key_dim, 1),
+            nn.GELU(),
+            nn.Dropout2d(0.1),
             nn.Conv2d(key_dim, key_dim, 1),
         )
         self.fixup_proj = nn.Sequential(
-            nn.Conv2d(guidance_dim + TAPS, TAPS, 1), nn.GELU(), nn.Dropout2d(0.1),
+            nn.Conv2d(guidance_dim + TAPS, TAPS, 1),
+            nn.GELU(),
+            nn.Dropout2d(0.1),
             nn.Conv2d(TAPS, TAPS, 1),
         )
         self.sigma_spatial = nn.Parameter(torch.tensor(1.0))
@@ -211,7 +216,7 @@ class JBULayer(nn.Module):
         r, w = guide.shape[-2] - 2 * RADIUS, guide.shape[-1] - 2 * RADIUS
         emb = self._conv(self.range_proj, guide)  # (B, 32, R+6, W+6)
         emb = emb.permute(0, 2, 3, 1).contiguous()  # channels last: the dot products are contiguous
-        centre = emb[:, RADIUS:RADIUS + r, RADIUS:RADIUS + w]
+        centre = emb[:, RADIUS : RADIUS + r, RADIUS : RADIUS + w]
         bsz, _, wp, kd = emb.shape
         logits = emb.new_empty(bsz, DIAMETER, DIAMETER, r, w)
         piece = max(1, _PIECE_BYTES // (bsz * w * DIAMETER * kd * 4))
@@ -221,7 +226,8 @@ class JBULayer(nn.Module):
                 # the 7 column neighbours of every pixel as a strided view (no copy), then
                 # one multiply-reduce per tap row: few large ops rather than 49 small ones
                 nb = emb.as_strided(
-                    (bsz, p1 - p0, w, DIAMETER, kd), (emb.stride(0), wp * kd, kd, kd, 1),
+                    (bsz, p1 - p0, w, DIAMETER, kd),
+                    (emb.stride(0), wp * kd, kd, kd, 1),
                     emb.storage_offset() + (i + p0) * wp * kd,
                 )
                 prod = (nb * centre[:, p0:p1, :, None]).sum(-1)
@@ -234,7 +240,9 @@ class JBULayer(nn.Module):
         del logits
         k.mul_(self.spatial_kernel().view(1, TAPS, 1, 1))
         k.div_(k.sum(1, keepdim=True).clamp(1e-7))
-        fix = self._conv(self.fixup_proj, torch.cat([k, guide[..., RADIUS:RADIUS + r, RADIUS:RADIUS + w]], 1))
+        fix = self._conv(
+            self.fixup_proj, torch.cat([k, guide[..., RADIUS : RADIUS + r, RADIUS : RADIUS + w]], 1)
+        )
         return k.add_(fix, alpha=0.1)
 
     def forward(self, source: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
@@ -281,9 +289,13 @@ class FeatUpJBU(Upsampler):
                 f"{lowres.shape[1]} channels (use the checkpoint of your backbone)"
             )
         if lowres.shape[0] != image.shape[0]:
-            raise ValueError(f"batch sizes differ: lowres {lowres.shape[0]}, image {image.shape[0]}")
+            raise ValueError(
+                f"batch sizes differ: lowres {lowres.shape[0]}, image {image.shape[0]}"
+            )
 
-    def kernels(self, image: torch.Tensor, grid: tuple[int, int], cache: bool = True) -> "JBUKernels":
+    def kernels(
+        self, image: torch.Tensor, grid: tuple[int, int], cache: bool = True
+    ) -> JBUKernels:
         budget = int(self.cache_mb * 2**20) if cache else 0
         return JBUKernels(self, image, grid, cache_bytes=budget)
 
@@ -310,8 +322,12 @@ class FeatUpJBU(Upsampler):
         return self.kernels(image, tuple(lowres.shape[-2:]), cache=False)(lowres, rows)
 
     def extra_metadata(self) -> dict:
-        return {"dim": self.dim, "native_scale": 16, "weights": self.source,
-                "use_norm": self.use_norm}
+        return {
+            "dim": self.dim,
+            "native_scale": 16,
+            "weights": self.source,
+            "use_norm": self.use_norm,
+        }
 
 
 class JBUKernels(Kernels):
@@ -322,8 +338,13 @@ class JBUKernels(Kernels):
     ``rows``; ``affine`` is the final ``x + 0.1 * conv1x1(x)`` as ``(I + 0.1 W, 0.1 b)``.
     """
 
-    def __init__(self, stack: FeatUpJBU, image: torch.Tensor, grid: tuple[int, int],
-                 cache_bytes: int = 512 << 20):
+    def __init__(
+        self,
+        stack: FeatUpJBU,
+        image: torch.Tensor,
+        grid: tuple[int, int],
+        cache_bytes: int = 512 << 20,
+    ):
         h, w = int(grid[0]), int(grid[1])
         if h < 1 or w < 1:
             raise ValueError(f"grid must be at least 1 x 1, got {grid}")
@@ -420,7 +441,7 @@ class JBUKernels(Kernels):
         parts = [self._chunk(level, c) for c in range(first, last + 1)]
         k = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
         off = first * ch
-        return k[:, k0 - off:k1 - off]
+        return k[:, k0 - off : k1 - off]
 
     # -- application -------------------------------------------------------------------
 
@@ -431,15 +452,27 @@ class JBUKernels(Kernels):
         zero and the buffer needs no refilling (saves a large fill per step).
         """
         buf = self._matbuf
-        if (buf is None or buf.dtype != like.dtype or buf.device != like.device
-                or buf.shape[1] != size or buf.shape[0] < n
-                # an inference-mode tensor cannot be written outside inference mode
-                or buf.is_inference() != torch.is_inference_mode_enabled()):
+        if (
+            buf is None
+            or buf.dtype != like.dtype
+            or buf.device != like.device
+            or buf.shape[1] != size
+            or buf.shape[0] < n
+            # an inference-mode tensor cannot be written outside inference mode
+            or buf.is_inference() != torch.is_inference_mode_enabled()
+        ):
             self._matbuf = buf = like.new_zeros(n, size)
         return buf[:n]
 
-    def _apply_layer(self, level: int, src: torch.Tensor, s0: int, lo: int, hi: int,
-                     dest: torch.Tensor | None = None) -> torch.Tensor:
+    def _apply_layer(
+        self,
+        level: int,
+        src: torch.Tensor,
+        s0: int,
+        lo: int,
+        hi: int,
+        dest: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Layer ``level`` on channels-last source rows ``src`` (B, R, w, C) starting at
         row ``s0`` -> channels-last high-res rows [lo, hi): (B, hi-lo, 2w, C), written
         into ``dest`` when given."""
@@ -470,27 +503,39 @@ class JBUKernels(Kernels):
             # zero-padded source rows c0-3 .. c0 + rt*th + 3 (zero weight outside the grid)
             pad = src.new_zeros(bsz, rt * th + 2 * RADIUS, pw, ch)
             plo, phi = max(0, c0 - RADIUS), min(n_src, c1 + RADIUS)
-            pad[:, plo - (c0 - RADIUS):phi - (c0 - RADIUS), RADIUS:RADIUS + ms] = src[:, plo - s0:phi - s0]
+            pad[:, plo - (c0 - RADIUS) : phi - (c0 - RADIUS), RADIUS : RADIUS + ms] = src[
+                :, plo - s0 : phi - s0
+            ]
             for b in range(bsz):
                 # (rt*mt, window, C): every tile's source window, C contiguous (a fast copy)
-                win = pad[b].as_strided(
-                    (rt, mt, wh, ww, ch), (th * pw * ch, tw * ch, pw * ch, ch, 1),
-                    pad[b].storage_offset(),
-                ).reshape(rt * mt, n_win, ch)
+                win = (
+                    pad[b]
+                    .as_strided(
+                        (rt, mt, wh, ww, ch),
+                        (th * pw * ch, tw * ch, pw * ch, ch, 1),
+                        pad[b].storage_offset(),
+                    )
+                    .reshape(rt * mt, n_win, ch)
+                )
                 vals = kpad[b].view(rt, th, mt, tw, -1).transpose(1, 2).reshape(rt * mt, -1)
                 mat = self._tile_matrices(rt * mt, n_out * n_win, win)
                 mat.index_copy_(1, idx, vals)
                 del vals
                 res = torch.bmm(mat.view(rt * mt, n_out, n_win), win)  # (tiles, 4 th tw, C)
                 del mat, win
-                res = res.view(rt, mt, 2 * th, 2 * tw, ch).transpose(1, 2).reshape(rt * 2 * th, -1, ch)
+                res = (
+                    res.view(rt, mt, 2 * th, 2 * tw, ch)
+                    .transpose(1, 2)
+                    .reshape(rt * 2 * th, -1, ch)
+                )
                 r0, r1 = max(lo, 2 * c0), min(hi, 2 * c0 + rt * 2 * th)  # absolute rows
-                out[b, r0 - lo:r1 - lo] = res[r0 - 2 * c0:r1 - 2 * c0, : 2 * ms]
+                out[b, r0 - lo : r1 - lo] = res[r0 - 2 * c0 : r1 - 2 * c0, : 2 * ms]
                 del res
         return out
 
-    def native_rows(self, values: torch.Tensor, a: int, b: int,
-                    out: torch.Tensor | None = None) -> torch.Tensor:
+    def native_rows(
+        self, values: torch.Tensor, a: int, b: int, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Rows [a, b) of the 16x output *before* the final affine: (B, K, b-a, 16w).
 
         The result is a channels-last tensor (strides of ``memory_format=channels_last``);
@@ -577,7 +622,7 @@ def reference_layer(layer: JBULayer, source: torch.Tensor, guidance: torch.Tenso
     for i in range(DIAMETER):
         for j in range(DIAMETER):
             p = i * DIAMETER + j
-            out += hr[:, :, i:i + gh, j:j + gw] * k[:, p:p + 1]
+            out += hr[:, :, i : i + gh, j : j + gw] * k[:, p : p + 1]
     return out
 
 
@@ -603,9 +648,13 @@ def _checkpoint_state(obj: Any, path: str) -> dict[str, torch.Tensor]:
         )
     sd = obj.get("state_dict", obj)
     if not isinstance(sd, Mapping):
-        raise _weights.WeightsFileError(f"{path!r}: 'state_dict' is a {type(sd).__name__}, not a dict")
+        raise _weights.WeightsFileError(
+            f"{path!r}: 'state_dict' is a {type(sd).__name__}, not a dict"
+        )
     if any(str(k).startswith("upsampler.") for k in sd):
-        state = {k[len("upsampler."):]: v for k, v in sd.items() if str(k).startswith("upsampler.")}
+        state = {
+            k[len("upsampler.") :]: v for k, v in sd.items() if str(k).startswith("upsampler.")
+        }
     elif "up1.range_temp" in sd:  # a bare JBU state dict (e.g. saved from FeatUpJBU)
         state = dict(sd)
     else:
@@ -621,7 +670,7 @@ def _checkpoint_state(obj: Any, path: str) -> dict[str, torch.Tensor]:
 
 
 def load_featup_checkpoint(
-    path: "str | os.PathLike", use_norm: bool = True, device: "str | torch.device" = "cpu"
+    path: str | os.PathLike, use_norm: bool = True, device: str | torch.device = "cpu"
 ) -> FeatUpJBU:
     """A FeatUp JBU checkpoint (Lightning ``.ckpt``) -> :class:`FeatUpJBU` in eval mode.
 
@@ -647,8 +696,11 @@ def load_featup_checkpoint(
             f"{path!r} does not match FeatUp's JBU stack: missing upsampler.{missing[:5]}, "
             f"unexpected upsampler.{extra[:5]}"
         )
-    wrong = [f"upsampler.{k}: {tuple(state[k].shape)} != {tuple(v.shape)}"
-             for k, v in expected.items() if state[k].shape != v.shape]
+    wrong = [
+        f"upsampler.{k}: {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if state[k].shape != v.shape
+    ]
     if wrong:
         raise _weights.WeightsFileError(
             f"{path!r}: tensor shapes do not fit a {up.dim}-d JBU stack: " + "; ".join(wrong[:5])
@@ -666,8 +718,11 @@ def featup_checkpoint_url(backbone: str, use_norm: bool = True) -> str:
 
 def featup_checkpoint_path(backbone: str, use_norm: bool = True) -> Path:
     """Where the cached checkpoint lives: ``cache_dir()/featup/{norm,no_norm}/NAME``."""
-    return _weights.cache_dir() / "featup" / ("norm" if use_norm else "no_norm") / _checkpoint_name(
-        backbone, use_norm
+    return (
+        _weights.cache_dir()
+        / "featup"
+        / ("norm" if use_norm else "no_norm")
+        / _checkpoint_name(backbone, use_norm)
     )
 
 
@@ -689,7 +744,8 @@ def _checkpoint_name(backbone: str, use_norm: bool) -> str:
 def download_featup_checkpoint(backbone: str, use_norm: bool = True, progress: bool = True) -> Path:
     """Fetch FeatUp's JBU checkpoint for ``backbone`` into the cache (reused if present)."""
     return _weights.download(
-        featup_checkpoint_url(backbone, use_norm), featup_checkpoint_path(backbone, use_norm),
+        featup_checkpoint_url(backbone, use_norm),
+        featup_checkpoint_path(backbone, use_norm),
         progress=progress,
     )
 
@@ -705,8 +761,14 @@ def _backbone_dim(backbone: Any) -> int | None:
     return get_spec(str(backbone)).dim
 
 
-def make(backbone: Any = None, use_norm: bool | None = None, weights: Any = None,
-         device: Any = None, cache_mb: float = OPTIONS["cache_mb"], **options: Any) -> FeatUpJBU:
+def make(
+    backbone: Any = None,
+    use_norm: bool | None = None,
+    weights: Any = None,
+    device: Any = None,
+    cache_mb: float = OPTIONS["cache_mb"],
+    **options: Any,
+) -> FeatUpJBU:
     """Registry factory: FeatUp's published stack for ``backbone``, or ``weights=PATH``.
 
     ``use_norm`` defaults to True (FeatUp's default). ``weights="random"`` builds an
@@ -718,7 +780,9 @@ def make(backbone: Any = None, use_norm: bool | None = None, weights: Any = None
     bname = getattr(backbone, "name", backbone)
     if weights is None:
         if bname is None:
-            raise ValueError("featup-jbu needs backbone= (to pick FeatUp's checkpoint) or weights=PATH")
+            raise ValueError(
+                "featup-jbu needs backbone= (to pick FeatUp's checkpoint) or weights=PATH"
+            )
         path = download_featup_checkpoint(bname, use_norm)
         try:
             up = load_featup_checkpoint(path, use_norm=use_norm)

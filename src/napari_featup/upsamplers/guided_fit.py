@@ -19,7 +19,7 @@ Units: ``sigma_spatial`` (the initial spatial sigmas) and ``radius`` in low-res 
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -151,7 +151,7 @@ class GuidedFit(Upsampler):
         # parameters are in cell units, so they carry over).
         fit_img = (
             colour
-            if (H, W) == (h * sy, w * sx)
+            if (h * sy, w * sx) == (H, W)
             else F.interpolate(
                 colour, size=(h * sy, w * sx), mode="bilinear", align_corners=False, antialias=True
             )

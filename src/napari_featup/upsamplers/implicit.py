@@ -10,7 +10,8 @@ rendered at full size with full-resolution colours); rendering works in row tile
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -28,7 +29,9 @@ class ImplicitUpsampler(Upsampler):
     linear = False
     description = "FeatUp's implicit model, fitted to each image (slow: seconds to minutes)"
 
-    def __init__(self, backbone: Backbone, config: ImplicitConfig, seed: int = 0, use_norm: bool = True):
+    def __init__(
+        self, backbone: Backbone, config: ImplicitConfig, seed: int = 0, use_norm: bool = True
+    ):
         super().__init__()
         # not a registered submodule: the upsampler's state is the fit, not the backbone
         self.__dict__["backbone"] = backbone
@@ -39,12 +42,18 @@ class ImplicitUpsampler(Upsampler):
         self._fitted_on: tuple | None = None
 
     def _key(self, lowres: torch.Tensor, image: torch.Tensor) -> tuple:
-        return (tuple(image.shape), float(image.sum()), float(image[..., ::7, ::5].square().sum()),
-                bool(self.use_norm))
+        return (
+            tuple(image.shape),
+            float(image.sum()),
+            float(image[..., ::7, ::5].square().sum()),
+            bool(self.use_norm),
+        )
 
     def _check(self, lowres: torch.Tensor, image: torch.Tensor) -> None:
         if image.ndim != 4 or image.shape[:2] != (1, 3):
-            raise ValueError(f"featup-implicit takes one (1, 3, H, W) image, got {tuple(image.shape)}")
+            raise ValueError(
+                f"featup-implicit takes one (1, 3, H, W) image, got {tuple(image.shape)}"
+            )
         if lowres.ndim != 4 or lowres.shape[0] != 1 or lowres.shape[1] != self.backbone.dim:
             raise ValueError(
                 f"featup-implicit was made for backbone {self.backbone.name!r} "
@@ -60,12 +69,20 @@ class ImplicitUpsampler(Upsampler):
             return
         self.features = None
         gen = iter_fit_implicit(
-            image, self.backbone, settings=self.config, seed=self.seed, use_norm=self.use_norm,
+            image,
+            self.backbone,
+            settings=self.config,
+            seed=self.seed,
+            use_norm=self.use_norm,
         )
         try:
             while True:
                 ev = next(gen)
-                stage = "featurising jittered views" if ev.loss != ev.loss else f"fitting, loss {ev.loss:.4f}"
+                stage = (
+                    "featurising jittered views"
+                    if ev.loss != ev.loss
+                    else f"fitting, loss {ev.loss:.4f}"
+                )
                 yield ev.done, ev.total, f"implicit fit: {stage}"
         except StopIteration as stop:
             self.features = stop.value
@@ -83,7 +100,9 @@ class ImplicitUpsampler(Upsampler):
     def forward(self, lowres: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         return self.upsample(lowres, image)
 
-    def upsample(self, lowres: torch.Tensor, image: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
+    def upsample(
+        self, lowres: torch.Tensor, image: torch.Tensor, rows: slice | None = None
+    ) -> torch.Tensor:
         """Rendered features (1, C, R, W) on ``image``'s pixel grid, only ``rows``."""
         feats = self._fitted(lowres, image)
         size = tuple(int(v) for v in image.shape[-2:])
@@ -100,12 +119,14 @@ class ImplicitUpsampler(Upsampler):
         info = {"settings": self.config.to_dict(), "seed": self.seed}
         if self.features is not None:
             f = self.features
-            info.update({
-                "fit_size": list(f.fit_size),
-                "fit_content_size": list(f.content_size),
-                "steps_done": f.info.get("steps_done"),
-                "final_loss": f.info.get("final_loss"),
-            })
+            info.update(
+                {
+                    "fit_size": list(f.fit_size),
+                    "fit_content_size": list(f.content_size),
+                    "steps_done": f.info.get("steps_done"),
+                    "final_loss": f.info.get("final_loss"),
+                }
+            )
         return info
 
 
@@ -137,4 +158,6 @@ def make(
     config = resolve_config(settings, steps=steps, **options)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an integer, got {seed!r}")
-    return ImplicitUpsampler(backbone, config, seed=seed, use_norm=True if use_norm is None else bool(use_norm))
+    return ImplicitUpsampler(
+        backbone, config, seed=seed, use_norm=True if use_norm is None else bool(use_norm)
+    )

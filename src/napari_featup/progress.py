@@ -1,0 +1,114 @@
+"""One progress type for all long work, and the loop that drives it.
+
+Long work (extraction, per-image fits, training, tiled backbones) is a generator that
+yields :class:`Progress` events and returns its result; a consumer that stops
+iterating (``gen.close()``) cancels it at that point. :func:`drive` runs such a
+generator for scripts and the command line; napari runs it in a ``thread_worker``.
+:func:`relay` runs a nested generator inside a parent's range, so one bar moves
+smoothly through every stage.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+from .errors import FeatUpError
+
+T = TypeVar("T")
+
+
+class Cancelled(FeatUpError):
+    """Raised by :func:`drive` (and so by ``extract_features``) when ``should_cancel``
+    returned True; the work stopped at the event named in the message."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress event: ``done`` of ``total`` units, with what is being done.
+
+    ``done`` may be fractional when a nested stage is relayed into a parent range.
+    ``stage`` is a short machine-readable tag (``"backbone"``, ``"fit"``, ...);
+    ``loss`` is set by stages that optimise something (NaN before the first value).
+    """
+
+    done: float
+    total: float
+    message: str = ""
+    stage: str = ""
+    loss: float | None = None
+
+    @property
+    def step(self) -> float:
+        """``done`` (the name the first releases used)."""
+        return self.done
+
+    @property
+    def fraction(self) -> float:
+        """``done / total`` in [0, 1] (0 when total is 0)."""
+        return min(1.0, max(0.0, self.done / self.total)) if self.total else 0.0
+
+    def __str__(self) -> str:
+        loss = "" if self.loss is None or math.isnan(self.loss) else f" (loss {self.loss:.4g})"
+        return f"step {self.done:g}/{self.total:g}: {self.message}{loss}"
+
+
+def drive(
+    gen: Generator[Progress, None, T],
+    on_event: Callable[[Progress], Any] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> T:
+    """Run a progress generator to its return value.
+
+    ``on_event`` gets every event; ``should_cancel`` is polled after each and, when it
+    returns True, the generator is closed (its work stops there) and :class:`Cancelled`
+    is raised naming the last event.
+    """
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if on_event is not None:
+            on_event(ev)
+        if should_cancel is not None and should_cancel():
+            gen.close()
+            raise Cancelled(f"cancelled after {ev}")
+
+
+def relay(
+    gen: Generator[Progress, None, T],
+    start: float,
+    stop: float,
+    total: float,
+    *,
+    prefix: str = "",
+    stage: str | None = None,
+) -> Generator[Progress, None, T]:
+    """Yield ``gen``'s events mapped into ``[start, stop]`` of a parent range of
+    ``total``, and return ``gen``'s value (use as ``value = yield from relay(...)``).
+
+    ``prefix`` is put before each message; ``stage`` replaces the child's stage when
+    given. Closing the parent closes ``gen``.
+    """
+    span = stop - start
+    try:
+        while True:
+            try:
+                ev = next(gen)
+            except StopIteration as done:
+                return done.value
+            yield replace(
+                ev,
+                done=start + span * ev.fraction,
+                total=total,
+                message=prefix + ev.message,
+                stage=ev.stage if stage is None else stage,
+            )
+    finally:
+        gen.close()
+
+
+__all__ = ["Cancelled", "Progress", "drive", "relay"]

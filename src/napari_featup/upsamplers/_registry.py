@@ -1,0 +1,182 @@
+"""The upsampler registry: one decorator per upsampler, in the style of timm's
+``register_model``.
+
+An upsampler is one module holding an :class:`~napari_featup.upsamplers.base.Upsampler`
+subclass decorated with :func:`register_upsampler`; its options are a dataclass whose
+fields (with defaults) are the ``KEY=VALUE`` items users type. Capabilities are class
+attributes of the upsampler (``linear``, ``tileable``/``halo``, ``fits_per_image``,
+``factored``), read by the pipeline and the feature field.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from ..errors import UpsamplerError
+
+U = TypeVar("U", bound=type)
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """The options of an upsampler that takes none."""
+
+
+@dataclass(frozen=True)
+class UpsamplerInfo:
+    """What the registry knows of one upsampler."""
+
+    name: str
+    cls: type
+    description: str
+    options: type
+    takes_weights: bool
+    default_use_norm: bool
+    licence: str = ""
+    citation: str = ""
+
+    def defaults(self) -> dict[str, Any]:
+        """Option name -> default value."""
+        return {f.name: _default(f) for f in dataclasses.fields(self.options)}
+
+
+_REGISTRY: dict[str, UpsamplerInfo] = {}
+
+
+def register_upsampler(
+    name: str,
+    *,
+    description: str,
+    options: type = NoOptions,
+    takes_weights: bool = False,
+    default_use_norm: bool = False,
+    licence: str = "",
+    citation: str = "",
+) -> Callable[[U], U]:
+    """Class decorator: register an :class:`Upsampler` subclass under ``name``.
+
+    ``options``: a dataclass of the options it takes (field defaults are the defaults);
+    ``takes_weights``: whether ``load_upsampler(..., weights=...)`` applies;
+    ``default_use_norm``: FeatUp's channel LayerNorm when the caller does not say.
+    The class builds itself with its ``build`` classmethod.
+    """
+    if not dataclasses.is_dataclass(options):
+        raise TypeError(f"options of upsampler {name!r} must be a dataclass, got {options!r}")
+
+    def decorate(cls: U) -> U:
+        if name in _REGISTRY and _REGISTRY[name].cls is not cls:
+            raise ValueError(f"upsampler {name!r} is registered twice")
+        cls.name = name
+        cls.description = description
+        _REGISTRY[name] = UpsamplerInfo(
+            name, cls, description, options, takes_weights, default_use_norm, licence, citation
+        )
+        return cls
+
+    return decorate
+
+
+def upsampler_info(name: str) -> UpsamplerInfo:
+    """The registry entry of ``name``; :class:`UpsamplerError` naming the choices if none."""
+    key = str(name).lower()
+    if key not in _REGISTRY:
+        raise UpsamplerError(f"unknown upsampler {name!r}; choose one of {', '.join(_REGISTRY)}")
+    return _REGISTRY[key]
+
+
+def registered() -> dict[str, UpsamplerInfo]:
+    """Name -> entry, in registration order."""
+    return dict(_REGISTRY)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def _coerce(name: str, key: str, value: Any, kind: Any) -> Any:
+    """``value`` as the annotated type ``kind`` (int, float, bool, str, or X | None)."""
+    args = typing.get_args(kind)
+    if type(None) in args:
+        if value is None or (isinstance(value, str) and value.lower() == "none"):
+            return None
+        kind = next(a for a in args if a is not type(None))
+    if isinstance(value, str) and kind in (int, float, bool):
+        try:
+            value = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            pass
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: (
+            isinstance(v, int)
+            and not isinstance(v, bool)
+            or (isinstance(v, float) and v.is_integer())
+        ),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        str: lambda v: isinstance(v, str),
+    }.get(kind)
+    if ok is None:
+        return value
+    if not ok(value):
+        raise UpsamplerError(
+            f"{name} option {key}={value!r} is not a{'n' if kind is int else ''} {kind.__name__}"
+        )
+    return kind(value)
+
+
+def make_options(name: str, options: dict[str, Any] | None = None) -> Any:
+    """Validated options of upsampler ``name`` from a dict (values may be strings).
+
+    Raises :class:`UpsamplerError` naming an unknown key (and the accepted ones) or a
+    value of the wrong type; range checks are the options class's ``__post_init__``.
+    """
+    info = upsampler_info(name)
+    options = dict(options or {})
+    fields = {f.name: f for f in dataclasses.fields(info.options)}
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+        accepted = ", ".join(sorted(fields)) or "none"
+        raise UpsamplerError(f"{info.name} got unknown option(s) {unknown}; it accepts: {accepted}")
+    hints = typing.get_type_hints(info.options)
+    values = {k: _coerce(info.name, k, v, hints.get(k, Any)) for k, v in options.items()}
+    try:
+        return info.options(**values)
+    except UpsamplerError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise UpsamplerError(f"{info.name}: {exc}") from exc
+
+
+def parse_options(text: str | Sequence[str] | None) -> dict[str, Any]:
+    """``"steps=40, settings=featup"`` or ``["steps=40", "settings=featup"]`` ->
+    ``{"steps": 40, "settings": "featup"}``.
+
+    Values are read as Python literals (numbers, True/False, None) where they parse and
+    kept as strings otherwise. Raises :class:`UpsamplerError` for an item without ``=``.
+    """
+    if text is None:
+        return {}
+    items = text.replace(";", ",").split(",") if isinstance(text, str) else list(text)
+    options: dict[str, Any] = {}
+    for item in items:
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UpsamplerError(
+                f"upsampler options are KEY=VALUE items (e.g. steps=40), got {item.strip()!r}"
+            )
+        try:
+            options[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            options[key.strip()] = value.strip()
+    return options
