@@ -9,7 +9,7 @@ import torch
 import napari_featup as nf
 from napari_featup import synthetic as syn
 from napari_featup.upsamplers import load_upsampler
-from napari_featup.upsamplers._guided import GuidedKernels, guidance_colour
+from napari_featup.upsamplers.guided.engine import GuidedKernels, guidance_colour
 
 GUIDED = ["jbu-classic", "guided-fit"]
 

@@ -13,14 +13,14 @@ __version__ = "0.1.0"
 
 from .analysis import PCAProjection, cosine_similarity, fit_pca, make_query  # noqa: E402
 from .backbones import Backbone, BackboneError, list_backbones, load_backbone  # noqa: E402
-from .pipeline import (  # noqa: E402
-    Cancelled,
-    FeatureResult,
-    Progress,
-    extract_features,
-    iter_extract,
+from .errors import (  # noqa: E402
+    FeatUpError,
+    FeatureFileError,
+    SettingsError,
 )
+from .pipeline import FeatureResult, extract_features, iter_extract  # noqa: E402
 from .preprocess import ImageError, prepare_image  # noqa: E402
+from .progress import Cancelled, Progress, drive, relay  # noqa: E402
 from .upsamplers import Upsampler, UpsamplerError, list_upsamplers, load_upsampler  # noqa: E402
 from .upsamplers.featup_jbu import (  # noqa: E402
     download_featup_checkpoint,
@@ -32,8 +32,11 @@ __all__ = [
     "Backbone",
     "BackboneError",
     "Cancelled",
+    "FeatUpError",
+    "FeatureFileError",
     "FeatureResult",
     "ImageError",
+    "SettingsError",
     "PCAProjection",
     "Progress",
     "Upsampler",
@@ -42,6 +45,7 @@ __all__ = [
     "WeightsUnavailableError",
     "cosine_similarity",
     "download_featup_checkpoint",
+    "drive",
     "extract_features",
     "fit_pca",
     "iter_extract",
@@ -52,4 +56,5 @@ __all__ = [
     "load_upsampler",
     "make_query",
     "prepare_image",
+    "relay",
 ]

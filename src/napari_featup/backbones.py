@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .devices import resolve_device, resolve_dtype
+from .errors import BackboneError  # noqa: F401  (part of this module's interface)
 from .weights import WeightsUnavailableError, load_state_dict_file
 
 
@@ -111,10 +112,6 @@ _SPECS: dict[str, BackboneSpec] = {
 
 #: the seed random weights are drawn with, so "random" backbones are reproducible
 RANDOM_SEED = 0
-
-
-class BackboneError(ValueError):
-    """An unknown backbone name or unusable backbone weights."""
 
 
 def list_backbones() -> list[str]:

@@ -12,10 +12,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .errors import FeatUpError
+
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INPUT, EXIT_WEIGHTS, EXIT_EXISTS = 0, 1, 2, 3, 4, 5
 
 
-class CLIError(Exception):
+class CLIError(FeatUpError):
+    """A command-line problem (bad argument, missing file) with its exit code."""
+
     def __init__(self, message: str, code: int):
         super().__init__(message)
         self.code = code
@@ -67,7 +71,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .io import save_features
-    from .pipeline import iter_extract, run_to_end
+    from .pipeline import iter_extract
+    from .progress import drive
     from .upsamplers import parse_options
 
     options = parse_options(args.upsampler_option)
@@ -102,7 +107,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
                 bar.set_postfix_str(ev.message)
                 bar.refresh()
 
-            result = run_to_end(gen, progress=show)
+            result = drive(gen, show)
         if args.pca:
             result.fit_pca()
         save_features(out, result, overwrite=args.overwrite)
@@ -257,35 +262,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def exit_code(exc: BaseException) -> int:
+    """The exit code for an exception, by its type (see the module docstring)."""
+    from .errors import (
+        BackboneError,
+        FeatUpError,
+        FeatureFileError,
+        ImageError,
+        SettingsError,
+        UpsamplerError,
+        WeightsFileError,
+        WeightsUnavailableError,
+    )
+    from .progress import Cancelled
+
+    table: list[tuple[type[BaseException] | tuple[type[BaseException], ...], int]] = [
+        (CLIError, getattr(exc, "code", EXIT_ERROR)),
+        ((Cancelled, KeyboardInterrupt), 130),
+        (WeightsUnavailableError, EXIT_WEIGHTS),
+        (FileExistsError, EXIT_EXISTS),
+        ((ImageError, WeightsFileError), EXIT_INPUT),
+        ((BackboneError, UpsamplerError, FeatureFileError, SettingsError), EXIT_USAGE),
+        (FeatUpError, EXIT_ERROR),
+    ]
+    for kinds, code in table:
+        if isinstance(exc, kinds):
+            return code
+    return EXIT_ERROR
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (see the module docstring)."""
-    from .backbones import BackboneError
-    from .io import FeatureFileError
-    from .preprocess import ImageError
-    from .upsamplers import UpsamplerError
-    from .weights import WeightsFileError, WeightsUnavailableError
+    from .errors import FeatUpError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except CLIError as exc:
-        print(f"napari-featup: error: {exc}", file=sys.stderr)
-        return exc.code
-    except WeightsUnavailableError as exc:
-        print(f"napari-featup: error: {exc}", file=sys.stderr)
-        return EXIT_WEIGHTS
-    except FileExistsError as exc:
-        print(f"napari-featup: error: {exc}", file=sys.stderr)
-        return EXIT_EXISTS
-    except (ImageError, WeightsFileError) as exc:
-        print(f"napari-featup: error: {exc}", file=sys.stderr)
-        return EXIT_INPUT
-    except (BackboneError, UpsamplerError, FeatureFileError, ValueError) as exc:
-        print(f"napari-featup: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         print("napari-featup: interrupted", file=sys.stderr)
         return 130
+    except (FeatUpError, CLIError, FileExistsError) as exc:
+        print(f"napari-featup: error: {exc}", file=sys.stderr)
+        return exit_code(exc)
 
 
 if __name__ == "__main__":  # pragma: no cover

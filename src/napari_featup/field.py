@@ -84,8 +84,8 @@ class FeatureField:
         """The non-linear upsampler's output (or its factors), evaluated once in tiles."""
         if self._dense is None:
             (h, w), up = self.size, self.upsampler
-            # the base class's upsample evaluates everything for any rows: one "tile"
-            tiled = type(up).upsample is not Upsampler.upsample
+            # an upsampler that cannot evaluate a band exactly is evaluated in one piece
+            tiled = up.tileable
             dense = None
             for rows in self.iter_tiles() if tiled else [slice(0, h)]:
                 fac = up.factors(self.lowres, self.image, rows)

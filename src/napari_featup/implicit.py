@@ -60,6 +60,7 @@ from torch import nn
 
 from .backbones import Backbone, load_backbone, pad_to_stride
 from .devices import resolve_device
+from .progress import drive
 from .upsamplers.base import channel_norm
 
 FORMAT = "napari-featup-implicit"
@@ -1217,9 +1218,7 @@ def fit_implicit(
     ``progress`` is called with each :class:`FitProgress`; ``should_cancel`` is polled
     at each and raises :class:`~napari_featup.Cancelled` when it returns True.
     """
-    from .pipeline import run_to_end
-
-    return run_to_end(iter_fit_implicit(image, backbone, **kwargs), progress, should_cancel)
+    return drive(iter_fit_implicit(image, backbone, **kwargs), progress, should_cancel)
 
 
 __all__ = [

@@ -23,12 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from .errors import FeatureFileError  # noqa: F401  (part of this module's interface)
+
 FORMATS = (".npz", ".zarr", ".tif", ".tiff", ".npy")
 _META_KEY = "napari_featup"
-
-
-class FeatureFileError(ValueError):
-    """A feature file cannot be written or read; the message says why."""
 
 
 def _suffix(path: Path) -> str:

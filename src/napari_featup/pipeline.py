@@ -22,21 +22,10 @@ from .analysis import PCAProjection, fit_pca
 from .backbones import Backbone, load_backbone, pad_to_stride
 from .field import FeatureField
 from .preprocess import Preprocessing, normalize, prepare_image
+from .progress import Progress, drive, relay
 from .upsamplers import Upsampler, channel_norm, load_upsampler
 
 RANDOM_WEIGHTS_LABEL = "random (untrained weights, for tests and demos only)"
-
-
-@dataclass
-class Progress:
-    """One step of a run: ``step`` of ``total``, with what is being done."""
-
-    step: int
-    total: int
-    message: str
-
-    def __str__(self) -> str:
-        return f"step {self.step}/{self.total}: {self.message}"
 
 
 @dataclass
@@ -60,10 +49,6 @@ class FeatureResult:
         """Fit (and keep) a PCA on the low-res features."""
         self.pca = fit_pca(self.lowres, n_components=n_components, **kwargs)
         return self.pca
-
-
-class Cancelled(Exception):
-    """Raised by :func:`extract_features` when ``should_cancel`` returned True."""
 
 
 def iter_extract(
@@ -99,15 +84,11 @@ def iter_extract(
         percentiles=percentiles,
     )
     height, width = x01.shape[-2:]
+    # Each event announces the step about to run (done = its number); a per-image fit
+    # and the high-res tiles are relayed into their step's range, so a bar keeps moving.
     n_steps = 4 + (1 if highres else 0)
-    step = 0
 
-    def event(msg: str) -> Progress:
-        nonlocal step
-        step += 1
-        return Progress(step, n_steps, msg)
-
-    yield event("loading backbone")
+    yield Progress(1, n_steps, "loading backbone", stage="backbone")
     bb = (
         backbone
         if isinstance(backbone, Backbone)
@@ -116,13 +97,13 @@ def iter_extract(
     bb.check_size(height, width)
     dev = bb.device
 
-    yield event(f"running backbone {bb.name}")
+    yield Progress(2, n_steps, f"running backbone {bb.name}", stage="backbone")
     img = normalize(torch.from_numpy(x01)[None].to(dev))
     padded = pad_to_stride(img, bb.patch_size)
     with torch.inference_mode():
         lowres = bb(padded).float()
 
-    yield event("loading upsampler")
+    yield Progress(3, n_steps, "loading upsampler", stage="upsampler")
     up = (
         upsampler
         if isinstance(upsampler, Upsampler)
@@ -139,24 +120,22 @@ def iter_extract(
         up.use_norm = bool(use_norm)
     if up.use_norm:
         lowres = channel_norm(lowres)
-    for done, total, msg in up.iter_fit(lowres, padded.float()):
-        yield Progress(step, n_steps, f"{msg} ({done}/{total})")
+    yield from relay(up.iter_fit(lowres, padded.float()), 3, 4, n_steps, stage="fit")
     feature_field = FeatureField(
         lowres, padded.float(), up, (height, width), tile_budget_bytes=int(tile_budget_mb * 2**20)
     )
 
-    yield event(f"upsampling with {up.name}")
     hr = None
+    yield Progress(4, n_steps, f"upsampling with {up.name}", stage="upsample")
     if highres:
         hr = np.empty((bb.dim, height, width), dtype=np.dtype(highres_dtype))
         tiles = list(feature_field.iter_tiles())
         for i, rows in enumerate(tiles):
             hr[:, rows] = feature_field.highres_rows(rows).cpu().numpy()
             if i + 1 < len(tiles):
-                yield Progress(
-                    step, n_steps, f"upsampling with {up.name}: tile {i + 1}/{len(tiles)}"
-                )
-        yield event("done")
+                msg = f"upsampling with {up.name}: tile {i + 1}/{len(tiles)}"
+                yield Progress(4 + (i + 1) / len(tiles), n_steps, msg, stage="upsample")
+        yield Progress(5, n_steps, "done", stage="done")
 
     metadata = _metadata(bb, up, prep, lowres, padded, (height, width), hr is not None)
     metadata["seconds"] = round(time.perf_counter() - t_start, 3)
@@ -232,27 +211,4 @@ def extract_features(
     ``progress`` is called with each :class:`Progress`; ``should_cancel`` is polled at
     every step and raises :class:`Cancelled` when it returns True.
     """
-    return run_to_end(iter_extract(image, backbone, upsampler, **kwargs), progress, should_cancel)
-
-
-def run_to_end(
-    gen: Generator[Any, None, Any],
-    progress: Callable[[Any], None] | None = None,
-    should_cancel: Callable[[], bool] | None = None,
-) -> Any:
-    """Drive a progress generator to its return value, for scripts (no event loop).
-
-    ``progress`` gets every event; ``should_cancel`` is polled after each and, when it
-    returns True, the generator is closed (its work stops there) and :class:`Cancelled`
-    is raised naming the last event.
-    """
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(ev)
-        if should_cancel is not None and should_cancel():
-            gen.close()
-            raise Cancelled(f"cancelled after {ev}")
+    return drive(iter_extract(image, backbone, upsampler, **kwargs), progress, should_cancel)

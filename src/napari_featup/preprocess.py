@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .errors import ImageError  # noqa: F401  (part of this module's interface)
+
 # FeatUp feeds every backbone (CLIP included) ImageNet statistics, and the JBU
 # guidance is the same normalised tensor, so pretrained JBU stacks only fit this.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -20,10 +22,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Scaling = Literal["auto", "range", "contrast_limits", "percentile", "minmax"]
 SCALINGS = ("auto", "range", "contrast_limits", "percentile", "minmax")
-
-
-class ImageError(ValueError):
-    """The input image cannot be used; the message says what was wrong and what works."""
 
 
 @dataclass
@@ -152,7 +150,7 @@ def _limits(
     if scaling == "auto":
         if contrast_limits is not None:
             scaling = "contrast_limits"
-        elif dtype == np.uint8 or dtype == bool:
+        elif dtype == np.uint8 or dtype.kind == "b":
             scaling = "range"
         else:
             scaling = "percentile"
@@ -161,7 +159,7 @@ def _limits(
             raise ImageError("scaling='contrast_limits' needs contrast_limits=(low, high)")
         lo, hi = (float(v) for v in contrast_limits)
     elif scaling == "range":
-        if dtype == bool:
+        if dtype.kind == "b":
             lo, hi = 0.0, 1.0
         elif np.issubdtype(dtype, np.integer):
             info = np.iinfo(dtype)

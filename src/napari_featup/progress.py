@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from .errors import FeatUpError
 
@@ -25,9 +24,8 @@ class Cancelled(FeatUpError):
     returned True; the work stopped at the event named in the message."""
 
 
-@dataclass(frozen=True)
-class Progress:
-    """One progress event: ``done`` of ``total`` units, with what is being done.
+class Progress(NamedTuple):
+    """One progress event (immutable): ``done`` of ``total`` units, with what is being done.
 
     ``done`` may be fractional when a nested stage is relayed into a parent range.
     ``stage`` is a short machine-readable tag (``"backbone"``, ``"fit"``, ...);
@@ -79,7 +77,7 @@ def drive(
 
 
 def relay(
-    gen: Generator[Progress, None, T],
+    gen: Iterator[Progress],
     start: float,
     stop: float,
     total: float,
@@ -100,15 +98,16 @@ def relay(
                 ev = next(gen)
             except StopIteration as done:
                 return done.value
-            yield replace(
-                ev,
+            yield ev._replace(
                 done=start + span * ev.fraction,
                 total=total,
                 message=prefix + ev.message,
                 stage=ev.stage if stage is None else stage,
             )
     finally:
-        gen.close()
+        close = getattr(gen, "close", None)  # plain iterators have nothing to close
+        if close is not None:
+            close()
 
 
 __all__ = ["Cancelled", "Progress", "drive", "relay"]

@@ -10,16 +10,10 @@ from typing import Any
 
 import torch
 
+from .errors import WeightsFileError, WeightsUnavailableError  # noqa: F401
+
 #: environment variable that moves the cache of FeatUp checkpoints and other weights
 CACHE_ENV = "NAPARI_FEATUP_CACHE"
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Weights could not be found or fetched; the message says where to put them."""
-
-
-class WeightsFileError(ValueError):
-    """A weights file exists but is not what it should be."""
 
 
 def cache_dir() -> Path:

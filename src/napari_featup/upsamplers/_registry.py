@@ -11,6 +11,7 @@ attributes of the upsampler (``linear``, ``tileable``/``halo``, ``fits_per_image
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import typing
 from collections.abc import Callable, Sequence
@@ -41,8 +42,10 @@ class UpsamplerInfo:
     citation: str = ""
 
     def defaults(self) -> dict[str, Any]:
-        """Option name -> default value."""
-        return {f.name: _default(f) for f in dataclasses.fields(self.options)}
+        """Option name -> default value, for the options that have one (an option whose
+        default is None is an override of something else, e.g. a preset's value)."""
+        out = {f.name: _default(f) for f in dataclasses.fields(self.options)}
+        return {k: v for k, v in out.items() if v is not None}
 
 
 _REGISTRY: dict[str, UpsamplerInfo] = {}
@@ -110,10 +113,8 @@ def _coerce(name: str, key: str, value: Any, kind: Any) -> Any:
             return None
         kind = next(a for a in args if a is not type(None))
     if isinstance(value, str) and kind in (int, float, bool):
-        try:
+        with contextlib.suppress(ValueError, SyntaxError):
             value = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            pass
     ok = {
         bool: lambda v: isinstance(v, bool),
         int: lambda v: (
@@ -145,7 +146,11 @@ def make_options(name: str, options: dict[str, Any] | None = None) -> Any:
     unknown = sorted(set(options) - set(fields))
     if unknown:
         accepted = ", ".join(sorted(fields)) or "none"
-        raise UpsamplerError(f"{info.name} got unknown option(s) {unknown}; it accepts: {accepted}")
+        short = info.name.removeprefix("featup-")
+        raise UpsamplerError(
+            f"{info.name} takes no options {unknown} (unknown {short} option names are "
+            f"refused; unknown options are not ignored). It accepts: {accepted}"
+        )
     hints = typing.get_type_hints(info.options)
     values = {k: _coerce(info.name, k, v, hints.get(k, Any)) for k, v in options.items()}
     try:

@@ -18,56 +18,16 @@ whole number of patches, so ``H = h * stride``).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-
-def channel_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """FeatUp's ``use_norm``: LayerNorm over channels at each pixel, no affine."""
-    return F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], eps=eps).permute(0, 3, 1, 2)
-
-
-def _linear_taps(
-    n_in: int, n_out: int, device=None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Source indices i0, i1 and weight of i1 for linear resizing n_in -> n_out.
-
-    Matches ``F.interpolate(mode="bilinear", align_corners=False)`` (pixel centres
-    map to pixel centres; positions before the first centre clamp to it).
-    """
-    pos = (torch.arange(n_out, device=device, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5
-    pos = pos.clamp(min=0)
-    i0 = pos.floor().long().clamp(max=n_in - 1)
-    i1 = (i0 + 1).clamp(max=n_in - 1)
-    frac = (pos - i0).clamp(0, 1)
-    return i0, i1, frac
-
-
-def resize_bilinear(
-    x: torch.Tensor, size: tuple[int, int], rows: slice | None = None
-) -> torch.Tensor:
-    """Bilinear resize of (B, C, h, w) to ``size``, computing only output ``rows``.
-
-    Equal to ``F.interpolate(x, size, mode="bilinear", align_corners=False)[..., rows, :]``
-    but touching only the source rows the requested ones need, so memory is that of
-    the output tile.
-    """
-    (h, w), (H, W) = x.shape[-2:], size
-    if rows is None:
-        rows = slice(0, H)
-    r0, r1, _ = rows.indices(H)
-    if (h, w) == (H, W):
-        return x[..., r0:r1, :]
-    i0, i1, fy = _linear_taps(h, H, x.device)
-    i0, i1, fy = i0[r0:r1], i1[r0:r1], fy[r0:r1].to(x.dtype)[:, None]
-    xr = x[..., i0, :] * (1 - fy) + x[..., i1, :] * fy  # (B, C, R, w)
-    # Along columns, F.interpolate with an unchanged height is the same linear map
-    # (rows map to themselves) and ~50x faster than gathering columns on CPU.
-    return F.interpolate(xr, size=(xr.shape[-2], W), mode="bilinear", align_corners=False)
+from ..errors import UpsamplerError
+from ..progress import Progress
+from ..ops import channel_norm, linear_taps, resize_bilinear  # noqa: F401 (re-exported)
 
 
 class Kernels:
@@ -128,10 +88,41 @@ class Upsampler(nn.Module):
     without it). Linear upsamplers set ``linear = True`` and implement ``kernels``.
     """
 
+    #: set by :func:`~napari_featup.upsamplers.register_upsampler`
     name: ClassVar[str] = ""
-    linear: ClassVar[bool] = False
     description: ClassVar[str] = ""
+    #: capabilities, read by the pipeline and :class:`~napari_featup.field.FeatureField`:
+    #: ``linear`` -- channel-linear, with reusable :meth:`kernels`;
+    #: ``tileable`` -- :meth:`upsample` evaluates a band of rows exactly (own halo);
+    #: ``fits_per_image`` -- :meth:`iter_fit` does real work before upsampling;
+    #: ``factored`` -- :meth:`factors` gives fewer per-pixel factors than channels.
+    linear: ClassVar[bool] = False
+    tileable: ClassVar[bool] = False
+    fits_per_image: ClassVar[bool] = False
+    factored: ClassVar[bool] = False
     use_norm: bool = False
+
+    @classmethod
+    def build(
+        cls,
+        options: Any,
+        *,
+        backbone: Any = None,
+        use_norm: bool = False,
+        weights: Any = None,
+        device: torch.device | None = None,
+    ) -> Upsampler:
+        """Make the upsampler from its registry options (a dataclass instance).
+
+        The default suits upsamplers without weights whose constructor takes the
+        options as keyword arguments; others override it. ``use_norm`` is already
+        resolved (the registry's default when the caller gave none).
+        """
+        if weights is not None:
+            raise UpsamplerError(f"the {cls.name} upsampler has no weights; do not pass weights=")
+        up = cls(**dataclasses.asdict(options))
+        up.use_norm = bool(use_norm)
+        return up
 
     def native_size(self, grid: tuple[int, int], image_size: tuple[int, int]) -> tuple[int, int]:
         """(H', W') of ``forward``'s output for a grid and an image size."""
@@ -144,12 +135,13 @@ class Upsampler(nn.Module):
             raise NotImplementedError(f"upsampler {self.name!r} must implement forward")
         return self.kernels(image, tuple(lowres.shape[-2:]))(lowres)
 
-    def iter_fit(self, lowres: torch.Tensor, image: torch.Tensor) -> Iterator[tuple[int, int, str]]:
-        """Fit per-image state before upsampling, yielding ``(done, total, message)``.
+    def iter_fit(self, lowres: torch.Tensor, image: torch.Tensor) -> Iterator[Progress]:
+        """Fit per-image state before upsampling, yielding :class:`Progress` events.
 
-        Upsamplers that fit to each image (FeatUp's implicit model, fitted guided
-        kernels) override this; the pipeline turns the events into progress and a
-        consumer that stops iterating cancels the fit. The default fits nothing.
+        Upsamplers that fit to each image (``fits_per_image``: FeatUp's implicit model,
+        fitted guided kernels) override this; the pipeline relays the events into its
+        own range, and a consumer that stops iterating cancels the fit. The default
+        fits nothing.
         """
         return iter(())
 

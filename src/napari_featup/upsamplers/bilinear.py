@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ._registry import register_upsampler
 from .base import Kernels, Upsampler, resize_bilinear
 
 
@@ -15,25 +16,15 @@ class BilinearKernels(Kernels):
         return resize_bilinear(values, self.out_size, rows)
 
 
+@register_upsampler("bilinear", description="bilinear interpolation (no guidance, no weights)")
 class Bilinear(Upsampler):
     """Bilinear interpolation of the grid to the image (pixel centres aligned)."""
 
-    name = "bilinear"
     linear = True
-    description = "bilinear interpolation (no guidance, no weights)"
+    tileable = True
 
     def forward(self, lowres: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         return resize_bilinear(lowres, tuple(image.shape[-2:]))
 
     def kernels(self, image: torch.Tensor, grid: tuple[int, int]) -> Kernels:
         return BilinearKernels(tuple(image.shape[-2:]))
-
-
-def make(backbone=None, use_norm=None, weights=None, device=None, **options) -> Bilinear:
-    if weights is not None:
-        raise ValueError("the bilinear upsampler has no weights; do not pass weights=")
-    if options:
-        raise ValueError(f"the bilinear upsampler takes no options, got {sorted(options)}")
-    up = Bilinear()
-    up.use_norm = bool(use_norm)
-    return up

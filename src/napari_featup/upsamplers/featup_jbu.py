@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import weights as _weights
-from .base import Kernels, Upsampler, _linear_taps
+from ..ops import linear_taps, reflect_index
+from ._registry import register_upsampler
+from .base import Kernels, Upsampler
 
-OPTIONS = {"cache_mb": 512}  # MB of kernel weights kept between calls
+
+@dataclass(frozen=True)
+class FeatUpJBUOptions:
+    """``cache_mb``: MB of folded kernel weights kept between calls."""
+
+    cache_mb: float = 512
+
+
+OPTIONS = {"cache_mb": FeatUpJBUOptions.cache_mb}
 
 RADIUS = 3
 DIAMETER = 2 * RADIUS + 1
@@ -75,19 +86,6 @@ FEATUP_CHECKPOINTS: dict[str, tuple[bool, ...]] = {
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def reflect_index(idx: torch.Tensor, n: int) -> torch.Tensor:
-    """Map integer positions onto ``[0, n)`` by mirror reflection (edge not repeated).
-
-    Equals ``F.pad(mode="reflect")`` where that works and keeps reflecting where the
-    pad is wider than the axis (numpy's ``reflect``), so 1- or 2-wide grids work.
-    """
-    if n == 1:
-        return torch.zeros_like(idx)
-    period = 2 * (n - 1)
-    i = torch.remainder(idx, period)
-    return torch.where(i >= n, period - i, i)
 
 
 def _pool_axis(x: torch.Tensor, dim: int, out_n: int, idx: torch.Tensor) -> torch.Tensor:
@@ -249,6 +247,13 @@ class JBULayer(nn.Module):
         return reference_layer(self, source, guidance)
 
 
+@register_upsampler(
+    "featup-jbu",
+    description="FeatUp JBU stack (16x, pretrained per backbone), pure PyTorch",
+    options=FeatUpJBUOptions,
+    takes_weights=True,
+    default_use_norm=True,
+)
 class FeatUpJBU(Upsampler):
     """FeatUp's JBU stack: four 2x JBU layers then ``x + 0.1 * conv1x1(x)``; 16x output.
 
@@ -257,9 +262,8 @@ class FeatUpJBU(Upsampler):
     kernels of an image are kept when they fit (else recomputed per tile).
     """
 
-    name = "featup-jbu"
     linear = True
-    description = "FeatUp JBU stack (16x, pretrained per backbone), pure PyTorch"
+    tileable = True
 
     def __init__(self, dim: int, use_norm: bool = True, cache_mb: float = OPTIONS["cache_mb"]):
         super().__init__()
@@ -293,9 +297,7 @@ class FeatUpJBU(Upsampler):
                 f"batch sizes differ: lowres {lowres.shape[0]}, image {image.shape[0]}"
             )
 
-    def kernels(
-        self, image: torch.Tensor, grid: tuple[int, int], cache: bool = True
-    ) -> JBUKernels:
+    def kernels(self, image: torch.Tensor, grid: tuple[int, int], cache: bool = True) -> JBUKernels:
         budget = int(self.cache_mb * 2**20) if cache else 0
         return JBUKernels(self, image, grid, cache_bytes=budget)
 
@@ -576,14 +578,14 @@ class JBUKernels(Kernels):
         r0, r1, _ = (rows or slice(0, H)).indices(H)
         if (hn, wn) == (H, W):
             return self.native_rows(values, r0, r1)
-        i0, i1, fy = _linear_taps(hn, H, values.device)
+        i0, i1, fy = linear_taps(hn, H, values.device)
         i0, i1, fy = i0[r0:r1], i1[r0:r1], fy[r0:r1]
         a, b = int(i0.min()), int(i1.max()) + 1
         x = self.native_rows(values, a, b).permute(0, 2, 3, 1)  # (B, R, Wn, K) contiguous
         fy = fy.to(x.dtype)[:, None, None]
         xr = x[:, i0 - a] * (1 - fy) + x[:, i1 - a] * fy
         del x
-        j0, j1, fx = _linear_taps(wn, W, values.device)
+        j0, j1, fx = linear_taps(wn, W, values.device)
         fx = fx.to(xr.dtype)[:, None]
         return (xr[:, :, j0] * (1 - fx) + xr[:, :, j1] * fx).permute(0, 3, 1, 2)
 
@@ -761,7 +763,7 @@ def _backbone_dim(backbone: Any) -> int | None:
     return get_spec(str(backbone)).dim
 
 
-def make(
+def _build(
     backbone: Any = None,
     use_norm: bool | None = None,
     weights: Any = None,
@@ -810,3 +812,10 @@ def make(
     if device is not None:
         up = up.to(device)
     return up.eval()
+
+
+FeatUpJBU.build = classmethod(
+    lambda cls, options, *, backbone=None, use_norm=True, weights=None, device=None: _build(
+        backbone, use_norm, weights, device, cache_mb=options.cache_mb
+    )
+)

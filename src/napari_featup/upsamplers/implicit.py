@@ -10,24 +10,48 @@ rendered at full size with full-resolution colours); rendering works in row tile
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 
 from ..backbones import Backbone, load_backbone
-from ..implicit import SETTINGS, ImplicitConfig, ImplicitFeatures, iter_fit_implicit, resolve_config
+from ..errors import UpsamplerError
+from ..implicit import ImplicitConfig, ImplicitFeatures, iter_fit_implicit, resolve_config
+from ..progress import Progress
+from ._registry import register_upsampler
 from .base import Upsampler
 
-OPTIONS = {"settings": "fast", "steps": SETTINGS["fast"].steps, "seed": 0}
+_CONFIG_TYPES = typing.get_type_hints(ImplicitConfig)
+#: ``settings`` names a preset; every other field overrides it (None: the preset's value)
+ImplicitOptions = dataclasses.make_dataclass(
+    "ImplicitOptions",
+    [
+        ("settings", str, dataclasses.field(default="fast")),
+        ("seed", int, dataclasses.field(default=0)),
+    ]
+    + [
+        (f.name, _CONFIG_TYPES[f.name] | None, dataclasses.field(default=None))
+        for f in dataclasses.fields(ImplicitConfig)
+    ],
+    frozen=True,
+)
 
 
+@register_upsampler(
+    "featup-implicit",
+    description="FeatUp's implicit model, fitted to each image (slow: seconds to minutes)",
+    options=ImplicitOptions,
+    default_use_norm=True,
+)
 class ImplicitUpsampler(Upsampler):
     """FeatUp's per-image implicit model (fitted in :meth:`iter_fit`)."""
 
-    name = "featup-implicit"
     linear = False
-    description = "FeatUp's implicit model, fitted to each image (slow: seconds to minutes)"
+    tileable = True
+    fits_per_image = True
+    factored = True
 
     def __init__(
         self, backbone: Backbone, config: ImplicitConfig, seed: int = 0, use_norm: bool = True
@@ -40,6 +64,25 @@ class ImplicitUpsampler(Upsampler):
         self.use_norm = bool(use_norm)
         self.features: ImplicitFeatures | None = None
         self._fitted_on: tuple | None = None
+
+    @classmethod
+    def build(cls, options, *, backbone=None, use_norm=True, weights=None, device=None):
+        if weights is not None:
+            raise UpsamplerError(
+                "featup-implicit has no pretrained weights (it is fitted to each image); "
+                "do not pass weights=. Load a saved fit with ImplicitFeatures.load(path)"
+            )
+        if isinstance(backbone, str):
+            backbone = load_backbone(backbone, device=device or "auto")
+        if not isinstance(backbone, Backbone):
+            raise UpsamplerError(
+                "featup-implicit needs the backbone it fits to: pass backbone=<Backbone> "
+                f"(from load_backbone) or a backbone name, got {backbone!r}"
+            )
+        opts = dataclasses.asdict(options)
+        settings, seed = opts.pop("settings"), opts.pop("seed")
+        config = resolve_config(settings, **opts)
+        return cls(backbone, config, seed=seed, use_norm=use_norm)
 
     def _key(self, lowres: torch.Tensor, image: torch.Tensor) -> tuple:
         return (
@@ -57,12 +100,13 @@ class ImplicitUpsampler(Upsampler):
         if lowres.ndim != 4 or lowres.shape[0] != 1 or lowres.shape[1] != self.backbone.dim:
             raise ValueError(
                 f"featup-implicit was made for backbone {self.backbone.name!r} "
-                f"({self.backbone.dim} channels); got low-res features of shape {tuple(lowres.shape)}"
+                f"({self.backbone.dim} channels); got low-res features of shape "
+                f"{tuple(lowres.shape)}"
             )
 
-    def iter_fit(self, lowres: torch.Tensor, image: torch.Tensor) -> Iterator[tuple[int, int, str]]:
-        """Fit to ``image`` (1, 3, H, W), normalised and stride-padded; yields
-        (done, total, message). Refitting the same image is skipped."""
+    def iter_fit(self, lowres: torch.Tensor, image: torch.Tensor) -> Iterator[Progress]:
+        """Fit to ``image`` (1, 3, H, W), normalised and stride-padded, yielding
+        :class:`Progress` with the loss. Refitting the same image is skipped."""
         self._check(lowres, image)
         key = self._key(lowres, image)
         if self.features is not None and self._fitted_on == key:
@@ -83,7 +127,9 @@ class ImplicitUpsampler(Upsampler):
                     if ev.loss != ev.loss
                     else f"fitting, loss {ev.loss:.4f}"
                 )
-                yield ev.done, ev.total, f"implicit fit: {stage}"
+                yield Progress(
+                    ev.done, ev.total, f"implicit fit: {stage}", stage="fit", loss=ev.loss
+                )
         except StopIteration as stop:
             self.features = stop.value
             self._fitted_on = key
@@ -128,36 +174,3 @@ class ImplicitUpsampler(Upsampler):
                 }
             )
         return info
-
-
-def make(
-    backbone: Any = None,
-    use_norm: bool | None = None,
-    weights: Any = None,
-    device: Any = None,
-    *,
-    steps: int | None = None,
-    settings: str = OPTIONS["settings"],
-    seed: int = OPTIONS["seed"],
-    **options: Any,
-) -> ImplicitUpsampler:
-    """Options: ``settings`` ("fast", "preview" or "featup"), ``steps``, ``seed`` and any other
-    :class:`~napari_featup.implicit.ImplicitConfig` field (``views``, ``lr``, ...)."""
-    if weights is not None:
-        raise ValueError(
-            "featup-implicit has no pretrained weights (it is fitted to each image); "
-            "do not pass weights=. Load a saved fit with ImplicitFeatures.load(path)"
-        )
-    if isinstance(backbone, str):
-        backbone = load_backbone(backbone, device=device or "auto")
-    if not isinstance(backbone, Backbone):
-        raise ValueError(
-            "featup-implicit needs the backbone it fits to: pass backbone=<Backbone> "
-            f"(from load_backbone) or a backbone name, got {backbone!r}"
-        )
-    config = resolve_config(settings, steps=steps, **options)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
-    return ImplicitUpsampler(
-        backbone, config, seed=seed, use_norm=True if use_norm is None else bool(use_norm)
-    )

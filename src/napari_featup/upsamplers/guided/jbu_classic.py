@@ -18,28 +18,43 @@ patch, 14 or 16 px); ``sigma_range`` is a Euclidean RGB distance with colours in
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from ._guided import GuidedKernels, check_grid, guidance_colour, positive_option
-from .base import Kernels, Upsampler
-
-DEFAULTS = {"sigma_spatial": 1.0, "sigma_range": 0.05, "radius": 2, "consistency": 5}
-OPTIONS = DEFAULTS
+from .._registry import register_upsampler
+from ..base import Kernels, Upsampler
+from .engine import GuidedKernels, check_grid, guidance_colour, positive_option
 
 
+@dataclass(frozen=True)
+class JBUClassicOptions:
+    """``sigma_spatial``, ``radius``: low-res cells; ``sigma_range``: RGB distance in
+    [0, 1]; ``consistency``: back-projection steps (0 = classical JBU)."""
+
+    sigma_spatial: float = 1.0
+    sigma_range: float = 0.05
+    radius: int = 2
+    consistency: int = 5
+
+
+@register_upsampler(
+    "jbu-classic",
+    description="joint bilateral upsampling guided by image colour (no weights, any backbone)",
+    options=JBUClassicOptions,
+)
 class JBUClassic(Upsampler):
     """Joint bilateral upsampling with fixed Gaussian widths (see the module docstring)."""
 
-    name = "jbu-classic"
     linear = True
-    description = "joint bilateral upsampling guided by image colour (no weights, any backbone)"
+    tileable = True
 
     def __init__(
         self,
-        sigma_spatial: float = DEFAULTS["sigma_spatial"],
-        sigma_range: float = DEFAULTS["sigma_range"],
-        radius: int = DEFAULTS["radius"],
-        consistency: int = DEFAULTS["consistency"],
+        sigma_spatial: float = JBUClassicOptions.sigma_spatial,
+        sigma_range: float = JBUClassicOptions.sigma_range,
+        radius: int = JBUClassicOptions.radius,
+        consistency: int = JBUClassicOptions.consistency,
     ):
         super().__init__()
         self.sigma_spatial = positive_option("sigma_spatial", sigma_spatial, self.name)
@@ -72,17 +87,3 @@ class JBUClassic(Upsampler):
             "radius_cells": self.radius,
             "consistency_steps": self.consistency,
         }
-
-
-def make(backbone=None, use_norm=None, weights=None, device=None, **options) -> JBUClassic:
-    """Factory for the registry. Options: sigma_spatial, sigma_range, radius, consistency."""
-    if weights is not None:
-        raise ValueError("jbu-classic has no weights; do not pass weights=")
-    unknown = sorted(set(options) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(
-            f"jbu-classic got unknown option(s) {unknown}; it accepts {sorted(DEFAULTS)}"
-        )
-    up = JBUClassic(**options)
-    up.use_norm = bool(use_norm)
-    return up

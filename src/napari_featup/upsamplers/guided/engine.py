@@ -31,8 +31,9 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from ..preprocess import IMAGENET_MEAN, IMAGENET_STD
-from .base import Kernels
+from ...errors import UpsamplerError
+from ...preprocess import IMAGENET_MEAN, IMAGENET_STD
+from ..base import Kernels
 
 
 def guidance_colour(image: torch.Tensor) -> torch.Tensor:
@@ -421,7 +422,7 @@ def positive_option(
     except (TypeError, ValueError):
         ok_type = False
     if not ok_type or (float(value) < 0 if allow_zero else float(value) <= 0):
-        raise ValueError(
+        raise UpsamplerError(
             f"{upsampler}: option {name} must be a finite {kind} {bound}, got {value!r}"
         )
     return int(value) if integer else float(value)

@@ -18,13 +18,18 @@ Units: ``sigma_spatial`` (the initial spatial sigmas) and ``radius`` in low-res 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from ._guided import (
+from ...progress import Progress
+from .._registry import register_upsampler
+from ..base import Kernels, Upsampler
+from .engine import (
     GuidedKernels,
     block_logits,
     cell_mean,
@@ -35,19 +40,23 @@ from ._guided import (
     spatial_coefficients,
     unfold_cells,
 )
-from .base import Kernels, Upsampler
 
-DEFAULTS = {
-    "steps": 50,
-    "lr": 0.01,
-    "radius": 2,
-    "sigma_spatial": 1.0,
-    "sigma_range": 0.05,
-    "samples": 32,
-    "seed": 0,
-    "consistency": 5,
-}
-OPTIONS = DEFAULTS
+
+@dataclass(frozen=True)
+class GuidedFitOptions:
+    """Fit length and rate, kernel support and initial widths (see the module docstring)."""
+
+    steps: int = 50
+    lr: float = 0.01
+    radius: int = 2
+    sigma_spatial: float = 1.0
+    sigma_range: float = 0.05
+    samples: int = 32
+    seed: int = 0
+    consistency: int = 5
+
+
+DEFAULTS = dataclasses.asdict(GuidedFitOptions())
 # Fitted sigmas are kept in a sane range (cells / RGB distance): kernels narrower than a
 # tenth of a cell or a 1e-3 colour step only add noise.
 SPATIAL_LIMITS = (0.1, 8.0)
@@ -85,21 +94,21 @@ def _coefficients(
     return a, b, c, 0.5 / sr.square()
 
 
+@register_upsampler(
+    "guided-fit",
+    description="per-image fitted anisotropic guided kernels (no weights, any backbone)",
+    options=GuidedFitOptions,
+)
 class GuidedFit(Upsampler):
     """Guided kernels fitted per image (see the module docstring)."""
 
-    name = "guided-fit"
     linear = True
-    description = "per-image fitted anisotropic guided kernels (no weights, any backbone)"
+    tileable = True
+    fits_per_image = True
 
     def __init__(self, **options):
         super().__init__()
-        unknown = sorted(set(options) - set(DEFAULTS))
-        if unknown:
-            raise ValueError(
-                f"guided-fit got unknown option(s) {unknown}; it accepts {sorted(DEFAULTS)}"
-            )
-        o = {**DEFAULTS, **options}
+        o = dataclasses.asdict(GuidedFitOptions(**options))
         self.steps = positive_option("steps", o["steps"], self.name, integer=True, allow_zero=True)
         self.lr = positive_option("lr", o["lr"], self.name)
         self.radius = positive_option("radius", o["radius"], self.name, integer=True)
@@ -120,7 +129,7 @@ class GuidedFit(Upsampler):
         raw[:, 3] = math.log(self.sigma_range)
         return raw
 
-    def iter_fit(self, lowres: torch.Tensor, image: torch.Tensor) -> Iterator[tuple[int, int, str]]:
+    def iter_fit(self, lowres: torch.Tensor, image: torch.Tensor) -> Iterator[Progress]:
         """Fit the kernels to ``image`` for ``lowres``'s grid, yielding after each step.
 
         The result is kept only when the fit runs to the end; stopping the iteration
@@ -131,7 +140,7 @@ class GuidedFit(Upsampler):
         check_grid(grid, tuple(colour.shape[-2:]))
         yield from self._fit(colour, grid)
 
-    def _fit(self, colour: torch.Tensor, grid: tuple[int, int]) -> Iterator[tuple[int, int, str]]:
+    def _fit(self, colour: torch.Tensor, grid: tuple[int, int]) -> Iterator[Progress]:
         # Grad mode is thread-local state: it is switched on per step, never across a
         # yield, and inference mode is lifted so callers may run under inference_mode.
         with torch.inference_mode(False):
@@ -140,7 +149,13 @@ class GuidedFit(Upsampler):
         for step in range(self.steps):
             with torch.inference_mode(False), torch.enable_grad():
                 loss_value = self._step(state)
-            yield step + 1, self.steps, f"fitting guided kernels: L1 {loss_value:.4f}"
+            yield Progress(
+                step + 1,
+                self.steps,
+                f"fitting guided kernels: L1 {loss_value:.4f}",
+                stage="fit",
+                loss=loss_value,
+            )
         self.fitted = FittedParams(state["raw"], colour, grid, loss_value)
 
     def _setup(self, colour: torch.Tensor, grid: tuple[int, int]) -> dict:
@@ -244,12 +259,3 @@ class GuidedFit(Upsampler):
         if self.fitted is not None:
             info["final_l1"] = round(self.fitted.loss, 6)
         return info
-
-
-def make(backbone=None, use_norm=None, weights=None, device=None, **options) -> GuidedFit:
-    """Factory for the registry. Options: see ``DEFAULTS``."""
-    if weights is not None:
-        raise ValueError("guided-fit has no weights (it fits to each image); do not pass weights=")
-    up = GuidedFit(**options)
-    up.use_norm = bool(use_norm)
-    return up
