@@ -1,6 +1,6 @@
 """napari-featup: look inside vision backbones with FeatUp-style feature upsampling.
 
-The public interface (see docs/ and DESIGN.md)::
+The public interface (docs/library.md has the whole of it)::
 
     import napari_featup as nf
     nf.list_backbones(); nf.list_upsamplers()

@@ -144,25 +144,39 @@ def _unit(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
 
 
+def unit_queries(queries: np.ndarray, channels: int) -> np.ndarray:
+    """(N, C) or (C,) query vectors -> (N, C) float32 unit vectors (zero rows stay zero).
+
+    Raises ValueError when the channel count is not ``channels``.
+    """
+    q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+    if q.ndim != 2 or q.shape[1] != channels:
+        raise ValueError(f"queries have {q.shape[-1]} channels, features have {channels}")
+    return _unit(q).astype(np.float32)
+
+
+def cosine_from_dots(dots: np.ndarray, norms: np.ndarray) -> np.ndarray:
+    """Cosine similarity from dot products with unit queries and per-pixel feature norms
+    (broadcast); pixels with zero features get 0."""
+    return (np.asarray(dots) / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
 def cosine_similarity(
     features: np.ndarray, query: np.ndarray, norms: np.ndarray | None = None
 ) -> np.ndarray:
     """Cosine similarity of every pixel of (C, ...) features to a (C,) query -> (...).
 
     ``norms`` (the per-pixel feature norms, shape (...)) may be passed when known.
-    Pixels with zero features get similarity 0.
+    Pixels with zero features (and a zero query) get similarity 0.
     """
     features = np.asarray(features, dtype=np.float32)
     q = np.asarray(query, dtype=np.float32).ravel()
     if q.shape[0] != features.shape[0]:
         raise ValueError(f"query has {q.shape[0]} channels, features have {features.shape[0]}")
-    qn = float(np.linalg.norm(q))
-    if qn == 0:
-        return np.zeros(features.shape[1:], np.float32)
-    dots = np.tensordot(q / qn, features, axes=(0, 0))
+    dots = np.tensordot(unit_queries(q, q.shape[0])[0], features, axes=(0, 0))
     if norms is None:
         norms = np.sqrt(np.einsum("c...,c...->...", features, features))
-    return (dots / np.maximum(norms, 1e-12)).astype(np.float32)
+    return cosine_from_dots(dots, norms)
 
 
 def similarity_to_points(
@@ -170,7 +184,10 @@ def similarity_to_points(
     positives: Sequence[tuple[int, int]],
     negatives: Sequence[tuple[int, int]] = (),
 ) -> np.ndarray:
-    """Cosine similarity of (C, H, W) features to the query made at (row, col) points."""
+    """Cosine similarity of (C, H, W) features to the query made at (row, col) points.
+
+    The dense reference: :meth:`~napari_featup.field.FeatureField.similarity` gives the
+    same without materialising the features."""
     pos = (
         np.stack([features[:, r, c] for r, c in positives])
         if positives

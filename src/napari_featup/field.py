@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from .analysis import PCAProjection, make_query
+from .analysis import PCAProjection, cosine_from_dots, make_query, unit_queries
 from .upsamplers.base import Kernels, Upsampler
 
 
@@ -187,12 +187,14 @@ class FeatureField:
         """Cosine similarity (H, W) of every pixel to the query made at the points."""
         pos = self.features_at(positives)
         neg = self.features_at(negatives) if len(negatives) else None
-        q = make_query(pos, neg)
-        qn = float(np.linalg.norm(q))
-        if qn == 0:
-            return np.zeros(self.size, np.float32)
-        dots = self.project((q / qn)[None])[0]
-        return dots / np.maximum(self.norms(), 1e-12)
+        return self.query_similarity(make_query(pos, neg))
+
+    def query_similarity(self, queries: np.ndarray) -> np.ndarray:
+        """Cosine similarity of every pixel to query vectors: (C,) -> (H, W), or
+        (N, C) -> (N, H, W). One N-channel projection (a click's cost per query)."""
+        q = unit_queries(queries, self.channels)
+        sims = cosine_from_dots(self.project(q), self.norms()[None])
+        return sims[0] if np.ndim(queries) == 1 else sims
 
     def pca_rgb(self, pca: PCAProjection) -> np.ndarray:
         """(H, W, K) colours of the full-resolution features under ``pca``."""

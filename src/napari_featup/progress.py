@@ -11,7 +11,7 @@ smoothly through every stage.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any, NamedTuple, TypeVar
 
 from .errors import FeatUpError

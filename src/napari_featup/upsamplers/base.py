@@ -13,7 +13,7 @@ whole number of patches, so ``H = h * stride``).
   channel affine map) set ``linear = True`` and return :class:`Kernels` from
   :meth:`Upsampler.kernels`: computed once per image, applied to any channel set.
   A PCA projection or a similarity query then costs a K-channel upsample instead of a
-  C-channel one (DESIGN.md, "Make interaction cheap").
+  C-channel one (docs/library.md, "Interaction without recomputing").
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from ..errors import UpsamplerError
-from ..progress import Progress
 from ..ops import channel_norm, linear_taps, resize_bilinear  # noqa: F401 (re-exported)
+from ..progress import Progress
 
 
 class Kernels:

@@ -1,0 +1,70 @@
+"""The package declares what it imports, nothing more, and the layout rules hold."""
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "napari_featup"
+# import name -> distribution name, where they differ
+DIST = {"sklearn": "scikit-learn", "skimage": "scikit-image", "yaml": "pyyaml"}
+# imported by the Qt-only code, provided by napari itself
+PROVIDED_BY_NAPARI = {"qtpy"}
+
+
+def _imports() -> set[str]:
+    names = set()
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    stdlib = set(sys.stdlib_module_names) | {"__future__"}
+    return {n for n in names if n not in stdlib and n != "napari_featup"}
+
+
+def _declared() -> set[str]:
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    out = set()
+    for req in meta["dependencies"]:
+        name = req.split(";")[0].split("[")[0]
+        for sep in "<>=!~ ":
+            name = name.split(sep)[0]
+        out.add(name.strip().lower().replace("_", "-"))
+    return out
+
+
+def test_dependencies_are_what_src_imports():
+    used = {DIST.get(n, n).lower().replace("_", "-") for n in _imports()}
+    declared = _declared()
+    assert used - declared == set(), f"imported but not declared: {sorted(used - declared)}"
+    unused = declared - used - {n.replace("_", "-") for n in PROVIDED_BY_NAPARI}
+    assert unused == set(), f"declared but never imported: {sorted(unused)}"
+
+
+def test_core_never_imports_qt_or_napari():
+    qt_free = [
+        p
+        for p in SRC.rglob("*.py")
+        if not {"_qt", "_widgets"} & set(p.relative_to(SRC).parts)
+        and not p.name.startswith(("_reader", "_writer", "_sample_data", "_demo"))
+    ]
+    bad = []
+    for path in qt_free:
+        for node in ast.walk(ast.parse(path.read_text())):
+            mods = []
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                mods = [node.module]
+            bad += [
+                f"{path.relative_to(SRC)}: {m}"
+                for m in mods
+                if m.split(".")[0] in ("qtpy", "PyQt5", "PySide2", "napari")
+            ]
+    assert bad == []
