@@ -31,14 +31,14 @@ import sys
 import time
 
 import numpy as np
-from _memory import peak_rss_mb
+from _harness import header, peak_rss_mb
 
 
 def _run(request):
     from napari_featup.jobs import iter_run
-    from napari_featup.pipeline import run_to_end
+    from napari_featup.progress import drive
 
-    out = run_to_end(iter_run(request))
+    out = drive(iter_run(request))
     if out.error is not None:
         raise out.error
     return out
@@ -194,8 +194,8 @@ def main() -> None:
     names = list_upsamplers() if args.all_upsamplers else ["bilinear", "featup-jbu"]
     names = args.upsamplers or names
     print(
-        f"torch threads: {torch.get_num_threads()}, cpu count: {os.cpu_count()}"
-        + (f", upsampler options {options}" if options else "")
+        header("bench_interaction (dinov2 backbone)")
+        + (f" | upsampler options {options}" if options else "")
     )
     for n in names:
         try:
