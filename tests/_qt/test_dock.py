@@ -213,7 +213,7 @@ def test_stack_displayed_slice_all_slices_and_slider(qtbot, viewer_widget):
     # all slices, with progress over every plane
     widget.slices_combo.setCurrentIndex(widget.slices_combo.findData("all"))
     steps = []
-    widget.jobs.progressed.connect(lambda s, t, m: steps.append((s, t, m)))
+    widget.jobs.progressed.connect(lambda ev: steps.append((ev.done, ev.total, ev.message)))
     assert run_and_wait(qtbot, widget) == "done"
     stack = widget.current_stack()
     assert sorted(stack.results) == [(0,), (1,), (2,)]
@@ -370,7 +370,7 @@ def test_error_out_of_memory(qtbot, viewer_widget, monkeypatch, notes):
         raise MemoryError("Unable to allocate 6.4 GiB for an array")
         yield  # a generator, like iter_extract
 
-    monkeypatch.setattr("napari_featup.jobs.iter_extract", exhausted)
+    monkeypatch.setattr("napari_featup.session.run.iter_extract", exhausted)
     assert run_and_wait(qtbot, widget) == "error"
     assert "ran out of memory" in widget.last_error
     assert "displayed slice" in widget.last_error
