@@ -5,17 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_featup.progress import drive
 from napari_featup.session.run import RunRequest, iter_run
 
 
 def _run_to_end(request: RunRequest):
-    gen = iter_run(request)
     events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            return stop.value, events
+    out = drive(iter_run(request), events.append)
+    return out, events
 
 
 @pytest.fixture(scope="session")

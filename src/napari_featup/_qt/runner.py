@@ -39,6 +39,11 @@ class JobController(QObject):
         self._on_done: Callable[[str, RunOutput | None], None] | None = None
 
     @property
+    def bar(self) -> progress | None:
+        """napari's progress bar of the current run (None when idle)."""
+        return self._pbar
+
+    @property
     def running(self) -> bool:
         """Whether a run is in progress."""
         return self._worker is not None
@@ -73,14 +78,16 @@ class JobController(QObject):
             self._worker.quit()
 
     def _on_yielded(self, ev: Progress) -> None:
-        # A local reference: updating the bar can process events, and the run's
-        # `finished` handler (which closes the bar) may run in between.
-        pbar = self._pbar
+        if self._worker is None:  # the run has finished (re-entrancy, see below)
+            return
+        # Listeners first: redrawing the bar processes Qt events, so later events (and
+        # even `finished`) can be handled inside it; emitting after it would leave the
+        # status line on this older event.
+        self.progressed.emit(ev)
+        pbar = self._pbar  # a local reference: `finished` may close the bar meanwhile
         if pbar is not None:
             pbar.n = round(ev.fraction * BAR_TICKS)
             pbar.set_description(f"FeatUp: {progress_text(ev)}")  # also redraws the bar
-        if self._worker is not None:  # not after the run has finished (re-entrancy)
-            self.progressed.emit(ev)
 
     def _on_returned(self, out: RunOutput) -> None:
         self._output = out
