@@ -104,6 +104,7 @@ class FeatUpWidget(QWidget):
         self.viewer.mouse_drag_callbacks.append(self._click_cb)
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt name
+        """Cancel a run and unhook the click callback when the dock closes."""
         self.cancel()
         if self._click_cb in self.viewer.mouse_drag_callbacks:
             self.viewer.mouse_drag_callbacks.remove(self._click_cb)
