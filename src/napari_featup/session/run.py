@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -23,8 +23,6 @@ from ..pipeline import FeatureResult, iter_extract
 from ..progress import Progress, relay
 from .geometry import Index
 from .stack import fit_stack_pca, plane_colours
-
-T = TypeVar("T")
 
 # Share of the progress range each part of a plane takes, in units (the bar's total is
 # the sum over the run). Extraction dominates (backbone, fits), colours and norms are
@@ -86,20 +84,6 @@ def progress_text(ev: Progress) -> str:
     return text
 
 
-def _typed(gen: Generator[Any, None, T]) -> Generator[Progress, None, T]:
-    # iter_extract's events become progress.Progress (pipeline had its own class);
-    # events that already are one pass through unchanged.
-    try:
-        while True:
-            try:
-                ev = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            yield ev if isinstance(ev, Progress) else Progress(ev.step, ev.total, ev.message)
-    finally:
-        gen.close()
-
-
 def iter_run(request: RunRequest) -> Generator[Progress, None, RunOutput]:
     """Extract features of each requested plane, then PCA colours and norms.
 
@@ -120,7 +104,7 @@ def iter_run(request: RunRequest) -> Generator[Progress, None, RunOutput]:
         for n, idx in enumerate(planes):
             label = f"plane {idx} ({n + 1}/{len(planes)}): " if idx else ""
             image = plane_array(request.data, idx, request.channel_axis)
-            gen = _typed(iter_extract(image, **kwargs))
+            gen = iter_extract(image, **kwargs)
             stop = done + EXTRACT_UNITS
             out.results[idx] = yield from relay(gen, done, stop, total, prefix=label)
             done = stop
