@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..analysis import PCAProjection, cosine_similarity, fit_pca, make_query
+from ..analysis import PCAProjection, fit_pca, make_query
 from ..errors import META_KEY
 from ..pipeline import FeatureResult
 from .geometry import Index, PlaneGeometry
@@ -283,22 +283,14 @@ class FeatureStack:
 
 def similarity_map(result: FeatureResult, query: np.ndarray | None) -> np.ndarray:
     """Cosine similarity (H, W) of every full-resolution feature of ``result`` to
-    ``query`` (C,), from low-res features through the field (a 1-channel upsample;
-    the norms are computed once per field and cached)."""
+    ``query`` (C,), through the field (a 1-channel upsample; the norms are computed
+    once per field and cached); zeros for no query."""
     f = result.field
     if f is None:
         raise ValueError("this result has no feature field (was it loaded from a file?)")
     if query is None:
         return np.zeros(f.size, np.float32)
-    q = np.asarray(query, np.float32)
-    qn = float(np.linalg.norm(q))
-    if qn == 0:
-        return np.zeros(f.size, np.float32)
-    # Dot products are linear in the features, so the field projects the unit query at
-    # low resolution (one channel); analysis.cosine_similarity then divides by the
-    # full-resolution norms, as for any (1, H, W) "features" and the query (1,).
-    dots = f.project((q / qn)[None])
-    return cosine_similarity(dots, np.ones(1, np.float32), norms=f.norms())
+    return f.query_similarity(np.asarray(query, np.float32))
 
 
 def plane_colours(result: FeatureResult, pca: PCAProjection) -> tuple[np.ndarray, np.ndarray]:
