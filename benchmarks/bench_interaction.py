@@ -35,8 +35,8 @@ from _harness import header, peak_rss_mb
 
 
 def _run(request):
-    from napari_featup.jobs import iter_run
     from napari_featup.progress import drive
+    from napari_featup.session.run import iter_run
 
     out = drive(iter_run(request))
     if out.error is not None:
@@ -45,8 +45,8 @@ def _run(request):
 
 
 def _stack(image, upsampler: str, device: str = "cpu", options: dict | None = None):
-    from napari_featup.jobs import RunRequest
-    from napari_featup.layers import FeatureStack, PlaneGeometry
+    from napari_featup.session import FeatureStack, PlaneGeometry
+    from napari_featup.session.run import RunRequest
 
     opts = dict(backbone="dinov2", upsampler=upsampler, weights="random", device=device)
     if options and upsampler != "bilinear":
@@ -100,7 +100,7 @@ def bench_viewer_clicks(n_clicks: int, size: int = 1024) -> dict:
     from qtpy.QtWidgets import QApplication
 
     viewer = napari.Viewer(show=False)
-    from napari_featup._widgets import FeatUpWidget
+    from napari_featup._qt import FeatUpWidget
 
     widget = FeatUpWidget(viewer)
     widget.weights_combo.setCurrentIndex(widget.weights_combo.findData("random"))

@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 
 from .analysis import PCAProjection
+from .errors import META_KEY, FeatureFileError
 from .io import FORMATS, load_arrays, read_metadata
-from .layers import result_layer_data
+from .session.layer_data import result_layer_data
 
 
 def _metadata_only(path: Path) -> dict | None:
@@ -54,7 +55,7 @@ def read_features(path: Any) -> list[tuple[np.ndarray, dict, str]]:
     extra = {k: arrays[k] for k in ("pca", "similarity") if k in arrays}
     lowres = arrays.get("lowres")
     if lowres is None and arrays.get("highres") is None:
-        raise ValueError(f"{p} holds no features (arrays: {sorted(arrays)})")
+        raise FeatureFileError(f"{p} holds no features (arrays: {sorted(arrays)})")
     return result_layer_data(lowres, meta, pca, name, highres=arrays.get("highres"), extra=extra)
 
 
@@ -72,9 +73,7 @@ def _saved_layers(arrays: dict, layers: dict) -> list[tuple[np.ndarray, dict, st
             kwargs["rgb"] = bool(info.get("rgb"))
             if info.get("colormap"):
                 kwargs["colormap"] = info["colormap"]
-        kwargs["metadata"] = {
-            "napari_featup": dict(info.get("napari_featup") or {}, layer="from-file")
-        }
+        kwargs["metadata"] = {META_KEY: dict(info.get(META_KEY) or {}, layer="from-file")}
         data = arrays[key]
         if ltype == "labels" and not np.issubdtype(data.dtype, np.integer):
             data = data.astype(np.int32)

@@ -6,8 +6,8 @@ import re
 from typing import Any
 
 from . import __version__
+from .errors import META_KEY
 from .io import save_arrays
-from .layers import META_KEY
 
 
 def _array_name(name: str, taken: set[str]) -> str:

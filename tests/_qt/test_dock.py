@@ -213,7 +213,7 @@ def test_stack_displayed_slice_all_slices_and_slider(qtbot, viewer_widget):
     # all slices, with progress over every plane
     widget.slices_combo.setCurrentIndex(widget.slices_combo.findData("all"))
     steps = []
-    widget.jobs.progressed.connect(lambda s, t, m: steps.append((s, t, m)))
+    widget.jobs.progressed.connect(lambda ev: steps.append((ev.done, ev.total, ev.message)))
     assert run_and_wait(qtbot, widget) == "done"
     stack = widget.current_stack()
     assert sorted(stack.results) == [(0,), (1,), (2,)]
@@ -370,7 +370,7 @@ def test_error_out_of_memory(qtbot, viewer_widget, monkeypatch, notes):
         raise MemoryError("Unable to allocate 6.4 GiB for an array")
         yield  # a generator, like iter_extract
 
-    monkeypatch.setattr("napari_featup.jobs.iter_extract", exhausted)
+    monkeypatch.setattr("napari_featup.session.run.iter_extract", exhausted)
     assert run_and_wait(qtbot, widget) == "error"
     assert "ran out of memory" in widget.last_error
     assert "displayed slice" in widget.last_error
@@ -415,3 +415,64 @@ def test_upsampler_options_reach_the_upsampler(qtbot, viewer_widget, notes):
     info = viewer.layers["photo PCA featup-implicit"].metadata["napari_featup"]["upsampler_info"]
     assert info["steps_done"] == 3 and info["seed"] == 5
     assert info["settings"]["views"] == 4
+
+
+# ------------------------------------------------- settings errors by type
+def test_channels_typo_is_reported_as_settings(viewer_widget, notes):
+    viewer, widget = viewer_widget
+    viewer.add_image(np.zeros((3, 42, 42), np.uint16), name="channels")
+    widget.channel_axis_combo.setCurrentIndex(1)
+    widget.channels_edit.setText("0,a,2")
+    assert widget.run() is False and not widget.jobs.running
+    assert widget.last_error.startswith("Channels '0,a,2' are not understood")
+    assert any("not understood" in n for n in notes)
+
+
+def test_a_bug_is_not_reported_as_a_channels_typo(viewer_widget, monkeypatch):
+    """Only SettingsError means "fix a setting": another ValueError is a bug and is
+    raised, not dressed up as a typo in the channels field."""
+    viewer, widget = viewer_widget
+    viewer.add_image(two_region_rgb(), name="photo")
+
+    def broken(*args, **kwargs):
+        raise ValueError("invalid literal for int() with base 10: 'x'")
+
+    monkeypatch.setattr("napari_featup._qt.dock.plan_run", broken)
+    with pytest.raises(ValueError, match="invalid literal"):
+        widget.run()
+    assert widget.last_error is None and not widget.jobs.running
+
+
+def test_progress_bar_and_status_follow_the_events(qtbot, viewer_widget, monkeypatch):
+    """The worker's Progress events reach the GUI thread as objects; napari's bar shows
+    their fraction (1000 ticks) and the status line the loss of a fit."""
+    from napari_featup import pipeline
+    from napari_featup.progress import Progress, drive
+
+    def fitting(image, **kwargs):
+        res = drive(pipeline.iter_extract(image, **kwargs))
+        for i in range(1, 6):
+            yield Progress(i, 5, f"fit step {i}", stage="fit", loss=0.5 / i)
+        return res
+
+    monkeypatch.setattr("napari_featup.session.run.iter_extract", fitting)
+    viewer, widget = viewer_widget
+    viewer.add_image(two_region_rgb(), name="photo")
+    seen = []
+
+    def record(ev):
+        bar = widget.jobs.bar
+        seen.append((ev, bar.n, bar.total, widget.status.text()))
+
+    widget.jobs.progressed.connect(record)
+    assert run_and_wait(qtbot, widget) == "done"
+    assert all(isinstance(ev, Progress) for ev, *_ in seen)
+    assert all(total == 1000 for _, _, total, _ in seen)
+    # listeners hear an event before the bar is moved to it: each sees the previous one
+    assert seen[0][1] == 0
+    for (prev, *_), (_, n, _, _) in zip(seen, seen[1:]):
+        assert n == round(prev.fraction * 1000)
+    fits = [(ev, text) for ev, _, _, text in seen if ev.stage == "fit"]
+    assert len({ev.done for ev, _ in fits}) == 5  # the bar moves during the fit
+    assert fits[-1][1] == "57%: fit step 5 (loss 0.1)"  # 4 of 7 units
+    assert seen[-1][0].fraction == 1.0

@@ -1,18 +1,11 @@
-"""Layer data for viewers, computed from feature results (no Qt, no napari import).
+"""A stack of feature planes for one image layer (no Qt, no napari import).
 
 A :class:`FeatureStack` holds the features of one image layer: one
 :class:`~napari_featup.pipeline.FeatureResult` per computed 2-D plane of a (possibly
 stacked) image, one PCA shared by all planes (so colours agree between planes and
 between the low-res and full-res layers) and the arrays the layers show. It answers
-similarity queries made at points in the image's data coordinates.
-
-Alignment (DESIGN.md): a grid with stride ``s`` over an image layer with scale ``S``
-and translate ``T`` gets ``scale = s*S`` and ``translate = T + (s-1)/2*S`` on the two
-spatial axes; full-resolution outputs copy ``S`` and ``T``; leading (stack) axes
-copy the image's scale and translate.
-
-Layer data are returned as napari ``LayerDataTuple``s ``(data, kwargs, layer_type)``,
-which napari's ``viewer._add_layer_from_data`` and npe2 readers accept.
+similarity queries made at points in the image's data coordinates, and gives its
+layers as ``LayerDataTuple``s (see :mod:`.layer_data` for names and placement).
 """
 
 from __future__ import annotations
@@ -23,80 +16,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .analysis import PCAProjection, fit_pca, make_query
-from .pipeline import FeatureResult
-
-#: layer-name suffixes; the full name is "<image> <suffix>"
-LOWRES_SUFFIX = "PCA low-res"
-SIMILARITY_SUFFIX = "similarity"
-MASK_SUFFIX = "similarity mask"
-#: metadata key under which layers record how they were made
-META_KEY = "napari_featup"
-
-Index = tuple[int, ...]
-
-
-def pca_name(image_name: str, upsampler: str) -> str:
-    """Name of the full-resolution PCA layer: "<image> PCA <upsampler>"."""
-    return f"{image_name} PCA {upsampler}"
-
-
-def grid_transform(
-    stride: float, scale: Sequence[float], translate: Sequence[float]
-) -> tuple[list[float], list[float]]:
-    """Scale and translate of a stride-``stride`` feature grid over an image layer.
-
-    ``scale``/``translate`` are the image layer's (one entry per axis, spatial axes
-    last). Leading axes are copied; the last two become ``s*S`` and ``T + (s-1)/2*S``
-    (napari puts pixel centres on integer coordinates, a grid cell's centre is pixel
-    ``i*s + (s-1)/2``).
-    """
-    scale = [float(v) for v in scale]
-    translate = [float(v) for v in translate]
-    if len(scale) < 2 or len(scale) != len(translate):
-        raise ValueError(f"scale {scale} and translate {translate} need the same length >= 2")
-    s = float(stride)
-    out_scale = scale[:-2] + [s * v for v in scale[-2:]]
-    out_translate = translate[:-2] + [
-        t + (s - 1) / 2 * v for t, v in zip(translate[-2:], scale[-2:])
-    ]
-    return out_scale, out_translate
-
-
-def to_uint8_rgb(rgb01: np.ndarray) -> np.ndarray:
-    """(..., 3) colours in [0, 1] -> uint8 (a quarter of the memory of float32)."""
-    return np.clip(np.rint(np.asarray(rgb01) * 255.0), 0, 255).astype(np.uint8)
-
-
-@dataclass
-class PlaneGeometry:
-    """Where the 2-D planes of an image layer sit.
-
-    ``leading`` is the shape of the stack axes (``()`` for a 2-D image), ``size`` the
-    plane's (H, W); ``scale``/``translate`` the image layer's, one entry per axis of
-    ``leading + size``.
-    """
-
-    leading: tuple[int, ...]
-    size: tuple[int, int]
-    scale: list[float]
-    translate: list[float]
-
-    @property
-    def ndim(self) -> int:
-        return len(self.leading) + 2
-
-    def planes(self) -> list[Index]:
-        """All plane indices, in C order."""
-        return (
-            [tuple(int(v) for v in i) for i in np.ndindex(*self.leading)] if self.leading else [()]
-        )
-
-    def check_index(self, index: Sequence[int]) -> Index:
-        idx = tuple(int(v) for v in index)
-        if len(idx) != len(self.leading) or any(not 0 <= i < n for i, n in zip(idx, self.leading)):
-            raise IndexError(f"plane index {idx} is outside the stack of shape {self.leading}")
-        return idx
+from ..analysis import PCAProjection, fit_pca, make_query
+from ..errors import META_KEY
+from ..pipeline import FeatureResult
+from .geometry import Index, PlaneGeometry
+from .layer_data import (
+    LOWRES_SUFFIX,
+    MASK_SUFFIX,
+    SIMILARITY_SUFFIX,
+    LayerData,
+    grid_transform,
+    pca_name,
+    to_uint8_rgb,
+)
 
 
 @dataclass
@@ -122,6 +54,11 @@ class FeatureStack:
     stale_similarity: set = field(default_factory=set)
     query: np.ndarray | None = None
 
+    @property
+    def similarity_name(self) -> str:
+        """Name of the similarity heatmap layer: "<image> similarity"."""
+        return f"{self.image_name} {SIMILARITY_SUFFIX}"
+
     # ----------------------------------------------------------------- features
     @property
     def metadata(self) -> dict:
@@ -130,10 +67,12 @@ class FeatureStack:
 
     @property
     def stride(self) -> int:
+        """Image pixels per feature cell (from the features' metadata)."""
         return int(self.metadata["stride"])
 
     @property
     def upsampler(self) -> str:
+        """Name of the upsampler the features were made with."""
         return str(self.metadata.get("upsampler", self.config.get("upsampler", "")))
 
     def add_planes(
@@ -253,7 +192,7 @@ class FeatureStack:
             meta["pca_explained_variance_ratio"] = self.pca.explained_variance_ratio.tolist()
         return {META_KEY: meta}
 
-    def layer_data(self) -> list[tuple[np.ndarray, dict, str]]:
+    def layer_data(self) -> list[LayerData]:
         """LayerDataTuples of the low-res and full-resolution PCA layers."""
         if self.pca_lowres is None:
             return []
@@ -286,7 +225,7 @@ class FeatureStack:
             ),
         ]
 
-    def similarity_layer_data(self, index: Sequence[int] = ()) -> tuple[np.ndarray, dict, str]:
+    def similarity_layer_data(self, index: Sequence[int] = ()) -> LayerData:
         """LayerDataTuple of the similarity heatmap (cosine similarity in [-1, 1]).
 
         Contrast limits span plane ``index``'s map (min to max), so the ranking of
@@ -299,7 +238,7 @@ class FeatureStack:
         return (
             self.similarity,
             dict(
-                name=f"{self.image_name} {SIMILARITY_SUFFIX}",
+                name=self.similarity_name,
                 scale=list(g.scale),
                 translate=list(g.translate),
                 colormap="inferno",
@@ -324,7 +263,8 @@ class FeatureStack:
                 out[idx] = 0
         return out
 
-    def mask_layer_data(self, threshold: float) -> tuple[np.ndarray, dict, str]:
+    def mask_layer_data(self, threshold: float) -> LayerData:
+        """LayerDataTuple of the Labels layer "<image> similarity mask" (:meth:`mask`)."""
         g = self.geometry
         meta = self.layer_metadata("similarity-mask")
         meta[META_KEY]["threshold"] = float(threshold)
@@ -343,19 +283,14 @@ class FeatureStack:
 
 def similarity_map(result: FeatureResult, query: np.ndarray | None) -> np.ndarray:
     """Cosine similarity (H, W) of every full-resolution feature of ``result`` to
-    ``query`` (C,), from low-res features through the field (a 1-channel upsample;
-    the norms are computed once per field and cached)."""
+    ``query`` (C,), through the field (a 1-channel upsample; the norms are computed
+    once per field and cached); zeros for no query."""
     f = result.field
     if f is None:
         raise ValueError("this result has no feature field (was it loaded from a file?)")
     if query is None:
         return np.zeros(f.size, np.float32)
-    q = np.asarray(query, np.float32)
-    qn = float(np.linalg.norm(q))
-    if qn == 0:
-        return np.zeros(f.size, np.float32)
-    dots = f.project((q / qn)[None])[0]
-    return dots / np.maximum(f.norms(), 1e-12)
+    return f.query_similarity(np.asarray(query, np.float32))
 
 
 def plane_colours(result: FeatureResult, pca: PCAProjection) -> tuple[np.ndarray, np.ndarray]:
@@ -371,82 +306,3 @@ def fit_stack_pca(results: Iterable[FeatureResult], max_samples: int = 20000) ->
     if not samples:
         raise ValueError("no features to fit a PCA on")
     return fit_pca(np.concatenate(samples, axis=0), max_samples=max_samples)
-
-
-def result_layer_data(
-    lowres: np.ndarray | None,
-    metadata: dict,
-    pca: PCAProjection | None,
-    name: str,
-    highres: np.ndarray | None = None,
-    extra: dict[str, np.ndarray] | None = None,
-) -> list[tuple[np.ndarray, dict, str]]:
-    """LayerDataTuples for features read from a file (no feature field).
-
-    Layers: "<name> PCA low-res" from ``lowres`` (C, h, w), "<name> PCA <upsampler>"
-    from ``highres`` (C, H, W) when present (or from a stored ``pca`` colour array in
-    ``extra``), and a "<name> similarity" from ``extra["similarity"]``. Placement
-    uses ``metadata``'s stride and the source layer's scale/translate when recorded.
-    """
-    extra = extra or {}
-    scale = list(metadata.get("source_scale") or [1.0, 1.0])[-2:]
-    translate = list(metadata.get("source_translate") or [0.0, 0.0])[-2:]
-    if pca is None:
-        source = lowres if lowres is not None else highres
-        pca = fit_pca(source) if source is not None else None
-    meta = {META_KEY: dict(metadata, layer="from-file")}
-    out: list[tuple[np.ndarray, dict, str]] = []
-    if lowres is not None:
-        stride = int(metadata.get("stride", 1))
-        s, t = grid_transform(stride, scale, translate)
-        out.append(
-            (
-                to_uint8_rgb(pca.to_rgb(lowres)),
-                dict(name=f"{name} {LOWRES_SUFFIX}", rgb=True, scale=s, translate=t, metadata=meta),
-                "image",
-            )
-        )
-    up = str(metadata.get("upsampler", "full-res"))
-    if highres is not None and pca is not None:
-        out.append(
-            (
-                to_uint8_rgb(pca.to_rgb(highres)),
-                dict(
-                    name=pca_name(name, up),
-                    rgb=True,
-                    scale=scale,
-                    translate=translate,
-                    metadata=meta,
-                ),
-                "image",
-            )
-        )
-    elif "pca" in extra:
-        out.append(
-            (
-                np.asarray(extra["pca"]),
-                dict(
-                    name=pca_name(name, up),
-                    rgb=True,
-                    scale=scale,
-                    translate=translate,
-                    metadata=meta,
-                ),
-                "image",
-            )
-        )
-    if "similarity" in extra:
-        out.append(
-            (
-                np.asarray(extra["similarity"], np.float32),
-                dict(
-                    name=f"{name} {SIMILARITY_SUFFIX}",
-                    scale=scale,
-                    translate=translate,
-                    colormap="inferno",
-                    metadata=meta,
-                ),
-                "image",
-            )
-        )
-    return out

@@ -1,7 +1,9 @@
-"""Run :func:`napari_featup.jobs.iter_run` in a napari ``thread_worker``, one at a time.
+"""Run :func:`napari_featup.session.run.iter_run` in a napari ``thread_worker``, one at
+a time.
 
 The controller owns the worker, a progress bar in napari's activity dock and the
-cancel request; results reach the widget on the GUI thread through ``finished``.
+cancel request; progress events (:class:`~napari_featup.progress.Progress`) and
+results reach the widget on the GUI thread, through Qt signals.
 """
 
 from __future__ import annotations
@@ -12,16 +14,20 @@ from napari.qt.threading import create_worker
 from napari.utils import progress
 from qtpy.QtCore import QObject, Signal
 
-from ..jobs import RunOutput, RunRequest, iter_run
-from ..pipeline import Progress
+from ..progress import Progress
+from ..session.run import RunOutput, RunRequest, iter_run, progress_text
+
+#: resolution of napari's progress bar: events carry fractions, the bar counts ticks
+BAR_TICKS = 1000
 
 
 class JobController(QObject):
-    """Starts at most one run; ``finished(status, output)`` with status ``"done"``,
-    ``"error"`` or ``"cancelled"`` (output None), always on the GUI thread."""
+    """Starts at most one run. ``progressed(event)`` carries each
+    :class:`~napari_featup.progress.Progress`; ``finished(status, output)`` with status
+    ``"done"``, ``"error"`` or ``"cancelled"`` (output None), always on the GUI thread."""
 
     started = Signal()
-    progressed = Signal(int, int, str)
+    progressed = Signal(object)
     finished = Signal(str, object)
 
     def __init__(self, parent: QObject | None = None):
@@ -33,7 +39,13 @@ class JobController(QObject):
         self._on_done: Callable[[str, RunOutput | None], None] | None = None
 
     @property
+    def bar(self) -> progress | None:
+        """napari's progress bar of the current run (None when idle)."""
+        return self._pbar
+
+    @property
     def running(self) -> bool:
+        """Whether a run is in progress."""
         return self._worker is not None
 
     def start(
@@ -45,8 +57,9 @@ class JobController(QObject):
         self._output = None
         self._cancelled = False
         self._on_done = on_done
-        total = 6 * max(1, len(request.planes)) + 1
-        self._pbar = progress(total=total, desc="FeatUp: starting")
+        self._pbar = progress(total=BAR_TICKS, desc="FeatUp: starting")
+        # The worker only iterates the generator; every Qt object is touched in the
+        # slots below, which Qt runs on the GUI thread (never worker.run()).
         worker = create_worker(iter_run, request, _start_thread=False)
         worker.yielded.connect(self._on_yielded)
         worker.returned.connect(self._on_returned)
@@ -65,15 +78,16 @@ class JobController(QObject):
             self._worker.quit()
 
     def _on_yielded(self, ev: Progress) -> None:
-        # A local reference: updating the bar can process events, and the run's
-        # `finished` handler (which closes the bar) may run in between.
-        pbar = self._pbar
+        if self._worker is None:  # the run has finished (re-entrancy, see below)
+            return
+        # Listeners first: redrawing the bar processes Qt events, so later events (and
+        # even `finished`) can be handled inside it; emitting after it would leave the
+        # status line on this older event.
+        self.progressed.emit(ev)
+        pbar = self._pbar  # a local reference: `finished` may close the bar meanwhile
         if pbar is not None:
-            pbar.total = ev.total
-            pbar.n = ev.step
-            pbar.set_description(f"FeatUp: {ev.message}")  # also redraws n/total
-        if self._worker is not None:  # not after the run has finished (re-entrancy)
-            self.progressed.emit(ev.step, ev.total, ev.message)
+            pbar.n = round(ev.fraction * BAR_TICKS)
+            pbar.set_description(f"FeatUp: {progress_text(ev)}")  # also redraws the bar
 
     def _on_returned(self, out: RunOutput) -> None:
         self._output = out

@@ -1,7 +1,7 @@
 """One feature run over some planes of an image, as a generator (no Qt, no napari).
 
 The napari widget runs :func:`iter_run` in a ``thread_worker``: it yields
-:class:`~napari_featup.pipeline.Progress` events (a consumer that stops iterating
+:class:`~napari_featup.progress.Progress` events (a consumer that stops iterating
 cancels the run at that step) and returns a :class:`RunOutput`. Everything slow
 happens here, off the GUI thread: model loading (cached by ``load_backbone``), the
 backbone, the upsampler's fitting, the PCA, the PCA colours and the per-pixel feature
@@ -11,15 +11,27 @@ the caller reports them its own way.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .analysis import PCAProjection
-from .layers import Index, fit_stack_pca, plane_colours
-from .pipeline import FeatureResult, Progress, iter_extract
+from ..analysis import PCAProjection
+from ..pipeline import FeatureResult, iter_extract
+from ..progress import Progress, relay
+from .geometry import Index
+from .stack import fit_stack_pca, plane_colours
+
+# Share of the progress range each part of a plane takes, in units (the bar's total is
+# the sum over the run). Extraction dominates (backbone, fits), colours and norms are
+# one upsample each; within a share the nested generator's own events move the bar.
+EXTRACT_UNITS = 4
+COLOUR_UNITS = 1
+NORM_UNITS = 1
+PCA_UNITS = 1
+PLANE_UNITS = EXTRACT_UNITS + COLOUR_UNITS + NORM_UNITS
 
 
 @dataclass
@@ -64,17 +76,25 @@ def plane_array(data: Any, index: Index, channel_axis: int | None) -> np.ndarray
     return np.asarray(data[tuple(full)])
 
 
+def progress_text(ev: Progress) -> str:
+    """One status line for an event: percentage, message and the loss when known."""
+    text = f"{100 * ev.fraction:.0f}%: {ev.message}"
+    if ev.loss is not None and not math.isnan(ev.loss):
+        text += f" (loss {ev.loss:.4g})"
+    return text
+
+
 def iter_run(request: RunRequest) -> Generator[Progress, None, RunOutput]:
     """Extract features of each requested plane, then PCA colours and norms.
 
-    Yields a :class:`Progress` before each step (the total counts every step of
-    every plane); returns a :class:`RunOutput` whose ``error`` is set instead of
+    Yields :class:`~napari_featup.progress.Progress` events over one range for the
+    whole run (each plane's extraction relayed into its share, so the bar moves
+    through fits too); returns a :class:`RunOutput` whose ``error`` is set instead of
     raising.
     """
     out = RunOutput()
     planes = [tuple(int(v) for v in p) for p in request.planes]
-    per_plane = 6  # 4 extraction steps, colours, norms
-    total = per_plane * len(planes) + 1
+    total = PLANE_UNITS * len(planes) + PCA_UNITS
     done = 0
     try:
         kwargs = dict(request.extract)
@@ -85,29 +105,27 @@ def iter_run(request: RunRequest) -> Generator[Progress, None, RunOutput]:
             label = f"plane {idx} ({n + 1}/{len(planes)}): " if idx else ""
             image = plane_array(request.data, idx, request.channel_axis)
             gen = iter_extract(image, **kwargs)
-            while True:
-                try:
-                    ev = next(gen)
-                except StopIteration as stop:
-                    out.results[idx] = stop.value
-                    break
-                yield Progress(done + min(ev.step, 4), total, label + ev.message)
-            done += 4
+            stop = done + EXTRACT_UNITS
+            out.results[idx] = yield from relay(gen, done, stop, total, prefix=label)
+            done = stop
         pca = request.pca
         if pca is None:
-            yield Progress(done, total, "fitting PCA")
+            yield Progress(done, total, "fitting PCA", stage="pca")
             pca = fit_stack_pca(out.results.values())
-        done += 1
+        done += PCA_UNITS
         out.pca = pca
-        for n, (idx, res) in enumerate(out.results.items()):
+        for idx, res in out.results.items():
             label = f"plane {idx}: " if idx else ""
-            yield Progress(done, total, label + "PCA colours")
+            yield Progress(done, total, label + "PCA colours", stage="colours")
             res.pca = pca
             out.colours[idx] = plane_colours(res, pca)
-            done += 1
-            yield Progress(done, total, label + "feature norms (for similarity clicks)")
+            done += COLOUR_UNITS
+            yield Progress(
+                done, total, label + "feature norms (for similarity clicks)", stage="norms"
+            )
             res.field.norms()
-            done += 1
+            done += NORM_UNITS
+        yield Progress(done, total, "done", stage="done")
     except Exception as exc:  # noqa: BLE001 - reported by the caller, never raised into Qt
         # (MemoryError and torch's OutOfMemoryError are Exceptions too)
         out.error = exc

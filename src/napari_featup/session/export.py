@@ -1,4 +1,4 @@
-"""Export the features shown for one plane (the widget's Export button)."""
+"""Export the features shown for one plane (the widget's Export button; no Qt)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import META_KEY
 from ..io import save_arrays
-from ..layers import META_KEY, FeatureStack, Index
+from .geometry import Index
+from .stack import FeatureStack
 
 
 def export_stack_plane(

@@ -4,6 +4,6 @@ from .._triton_guard import guard_triton
 
 guard_triton()  # before anything imports torch._dynamo (see _triton_guard)
 
-from ._dock import FeatUpWidget  # noqa: E402
+from .dock import FeatUpWidget  # noqa: E402
 
 __all__ = ["FeatUpWidget"]

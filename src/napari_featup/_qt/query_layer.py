@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..errors import META_KEY
+
 QUERY_NAME = "FeatUp query"
 SIGNS = ("positive", "negative")
 COLOURS = {"positive": "#33dd55", "negative": "#ff33cc"}
@@ -41,7 +43,7 @@ def make_query_layer(viewer: Any, image_layer: Any) -> Any:
         size=max(size, 1.0),
         scale=image_layer.scale,
         translate=image_layer.translate,
-        metadata={"napari_featup": {"layer": "query", "source_layer": image_layer.name}},
+        metadata={META_KEY: {"layer": "query", "source_layer": image_layer.name}},
     )
     return layer
 
@@ -55,6 +57,7 @@ def set_next_sign(layer: Any, sign: str) -> None:
 
 
 def point_signs(layer: Any) -> list[str]:
+    """Sign of each point ("positive" where the feature is missing or unknown)."""
     if "sign" not in layer.features or len(layer.features) != len(layer.data):
         return ["positive"] * len(layer.data)
     return [str(s) if str(s) in SIGNS else "positive" for s in layer.features["sign"]]

@@ -1,0 +1,323 @@
+"""The "FeatUp" dock widget: settings, Run/Cancel, similarity query and export.
+
+Thin by design: it composes the panels (:mod:`.settings_panel`,
+:mod:`.similarity_panel`, :mod:`.export_panel`), turns the settings into a checked
+run with :func:`~napari_featup.session.request.plan_run`, hands the request to the
+:class:`~.runner.JobController` (a napari thread worker) and puts the returned
+features into the viewer, on the GUI thread, through a
+:class:`~napari_featup.session.stack.FeatureStack`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+
+from ..errors import ImageError, SettingsError
+from ..progress import Progress
+from ..session.geometry import Index, current_plane
+from ..session.messages import explain
+from ..session.request import PlannedRun, plan_run
+from ..session.run import RunOutput, progress_text
+from ..session.stack import FeatureStack
+from . import query_layer as _query
+from .export_panel import ExportPanel
+from .runner import JobController
+from .settings_panel import SettingsPanel
+from .similarity_panel import SimilarityPanel
+from .viewer_layers import input_image_layers, is_alive, layer_by_uid, upsert_layer
+
+#: panel controls also reachable on the dock (scripts, tests and the demo use them)
+_CONTROLS = {
+    "settings_panel": (
+        "image_combo backbone_combo upsampler_combo upsampler_weights upsampler_options "
+        "weights_combo weights_path random_warning device_combo precision_combo norm_combo "
+        "channel_axis_combo channels_edit slices_combo follow_slider"
+    ),
+    "similarity_panel": "threshold_spin positive_radio negative_radio",
+    "export_panel": "export_button export_highres",
+}
+
+
+class FeatUpWidget(QWidget):
+    """Compute backbone features of an image layer; show PCA and similarity layers.
+
+    Signals for scripts and tests: ``run_finished(status)`` after a run's layers are
+    in the viewer (status ``done``, ``error`` or ``cancelled``), ``similarity_updated``
+    after the similarity layer changed.
+    """
+
+    run_finished = Signal(str)
+    similarity_updated = Signal()
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.jobs = JobController(self)
+        #: FeatureStack per image layer (keyed by layer.unique_id), the latest run's
+        self.stacks: dict[Any, FeatureStack] = {}
+        self.last_error: str | None = None
+
+        self.settings_panel = SettingsPanel()
+        self.similarity_panel = SimilarityPanel(self.viewer, self._current, self.notify_error)
+        self.export_panel = ExportPanel(self.viewer, self._current, self.notify_error)
+        self.run_button = QPushButton("Run")
+        self.cancel_button = QPushButton("Cancel")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        outer = QVBoxLayout(self)
+        outer.addWidget(self.settings_panel)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        outer.addLayout(buttons)
+        outer.addWidget(self.status)
+        outer.addWidget(self.similarity_panel)
+        outer.addWidget(self.export_panel)
+        outer.addStretch(1)
+        for panel, names in _CONTROLS.items():
+            for name in names.split():
+                setattr(self, name, getattr(getattr(self, panel), name))
+
+        self.run_button.clicked.connect(lambda: self.run())
+        self.cancel_button.clicked.connect(self.cancel)
+        self.settings_panel.changed.connect(self._update_controls)
+        self.similarity_panel.similarity_updated.connect(self.similarity_updated)
+        self.jobs.started.connect(self._update_controls)
+        self.jobs.progressed.connect(self._on_progress)
+        self._connect_viewer()
+        self._refresh_images()
+
+    def _connect_viewer(self) -> None:
+        ev = self.viewer.layers.events
+        ev.inserted.connect(self._on_layers_changed)
+        ev.removed.connect(self._on_layers_changed)
+        ev.reordered.connect(self._on_layers_changed)
+        self.viewer.dims.events.current_step.connect(self._on_slider)
+        self._click_cb = _query.ctrl_click_callback(self.similarity_panel.query_layer_for_click)
+        self.viewer.mouse_drag_callbacks.append(self._click_cb)
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt name
+        """Cancel a run and unhook the click callback when the dock closes."""
+        self.cancel()
+        if self._click_cb in self.viewer.mouse_drag_callbacks:
+            self.viewer.mouse_drag_callbacks.remove(self._click_cb)
+        super().closeEvent(event)
+
+    # -------------------------------------------------------------- images
+    def _on_layers_changed(self, event: Any = None) -> None:
+        for lyr in self.viewer.layers:  # follow renames (connect once per layer)
+            with contextlib.suppress(TypeError, ValueError, RuntimeError):  # not connected
+                lyr.events.name.disconnect(self._refresh_images)
+            lyr.events.name.connect(self._refresh_images)
+        live = {lyr.unique_id for lyr in self.viewer.layers}
+        for key in [k for k in self.stacks if k not in live]:
+            del self.stacks[key]
+        self.similarity_panel.forget_removed()
+        self._refresh_images()
+
+    def _refresh_images(self, event: Any = None) -> None:
+        # the chosen layer is followed by identity, so renaming it keeps it chosen
+        keep = self.settings_panel.image_uid()
+        self.settings_panel.set_image_layers(input_image_layers(self.viewer), keep)
+        self._update_controls()
+
+    def image_layer(self) -> Image | None:
+        """The image layer the widget works on (None when there is none)."""
+        return layer_by_uid(self.viewer, self.settings_panel.image_uid())
+
+    def set_image(self, layer: Any) -> None:
+        """Choose the image layer (by layer or name)."""
+        name = layer if isinstance(layer, str) else layer.name
+        idx = self.image_combo.findText(name)
+        if idx < 0:
+            raise ValueError(f"{name!r} is not an image layer of this viewer")
+        self.image_combo.setCurrentIndex(idx)
+
+    def current_stack(self) -> FeatureStack | None:
+        """The features of the chosen image layer (its latest run), or None."""
+        return self._current()[0]
+
+    def _current(self) -> tuple[FeatureStack | None, Image | None]:
+        layer = self.image_layer()
+        return (None if layer is None else self.stacks.get(layer.unique_id)), layer
+
+    def _update_controls(self, *_: Any) -> None:
+        running = self.jobs.running
+        self.run_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+        self.settings_panel.update_rows(self.image_layer())
+
+    def channel_axis(self) -> int | None:
+        """The axis chosen under Channel axis (None: no channel axis)."""
+        return self.settings_panel.channel_axis()
+
+    # ----------------------------------------------------------------- run
+    def settings(self) -> dict:
+        """The run settings as :func:`~napari_featup.pipeline.iter_extract` keywords
+        (without the image-specific contrast limits); SettingsError when unusable."""
+        return self.settings_panel.run_settings().extract_kwargs()
+
+    def notify_error(self, message: str) -> None:
+        """Show ``message`` (status line and a notification) and keep it in
+        ``last_error``."""
+        self.last_error = message
+        self.status.setText(message.splitlines()[0])
+        show_error(message)
+
+    def run(self, planes: list[Index] | None = None, add_to_stack: bool = False) -> bool:
+        """Start computing features (of the displayed plane, all planes, or ``planes``).
+
+        Returns False, with a notification saying why, when nothing was started
+        (a run in progress, no image layer, bad settings, nothing left to compute).
+        """
+        if self.jobs.running:
+            show_info("FeatUp is already running: wait for it or press Cancel.")
+            return False
+        self.last_error = None
+        layer = self.image_layer()
+        active = self.viewer.layers.selection.active
+        labels = next((lyr.name for lyr in self.viewer.layers if isinstance(lyr, Labels)), None)
+        if isinstance(active, Labels):
+            labels = active.name
+        try:
+            plan = plan_run(
+                self.settings_panel.run_settings(),
+                layer,
+                world_point=self.viewer.dims.point,
+                planes=planes,
+                stack=None if layer is None else self.stacks.get(layer.unique_id),
+                add_to_stack=add_to_stack,
+                labels_name=labels,
+            )
+        except (SettingsError, ImageError) as exc:  # what the user can change; else a bug
+            self.notify_error(explain(exc))
+            return False
+        if plan is None:
+            return False
+
+        def done(status: str, out: RunOutput | None) -> None:
+            self._on_run_done(status, out, layer, plan)
+
+        self.status.setText("starting…")
+        started = self.jobs.start(plan.request, on_done=done)
+        self._update_controls()
+        return started
+
+    def cancel(self) -> None:
+        """Stop the run at its next step; nothing it computed is shown."""
+        if self.jobs.running:
+            self.status.setText("cancelling…")
+            self.jobs.cancel()
+
+    def _on_progress(self, ev: Progress) -> None:
+        self.status.setText(progress_text(ev))
+
+    def _on_run_done(
+        self, status: str, out: RunOutput | None, layer: Image, plan: PlannedRun
+    ) -> None:
+        try:
+            if status == "cancelled":
+                self.status.setText("Cancelled: the viewer is unchanged.")
+                show_info("FeatUp run cancelled; no layers were changed.")
+            elif status == "error":
+                self.notify_error(explain(out.error, f"computing features of {layer.name!r}"))
+            elif not is_alive(self.viewer, layer):
+                status = "cancelled"
+                self.status.setText(f"Layer {layer.name!r} was removed; results dropped.")
+            else:
+                self._show_results(out, layer, plan)
+        except Exception as exc:  # noqa: BLE001 - never let a result crash the viewer
+            status = "error"
+            self.notify_error(explain(exc, f"showing the features of {layer.name!r}"))
+        finally:
+            self._update_controls()
+            self.run_finished.emit(status)
+        if status == "done":
+            self._maybe_follow_slider()
+
+    def _show_results(self, out: RunOutput, layer: Image, plan: PlannedRun) -> None:
+        stack = plan.extends or FeatureStack(layer.name, plan.geometry, plan.config)
+        stack.add_planes(out.results, out.pca, out.colours)
+        self.stacks[layer.unique_id] = stack
+        for data, kwargs, ltype in stack.layer_data():
+            upsert_layer(self.viewer, data, kwargs, ltype)
+        meta = stack.metadata
+        msg = (
+            f"{layer.name}: {meta['backbone']} features {meta['grid'][0]} x "
+            f"{meta['grid'][1]} x {meta['dim']}, upsampled with {meta['upsampler']} "
+            f"({len(stack.results)} plane(s))."
+        )
+        if meta.get("random_weights"):
+            msg += " RANDOM WEIGHTS: these features mean nothing."
+            show_warning(msg)
+        self.status.setText(msg)
+        if self.similarity_panel.has_points():
+            self.update_similarity()
+        self.viewer.layers.selection.active = layer
+
+    # ------------------------------------------------- similarity and export
+    def ensure_query_layer(self) -> Any:
+        """The "FeatUp query" points layer (created over the image when missing)."""
+        return self.similarity_panel.ensure_query_layer()
+
+    def activate_query_layer(self) -> None:
+        """Select the query layer in add mode."""
+        self.similarity_panel.activate_query_layer()
+
+    def clear_points(self) -> None:
+        """Remove every query point."""
+        self.similarity_panel.clear_points()
+
+    def update_similarity(self) -> bool:
+        """Refresh "<image> similarity" from the query points (see the panel)."""
+        return self.similarity_panel.update_similarity()
+
+    def make_mask(self, threshold: float | None = None) -> Any:
+        """Labels layer "<image> similarity mask": similarity >= threshold."""
+        return self.similarity_panel.make_mask(threshold)
+
+    def export(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Export the displayed plane's features, PCA and similarity to ``path``
+        (.zarr, .npz, .tif or .npy). Raises FileExistsError unless ``overwrite``."""
+        return self.export_panel.export(path, overwrite=overwrite)
+
+    @property
+    def query_layer(self) -> Any:
+        """The "FeatUp query" points layer, or None before the first point."""
+        return self.similarity_panel.query_layer
+
+    # -------------------------------------------------------------- slider
+    def _displayed_plane(self, stack: FeatureStack, layer: Image) -> Index:
+        ca = stack.config.get("channel_axis")
+        return current_plane(layer, stack.geometry, self.viewer.dims.point, ca)
+
+    def _on_slider(self, event: Any = None) -> None:
+        stack, layer = self._current()
+        if stack is None or layer is None or not stack.geometry.leading:
+            return
+        plane = self._displayed_plane(stack, layer)
+        if plane in stack.results:
+            self.similarity_panel.refresh_plane(stack, plane)
+        else:
+            self._maybe_follow_slider()
+
+    def _maybe_follow_slider(self) -> None:
+        stack, layer = self._current()
+        if (
+            stack is None
+            or layer is None
+            or not stack.geometry.leading
+            or not self.follow_slider.isChecked()
+            or self.jobs.running
+        ):
+            return
+        plane = self._displayed_plane(stack, layer)
+        if plane not in stack.results:
+            self.run(planes=[plane], add_to_stack=True)

@@ -1,0 +1,248 @@
+"""The settings form: image, backbone, upsampler, weights, device, preprocessing, slices.
+
+It shows a :class:`~napari_featup.session.request.RunSettings` and reads one back
+(:meth:`SettingsPanel.run_settings`); checking and parsing happen there, not here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QWidget,
+)
+
+from ..backbones import get_spec, list_backbones
+from ..session.geometry import layer_shape
+from ..session.request import RunSettings, options_hint
+from ..upsamplers import describe_upsamplers, upsampler_options
+
+WEIGHTS = {
+    "pretrained": "pretrained (download / cache)",
+    "file": "local file…",
+    "random": "random (untrained: demo and tests only)",
+}
+NORMALISATIONS = {
+    "contrast_limits": "layer contrast limits",
+    "percentile": "percentiles 0.5–99.5",
+    "minmax": "min–max",
+}
+SLICES = {"displayed": "displayed slice", "all": "all slices"}
+
+
+def _devices() -> list[str]:
+    import torch
+
+    out = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        out += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        out.append("mps")
+    return out
+
+
+def _combo(items: dict[str, str] | list[str], tips: dict[str, str] | None = None) -> QComboBox:
+    combo = QComboBox()
+    for key in items:
+        if isinstance(items, dict):
+            combo.addItem(items[key], key)
+        else:
+            combo.addItem(key, key)
+        if tips and key in tips:
+            combo.setItemData(combo.count() - 1, tips[key], Qt.ToolTipRole)
+    return combo
+
+
+class SettingsPanel(QWidget):
+    """The run settings form. ``changed`` fires when a choice that changes which rows
+    are shown (image, weights, channel axis) changes."""
+
+    changed = Signal()
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        form = QFormLayout(self)
+        form.setContentsMargins(0, 0, 0, 0)
+        defaults = RunSettings()
+
+        self.image_combo = QComboBox()
+        self.image_combo.setToolTip("Image layer to compute features of")
+        form.addRow("Image", self.image_combo)
+
+        names = list_backbones()
+        self.backbone_combo = _combo(names, {n: get_spec(n).description for n in names})
+        self.backbone_combo.setCurrentText(defaults.backbone)
+        form.addRow("Backbone", self.backbone_combo)
+
+        ups = describe_upsamplers()
+        self.upsampler_combo = _combo(list(ups), ups)
+        self.upsampler_combo.setCurrentText(defaults.upsampler)
+        form.addRow("Upsampler", self.upsampler_combo)
+        self.upsampler_weights = QLineEdit()
+        self.upsampler_weights.setPlaceholderText("optional: upsampler checkpoint file")
+        self.upsampler_weights.setToolTip(
+            "A local checkpoint for upsamplers with weights (e.g. a FeatUp JBU .ckpt); "
+            "empty: the upsampler's default (its published checkpoint, cached)"
+        )
+        form.addRow("", self.upsampler_weights)
+        self.upsampler_options = QLineEdit()
+        self.upsampler_options.setToolTip(
+            "Options of the chosen upsampler: KEY=VALUE items separated by commas, e.g. "
+            "settings=featup, steps=1200 for featup-implicit. Empty: its defaults (shown "
+            "greyed). `napari-featup list` lists every upsampler's options."
+        )
+        # each upsampler keeps the options typed for it
+        self._option_texts: dict[str, str] = {}
+        self._options_for = self.upsampler_combo.currentText()
+        form.addRow("Options", self.upsampler_options)
+
+        self.weights_combo = _combo(WEIGHTS)
+        self.weights_combo.setCurrentIndex(self.weights_combo.findData(defaults.weights))
+        self.weights_path = QLineEdit()
+        self.weights_path.setPlaceholderText("weights file (.safetensors, .pth, .bin)")
+        self.weights_browse = QPushButton("…")
+        self.weights_browse.setMaximumWidth(30)
+        self.weights_file_row = QWidget()
+        row = QHBoxLayout(self.weights_file_row)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.weights_path)
+        row.addWidget(self.weights_browse)
+        form.addRow("Weights", self.weights_combo)
+        form.addRow("", self.weights_file_row)
+        self.random_warning = QLabel(
+            "⚠ Random weights: features are meaningless. For trying the plugin only."
+        )
+        self.random_warning.setWordWrap(True)
+        self.random_warning.setStyleSheet("color: #ffaa33; font-weight: bold")
+        form.addRow(self.random_warning)
+
+        self.device_combo = _combo(_devices())
+        form.addRow("Device", self.device_combo)
+        self.precision_combo = _combo(["float32", "bfloat16", "float16"])
+        self.precision_combo.setToolTip("float16 needs a GPU")
+        form.addRow("Precision", self.precision_combo)
+        self.norm_combo = _combo(NORMALISATIONS)
+        self.norm_combo.setToolTip("How intensities are mapped to [0, 1] before the backbone")
+        form.addRow("Normalisation", self.norm_combo)
+
+        self.channel_axis_combo = QComboBox()
+        self.channel_axis_combo.setToolTip(
+            "For a multichannel layer: the axis holding channels (otherwise a stack axis)"
+        )
+        self.channels_edit = QLineEdit()
+        self.channels_edit.setPlaceholderText("e.g. 0,1,2 (R,G,B) or 1 (grey)")
+        self.channels_edit.setToolTip(
+            "Which channels feed the backbone's R, G and B inputs: three indices, or "
+            "one index used as grey. Empty: RGB as is, grey repeated, other counts averaged."
+        )
+        self.channel_axis_label = QLabel("Channel axis")
+        self.channels_label = QLabel("Channels → RGB")
+        form.addRow(self.channel_axis_label, self.channel_axis_combo)
+        form.addRow(self.channels_label, self.channels_edit)
+
+        self.slices_combo = _combo(SLICES)
+        self.follow_slider = QCheckBox("compute slices as the slider moves")
+        self.follow_slider.setChecked(defaults.follow_slider)
+        self.slices_label = QLabel("Slices")
+        form.addRow(self.slices_label, self.slices_combo)
+        form.addRow("", self.follow_slider)
+
+        self.upsampler_combo.currentIndexChanged.connect(self._upsampler_changed)
+        self._upsampler_changed()
+        self.weights_browse.clicked.connect(self._browse_weights)
+        for combo in (self.image_combo, self.weights_combo, self.channel_axis_combo):
+            combo.currentIndexChanged.connect(self.changed)
+
+    # -------------------------------------------------------------- the model
+    def run_settings(self) -> RunSettings:
+        """The settings as shown (text fields as typed, not yet parsed)."""
+        return RunSettings(
+            backbone=self.backbone_combo.currentText(),
+            upsampler=self.upsampler_combo.currentText(),
+            upsampler_weights=self.upsampler_weights.text(),
+            upsampler_options=self.upsampler_options.text(),
+            weights=self.weights_combo.currentData(),
+            weights_path=self.weights_path.text(),
+            device=self.device_combo.currentText(),
+            precision=self.precision_combo.currentText(),
+            scaling=self.norm_combo.currentData(),
+            channel_axis=self.channel_axis(),
+            channels=self.channels_edit.text(),
+            slices=self.slices_combo.currentData(),
+            follow_slider=self.follow_slider.isChecked(),
+        )
+
+    def channel_axis(self) -> int | None:
+        """The axis chosen under Channel axis (None: no channel axis)."""
+        i = self.channel_axis_combo.currentIndex()
+        return None if i <= 0 else i - 1
+
+    # --------------------------------------------------------------- images
+    def set_image_layers(self, layers: list[Any], keep: Any = None) -> None:
+        """Offer ``layers``; keep the one whose ``unique_id`` is ``keep`` chosen (it may
+        have been renamed), else choose the last (topmost)."""
+        self.image_combo.blockSignals(True)
+        self.image_combo.clear()
+        for lyr in layers:
+            self.image_combo.addItem(lyr.name, lyr.unique_id)
+        uids = [lyr.unique_id for lyr in layers]
+        if keep in uids:
+            self.image_combo.setCurrentIndex(uids.index(keep))
+        elif layers:
+            self.image_combo.setCurrentIndex(len(layers) - 1)
+        self.image_combo.blockSignals(False)
+
+    def image_uid(self) -> Any:
+        """``unique_id`` of the chosen image layer (None when there is none)."""
+        return self.image_combo.currentData()
+
+    # ------------------------------------------------------------- visibility
+    def update_rows(self, layer: Any) -> None:
+        """Show the rows that apply: the weights file, the random-weights warning, and
+        for ``layer`` its channel-axis, channels and slices rows."""
+        weights = self.weights_combo.currentData()
+        self.weights_file_row.setVisible(weights == "file")
+        self.random_warning.setVisible(weights == "random")
+        shape = layer_shape(layer) if layer is not None else ()
+        ndim_lead = max(0, len(shape) - 2)
+        # channel axis choices follow the layer's stack axes
+        want = ["none"] + [f"axis {i} ({shape[i]})" for i in range(ndim_lead)]
+        have = [self.channel_axis_combo.itemText(i) for i in range(self.channel_axis_combo.count())]
+        if want != have:
+            self.channel_axis_combo.blockSignals(True)
+            self.channel_axis_combo.clear()
+            self.channel_axis_combo.addItems(want)
+            self.channel_axis_combo.blockSignals(False)
+        multichannel = layer is not None and (layer.rgb or ndim_lead > 0)
+        for w in (self.channel_axis_label, self.channel_axis_combo):
+            w.setVisible(ndim_lead > 0)
+        for w in (self.channels_label, self.channels_edit):
+            w.setVisible(bool(multichannel))
+        stack = ndim_lead - (1 if self.channel_axis() is not None else 0) > 0
+        for w in (self.slices_label, self.slices_combo, self.follow_slider):
+            w.setVisible(stack)
+
+    def _upsampler_changed(self, *_: Any) -> None:
+        # each upsampler keeps the options typed for it; its defaults show greyed
+        self._option_texts[self._options_for] = self.upsampler_options.text()
+        self._options_for = self.upsampler_combo.currentText()
+        self.upsampler_options.setText(self._option_texts.get(self._options_for, ""))
+        self.upsampler_options.setEnabled(bool(upsampler_options(self._options_for)))
+        self.upsampler_options.setPlaceholderText(options_hint(self._options_for))
+
+    def _browse_weights(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Backbone weights", "", "Weights (*.safetensors *.pth *.pt *.bin);;All (*)"
+        )
+        if path:
+            self.weights_path.setText(path)
