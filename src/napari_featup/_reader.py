@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from .analysis import PCAProjection
-from .errors import META_KEY, FeatureFileError
-from .io import FORMATS, load_arrays, read_metadata
+from .errors import FeatureFileError
+from .io import FORMATS, META_KEY, load_arrays, read_metadata
 from .session.layer_data import result_layer_data
 
 

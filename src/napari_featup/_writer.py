@@ -6,8 +6,7 @@ import re
 from typing import Any
 
 from . import __version__
-from .errors import META_KEY
-from .io import save_arrays
+from .io import META_KEY, save_arrays
 
 
 def _array_name(name: str, taken: set[str]) -> str:

@@ -7,9 +7,6 @@ one, so existing ``except ValueError`` code keeps working.
 
 from __future__ import annotations
 
-#: key under which napari-featup stores its metadata (layer metadata, file attributes)
-META_KEY = "napari_featup"
-
 
 class FeatUpError(Exception):
     """Base class of every error napari-featup raises on purpose."""
@@ -44,7 +41,6 @@ class SettingsError(FeatUpError, ValueError):
 
 
 __all__ = [
-    "META_KEY",
     "BackboneError",
     "FeatUpError",
     "FeatureFileError",

@@ -26,7 +26,8 @@ import numpy as np
 from .errors import FeatureFileError  # noqa: F401  (part of this module's interface)
 
 FORMATS = (".npz", ".zarr", ".tif", ".tiff", ".npy")
-_META_KEY = "napari_featup"
+#: key under which napari-featup keeps its metadata (file attributes, layer metadata)
+META_KEY = "napari_featup"
 
 
 def _suffix(path: Path) -> str:
@@ -129,7 +130,7 @@ def _write_zarr(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
         chunks = tuple(min(s, c) for s, c in zip(arr.shape, (64,) + (512,) * (arr.ndim - 1)))
         z = group.create_array(name, shape=arr.shape, dtype=arr.dtype, chunks=chunks)
         z[...] = arr
-    group.attrs[_META_KEY] = json.loads(_dumps(meta))
+    group.attrs[META_KEY] = json.loads(_dumps(meta))
 
 
 def _write_tif(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
@@ -167,7 +168,7 @@ def read_metadata(path: str | os.PathLike) -> dict:
         if suffix == ".zarr":
             import zarr
 
-            return dict(zarr.open_group(str(path), mode="r").attrs.get(_META_KEY, {}))
+            return dict(zarr.open_group(str(path), mode="r").attrs.get(META_KEY, {}))
         if suffix in (".tif", ".tiff"):
             import tifffile
 

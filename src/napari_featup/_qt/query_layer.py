@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..errors import META_KEY
+from ..io import META_KEY
 
 QUERY_NAME = "FeatUp query"
 SIGNS = ("positive", "negative")

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from napari.layers import Image
 
-from ..errors import META_KEY
+from ..io import META_KEY
 from ..session.stack import FeatureStack
 
 #: () -> (the current image's stack or None, the current image layer or None)

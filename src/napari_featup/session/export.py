@@ -6,8 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import META_KEY
-from ..io import save_arrays
+from ..io import META_KEY, save_arrays
 from .geometry import Index
 from .stack import FeatureStack
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..analysis import PCAProjection, fit_pca
-from ..errors import META_KEY
+from ..io import META_KEY
 
 #: layer-name suffixes; the full name is "<image> <suffix>"
 LOWRES_SUFFIX = "PCA low-res"

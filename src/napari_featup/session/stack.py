@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..analysis import PCAProjection, fit_pca, make_query
-from ..errors import META_KEY
+from ..io import META_KEY
 from ..pipeline import FeatureResult
 from .geometry import Index, PlaneGeometry
 from .layer_data import (
