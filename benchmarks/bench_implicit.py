@@ -41,7 +41,8 @@ import numpy as np
 import torch
 
 from napari_featup import load_backbone
-from napari_featup.implicit import ImplicitFitter, _as_image_tensor, resolve_config
+from napari_featup.upsamplers.implicit import ImplicitFitter, resolve_config
+from napari_featup.upsamplers.implicit.fit import as_image_tensor
 
 
 def test_image(size: int) -> np.ndarray:
@@ -175,7 +176,7 @@ def main(argv=None):
     ap.add_argument(
         "--fast-from",
         default=None,
-        help="JSON from an earlier --out: reuse its fast curve (same settings) instead of rerunning it",
+        help="JSON from an earlier --out: reuse its fast curve (same settings), not rerun it",
     )
     ap.add_argument(
         "--retime-reference",
@@ -213,7 +214,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     bb = load_backbone(args.backbone, weights="random", device=dev)
-    x = _as_image_tensor(test_image(args.size))
+    x = as_image_tensor(test_image(args.size))
     print(
         f"image: astronaut {args.size}x{args.size}; backbone {args.backbone} with RANDOM weights "
         f"(no pretrained weights here); device {dev}; torch threads {torch.get_num_threads()}; "
@@ -225,7 +226,8 @@ def main(argv=None):
     fast = resolve_config("fast", views=args.fast_views, steps=args.fast_steps, **fast_over)
     reduced = (featup.views, featup.steps) != (3000, 1200) or args.featup_time_limit
     print(
-        f"featup settings: views={featup.views} steps={featup.steps} batch={featup.batch} lr={featup.lr}"
+        f"featup settings: views={featup.views} steps={featup.steps} "
+        f"batch={featup.batch} lr={featup.lr}"
         + (
             "  (REDUCED budget; FeatUp's own: 3000 views, 1200 steps)"
             if reduced
@@ -334,7 +336,8 @@ def main(argv=None):
         else:
             print(
                 f"  {r['name']:>8}: reached it at {t:.1f} s (step {step}); views featurised in "
-                f"{r['view_seconds']:.1f} s; final loss {r['curve'][-1]['loss']:.4f} at {total:.1f} s"
+                f"{r['view_seconds']:.1f} s; final loss {r['curve'][-1]['loss']:.4f} "
+                f"at {total:.1f} s"
             )
     t_fast, _ = time_to(results[1]["curve"], level)
     if t_fast:

@@ -39,7 +39,7 @@ def child_fit(size: int, settings: str, steps: int) -> dict:
 
     torch.set_num_threads(1)
     from napari_featup import load_backbone
-    from napari_featup.implicit import fit_implicit
+    from napari_featup.upsamplers.implicit import fit_implicit
 
     bb = load_backbone("dinov2", weights="random", device="cpu")
     img = _image(size, size)

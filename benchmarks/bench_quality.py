@@ -40,8 +40,8 @@ import torch.nn.functional as F
 
 from napari_featup import synthetic as syn
 from napari_featup.backbones import pad_to_stride
-from napari_featup.implicit import ImplicitFitter, resolve_config
 from napari_featup.upsamplers import list_upsamplers, load_upsampler, parse_options
+from napari_featup.upsamplers.implicit import ImplicitFitter, resolve_config
 
 FIXTURE = Path("/work/shared/fixtures/featup-jbu/dinov2.ckpt")
 METRICS = ["cos", "boundary_err", "thin_iou", "miou", "lowres_err"]

@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_featup.backbones import Backbone, get_spec
-from napari_featup.implicit import _as_image_tensor, fit_implicit
 from napari_featup.upsamplers import channel_norm, resize_bilinear
+from napari_featup.upsamplers.implicit import fit_implicit
+from napari_featup.upsamplers.implicit.fit import as_image_tensor
 
 
 class PixelFeatures(nn.Module):
@@ -75,7 +76,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     bb = PooledBackbone().eval()
-    x = _as_image_tensor(scene(args.size))
+    x = as_image_tensor(scene(args.size))
     with torch.no_grad():
         truth = channel_norm(bb.model(x))
         low = channel_norm(bb(x))

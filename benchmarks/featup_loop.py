@@ -19,7 +19,7 @@ written from that script, ``layers.py``, ``downsamplers.py`` and
 
 Only the time is used: parameters and targets are random. The loss curve of FeatUp's
 settings comes from this package's fitter (same model, loss and settings), whose
-arithmetic is cheaper (see ``napari_featup.implicit``).
+arithmetic is cheaper (see ``napari_featup.upsamplers.implicit``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_featup.implicit import _gaussian_blur as _blur  # 5-tap Gaussian, sigma 1, reflect
+from napari_featup.ops import gaussian_blur5 as _blur  # 5-tap Gaussian, sigma 1, reflect
 
 
 class _ChannelNorm(nn.Module):

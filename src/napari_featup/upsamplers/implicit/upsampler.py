@@ -1,6 +1,6 @@
 """FeatUp's implicit upsampler in the pipeline: fit per image, then render any rows.
 
-``iter_fit(lowres, image)`` fits :mod:`napari_featup.implicit`'s model to the image
+``iter_fit(lowres, image)`` fits the implicit model (:mod:`.fit`) to the image
 (yielding progress, cancelled by stopping iteration); ``upsample(lowres, image, rows)``
 renders only the requested rows (the model is per pixel, so bands are exact and need
 no halo). Not channel-linear. Memory: the fit runs at most at ``max_fit_pixels``
@@ -11,32 +11,70 @@ rendered at full size with full-resolution colours); rendering works in row tile
 from __future__ import annotations
 
 import dataclasses
-import typing
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from ..backbones import Backbone, load_backbone
-from ..errors import UpsamplerError
-from ..implicit import ImplicitConfig, ImplicitFeatures, iter_fit_implicit, resolve_config
-from ..progress import Progress
-from ._registry import register_upsampler
-from .base import Upsampler
+from ...backbones import Backbone, load_backbone
+from ...errors import ImageError, UpsamplerError
+from ...progress import Progress
+from .._registry import register_upsampler
+from ..base import Upsampler
+from .config import ImplicitConfig, resolve_config
+from .features import ImplicitFeatures
+from .fit import iter_fit_implicit
 
-_CONFIG_TYPES = typing.get_type_hints(ImplicitConfig)
-#: ``settings`` names a preset; every other field overrides it (None: the preset's value)
-ImplicitOptions = dataclasses.make_dataclass(
-    "ImplicitOptions",
-    [
-        ("settings", str, dataclasses.field(default="fast")),
-        ("seed", int, dataclasses.field(default=0)),
-    ]
-    + [
-        (f.name, _CONFIG_TYPES[f.name] | None, dataclasses.field(default=None))
-        for f in dataclasses.fields(ImplicitConfig)
-    ],
-    frozen=True,
-)
+
+@dataclass(frozen=True)
+class ImplicitOptions:
+    """Options of ``featup-implicit``: a preset and overrides of its fields.
+
+    ``settings`` names a preset of :data:`~.config.SETTINGS` (``"fast"``, ``"preview"``,
+    ``"featup"``); ``seed`` seeds the fit. Every other field is the
+    :class:`~.config.ImplicitConfig` field of the same name, and None (the default)
+    keeps the preset's value. Values are checked when the options are made
+    (:class:`UpsamplerError` naming the field).
+    """
+
+    settings: str = "fast"
+    seed: int = 0
+    views: int | None = None
+    steps: int | None = None
+    batch: int | None = None
+    lr: float | None = None
+    schedule: str | None = None
+    lr_floor: float | None = None
+    warmup: int | None = None
+    n_freqs: int | None = None
+    proj_dim: int | None = None
+    pca_views: int | None = None
+    max_pad: int | None = None
+    max_zoom: float | None = None
+    flips: bool | None = None
+    dropout: float | None = None
+    attn_dropout: float | None = None
+    logit_mask: float | None = None
+    mag_weight: float | None = None
+    mag_tv_weight: float | None = None
+    blur_pin: float | None = None
+    cells: int | None = None
+    view_batch: int | None = None
+    max_fit_pixels: int | None = None
+
+    def __post_init__(self) -> None:
+        self.config()  # range checks now, so a bad value fails before any work
+
+    def overrides(self) -> dict[str, Any]:
+        """The :class:`ImplicitConfig` fields given (not None)."""
+        opts = dataclasses.asdict(self)
+        del opts["settings"], opts["seed"]
+        return {k: v for k, v in opts.items() if v is not None}
+
+    def config(self) -> ImplicitConfig:
+        """The preset with the overrides applied, checked."""
+        return resolve_config(self.settings, **self.overrides())
 
 
 @register_upsampler(
@@ -66,7 +104,17 @@ class ImplicitUpsampler(Upsampler):
         self._fitted_on: tuple | None = None
 
     @classmethod
-    def build(cls, options, *, backbone=None, use_norm=True, weights=None, device=None):
+    def build(
+        cls,
+        options: ImplicitOptions,
+        *,
+        backbone: Backbone | str | None = None,
+        use_norm: bool = True,
+        weights: Any = None,
+        device: torch.device | str | None = None,
+    ) -> ImplicitUpsampler:
+        """Make it from registry options; ``backbone`` (an object or a name) is required
+        and ``weights`` refused (the model is fitted to each image)."""
         if weights is not None:
             raise UpsamplerError(
                 "featup-implicit has no pretrained weights (it is fitted to each image); "
@@ -79,10 +127,7 @@ class ImplicitUpsampler(Upsampler):
                 "featup-implicit needs the backbone it fits to: pass backbone=<Backbone> "
                 f"(from load_backbone) or a backbone name, got {backbone!r}"
             )
-        opts = dataclasses.asdict(options)
-        settings, seed = opts.pop("settings"), opts.pop("seed")
-        config = resolve_config(settings, **opts)
-        return cls(backbone, config, seed=seed, use_norm=use_norm)
+        return cls(backbone, options.config(), seed=options.seed, use_norm=use_norm)
 
     def _key(self, lowres: torch.Tensor, image: torch.Tensor) -> tuple:
         return (
@@ -94,11 +139,11 @@ class ImplicitUpsampler(Upsampler):
 
     def _check(self, lowres: torch.Tensor, image: torch.Tensor) -> None:
         if image.ndim != 4 or image.shape[:2] != (1, 3):
-            raise ValueError(
+            raise ImageError(
                 f"featup-implicit takes one (1, 3, H, W) image, got {tuple(image.shape)}"
             )
         if lowres.ndim != 4 or lowres.shape[0] != 1 or lowres.shape[1] != self.backbone.dim:
-            raise ValueError(
+            raise UpsamplerError(
                 f"featup-implicit was made for backbone {self.backbone.name!r} "
                 f"({self.backbone.dim} channels); got low-res features of shape "
                 f"{tuple(lowres.shape)}"
@@ -121,20 +166,15 @@ class ImplicitUpsampler(Upsampler):
         )
         try:
             while True:
-                ev = next(gen)
-                stage = (
-                    "featurising jittered views"
-                    if ev.loss != ev.loss
-                    else f"fitting, loss {ev.loss:.4f}"
-                )
-                yield Progress(
-                    ev.done, ev.total, f"implicit fit: {stage}", stage="fit", loss=ev.loss
-                )
-        except StopIteration as stop:
-            self.features = stop.value
-            self._fitted_on = key
+                try:
+                    ev = next(gen)
+                except StopIteration as stop:
+                    self.features = stop.value
+                    self._fitted_on = key
+                    return
+                yield ev._replace(message=f"implicit fit: {ev.message}", stage="fit")
         finally:
-            gen.close()
+            gen.close()  # a consumer that stopped early cancels the fit here
 
     def _fitted(self, lowres: torch.Tensor, image: torch.Tensor) -> ImplicitFeatures:
         self._check(lowres, image)
@@ -144,6 +184,7 @@ class ImplicitUpsampler(Upsampler):
         return self.features
 
     def forward(self, lowres: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """The whole rendered output (fits first if needed); see :meth:`upsample`."""
         return self.upsample(lowres, image)
 
     def upsample(
@@ -154,7 +195,9 @@ class ImplicitUpsampler(Upsampler):
         size = tuple(int(v) for v in image.shape[-2:])
         return feats.render(size, rows=rows, image=image.float())
 
-    def factors(self, lowres: torch.Tensor, image: torch.Tensor, rows: slice | None = None):
+    def factors(
+        self, lowres: torch.Tensor, image: torch.Tensor, rows: slice | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(Z (1, P, R, W) PCA coordinates, A (C, P), m (C,)): output = A Z + m."""
         feats = self._fitted(lowres, image)
         size = tuple(int(v) for v in image.shape[-2:])
@@ -162,6 +205,7 @@ class ImplicitUpsampler(Upsampler):
         return z, feats.components.T, feats.mean
 
     def extra_metadata(self) -> dict:
+        """The resolved settings and seed, and the fit's size, steps and final loss."""
         info = {"settings": self.config.to_dict(), "seed": self.seed}
         if self.features is not None:
             f = self.features
@@ -174,3 +218,6 @@ class ImplicitUpsampler(Upsampler):
                 }
             )
         return info
+
+
+__all__ = ["ImplicitOptions", "ImplicitUpsampler"]
