@@ -81,6 +81,7 @@ class ImplicitOptions:
     "featup-implicit",
     description="FeatUp's implicit model, fitted to each image (slow: seconds to minutes)",
     options=ImplicitOptions,
+    # ours, not FeatUp's (its implicit config says use_norm: false): docs/implicit.md
     default_use_norm=True,
 )
 class ImplicitUpsampler(Upsampler):
