@@ -39,6 +39,7 @@ from dataclasses import replace
 
 import numpy as np
 import torch
+from _harness import header
 
 from napari_featup import load_backbone
 from napari_featup.upsamplers.implicit import ImplicitFitter, resolve_config
@@ -213,6 +214,7 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
+    print(header("bench_implicit: held-out loss vs time, featup against fast", device=str(dev)))
     bb = load_backbone(args.backbone, weights="random", device=dev)
     x = as_image_tensor(test_image(args.size))
     print(

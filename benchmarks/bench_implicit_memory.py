@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 
-from _memory import peak_rss_mb, rss_mb
+from _harness import header, peak_rss_mb, rss_mb
 
 
 def _image(h: int, w: int):
@@ -112,6 +112,7 @@ def main() -> None:
         fn = child_fit if case == "fit" else child_field
         print(json.dumps(fn(int(size), settings, int(steps))))
         return
+    print(header("bench_implicit_memory: peak RSS of implicit fits (children on 1 thread)"))
     cases = [("fit", s, st) for st in args.settings for s in args.sizes]
     if args.field_size:
         cases.append(("field", args.field_size, "preview"))

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _harness import header
 
 from napari_featup import synthetic as syn
 from napari_featup.backbones import pad_to_stride
@@ -174,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    print(header("bench_quality: upsamplers against a synthetic scene's truth", weights="none"))
 
     t0 = time.perf_counter()
     scenes = [syn.make_scene(args.size, seed=s, dim=args.dim, noise=args.noise) for s in args.seeds]

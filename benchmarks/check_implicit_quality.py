@@ -18,6 +18,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from _harness import header
 from torch import nn
 
 from napari_featup.backbones import Backbone, get_spec
@@ -75,6 +76,7 @@ def main(argv=None):
     ap.add_argument("--set", default=None, help="JSON dict of ImplicitConfig overrides")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    print(header("check_implicit_quality", weights="synthetic pooled backbone (no weights)"))
     bb = PooledBackbone().eval()
     x = as_image_tensor(scene(args.size))
     with torch.no_grad():
