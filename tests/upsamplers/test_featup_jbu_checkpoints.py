@@ -154,3 +154,9 @@ def test_published_checkpoint_reused_from_cache(jbu_dir, tmp_path, monkeypatch):
         load_upsampler("featup-jbu", backbone="dino16")
     assert set(J.FEATUP_CHECKPOINTS) == {"dino16", "dinov2", "clip", "vit", "resnet50", "maskclip"}
     assert J.FEATUP_CHECKPOINTS["maskclip"] == (False,)
+
+
+def test_default_use_norm_is_the_tables_first_setting():
+    assert J.default_use_norm("dinov2") is True and J.default_use_norm("MaskCLIP") is False
+    with pytest.raises(WeightsUnavailableError, match="no JBU checkpoint for backbone 'x'"):
+        J.default_use_norm("x")
