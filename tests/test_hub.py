@@ -1,10 +1,15 @@
+import importlib.util
+import inspect
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 from napari_featup import hub, weights
-from napari_featup.upsamplers.featup_jbu import featup_checkpoint_path
+from napari_featup.upsamplers.featup_jbu import FEATUP_CHECKPOINTS, featup_checkpoint_path
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_hub_model_is_backbone_norm_and_jbu(tmp_path, fixtures_dir, monkeypatch):
@@ -33,16 +38,38 @@ def test_hub_random_and_unknown():
         hub.load("dinov2-b")
 
 
-def test_hubconf_entry_points():
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(
-        "hubconf", Path(__file__).resolve().parents[1] / "hubconf.py"
-    )
+def _hubconf():
+    spec = importlib.util.spec_from_file_location("hubconf", REPO / "hubconf.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+def test_hubconf_entry_points():
+    mod = _hubconf()
     for name in hub.HUB_MODELS:
         assert callable(getattr(mod, name))
     m = mod.vit(pretrained=False)
     assert isinstance(m, hub.UpsampledBackbone) and m.dim == 384
+
+
+def test_hub_models_are_the_featup_checkpoint_table():
+    # hubconf.py's entry points are made from the one table: the names torch.hub lists
+    # (public callables of the module), their defaults and docstrings follow it
+    assert tuple(FEATUP_CHECKPOINTS) == hub.HUB_MODELS
+    mod = _hubconf()
+    listed = {n for n in dir(mod) if callable(getattr(mod, n)) and not n.startswith("_")}
+    assert listed == set(FEATUP_CHECKPOINTS)
+    for name, norms in FEATUP_CHECKPOINTS.items():
+        fn = getattr(mod, name)
+        params = inspect.signature(fn).parameters
+        assert fn.__name__ == name and f"FeatUp's {name} hub model" in fn.__doc__
+        assert list(params) == ["pretrained", "use_norm"]
+        assert params["pretrained"].default is True and params["use_norm"].default is norms[0]
+    assert mod.maskclip.__defaults__ == (True, False)  # FeatUp published maskclip no_norm only
+
+
+def test_torch_hub_loads_hubconf_locally():
+    m = torch.hub.load(str(REPO), "dino16", source="local", pretrained=False, use_norm=False)
+    assert isinstance(m, hub.UpsampledBackbone) and not m.training
+    assert m.upsampler.use_norm is False and m.model.backbone.weights == "random"
