@@ -12,7 +12,7 @@ on the weights):
   tile consumed into a per-pixel norm map, as the plugin's ``FeatureField`` does).
 
 Method: every measurement runs in a fresh subprocess. CPU peak memory is the rise of
-the process's peak resident set (``VmHWM``, see ``_memory.py``) over
+the process's peak resident set (``VmHWM``, see ``_harness.py``) over
 its resident set (``/proc/self/statm``) just before the first call (after a warm-up on
 a tiny grid that loads the BLAS code), i.e. what the call adds, output included; time
 is the best of that first call and ``--repeat`` more, as wall time and as process
@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 
-from _memory import peak_rss_mb, rss_mb
+from _harness import RANDOM_WEIGHTS, header, peak_rss_mb, rss_mb
 
 DIM = 384
 
@@ -182,10 +182,9 @@ def main() -> None:
     import torch
 
     base = {"device": args.device, "repeat": args.repeat, "threads": args.threads}
-    print(
-        f"FeatUp JBU stack, {DIM} channels, device {args.device}, torch {torch.__version__}, "
-        f"threads {args.threads or torch.get_num_threads()}"
-    )
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(header(f"FeatUp JBU stack, {DIM} channels", RANDOM_WEIGHTS, args.device))
     print(
         "peak = rise of peak RSS over RSS before the call (CUDA: max_memory_allocated), "
         "one subprocess per line; time = best call\n"
