@@ -10,10 +10,22 @@ from typing import Any
 
 import torch
 
-from .errors import WeightsFileError, WeightsUnavailableError  # noqa: F401
+from .errors import WeightsFileError, WeightsUnavailableError
 
 #: environment variable that moves the cache of FeatUp checkpoints and other weights
 CACHE_ENV = "NAPARI_FEATUP_CACHE"
+
+__all__ = [
+    "CACHE_ENV",
+    "WeightsFileError",
+    "WeightsUnavailableError",
+    "cache_dir",
+    "download",
+    "is_torchscript_archive",
+    "load_state_dict_file",
+    "read_state_dict",
+    "torch_load",
+]
 
 
 def cache_dir() -> Path:
@@ -72,6 +84,54 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsFileError(f"{str(path)!r} does not hold a state dict of tensors")
     return obj
+
+
+def is_torchscript_archive(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a TorchScript archive (a zip with ``constants.pkl``).
+
+    OpenAI distributes CLIP this way (``ViT-B-16.pt``); ``torch.load(weights_only=True)``
+    refuses such files, so they are read with :func:`read_state_dict`.
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            # torch writes every record under one root folder: ROOT/constants.pkl, ROOT/code/
+            return any(n.split("/", 1)[-1] == "constants.pkl" for n in zf.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A flat state dict from any weights file a backbone accepts.
+
+    Parameters
+    ----------
+    path
+        ``.safetensors``, a torch file (read with ``weights_only=True``, see
+        :func:`load_state_dict_file`) or a TorchScript archive. A TorchScript archive is
+        opened with ``torch.jit.load(map_location="cpu")`` and only its ``state_dict()``
+        is kept: TorchScript's loader restores tensors and TorchScript modules with its
+        own deserialiser and does not unpickle Python objects, and the module is never run.
+
+    Returns
+    -------
+    dict
+        Key -> tensor, on the CPU.
+    """
+    path = Path(path)
+    if path.is_file() and path.suffix != ".safetensors" and is_torchscript_archive(path):
+        import warnings
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
+                module = torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:  # noqa: BLE001 - TorchScript raises RuntimeError and more
+            raise WeightsFileError(
+                f"{str(path)!r} looks like a TorchScript archive but cannot be read: "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            ) from exc
+        return {k: v.detach().clone() for k, v in module.state_dict().items()}
+    return load_state_dict_file(path)
 
 
 def download(url: str, dest: str | os.PathLike, progress: bool = True) -> Path:
