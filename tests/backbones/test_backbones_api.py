@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -85,7 +86,9 @@ def test_maskclip_last_block_is_value_path_only():
     """MaskCLIP == CLIP up to the last block, which keeps only proj(v(norm1(x)))."""
     bb = nf.load_backbone("maskclip", weights="random")
     model = bb.model
-    x = torch.randn(1, 3, 48, 64, generator=torch.Generator().manual_seed(2))
+    # On CLIP's native 14 x 14 grid timm's intermediates use the position table as is;
+    # at other sizes MaskCLIP resizes it FeatUp's way (tests/backbones/..._featup_exact).
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
         ours = bb(x)
         # timm's own intermediates: patch tokens after the second-to-last block.
@@ -100,7 +103,7 @@ def test_maskclip_last_block_is_value_path_only():
         qkv = last.attn.qkv(last.norm1(inter))
         v = qkv[..., 2 * qkv.shape[-1] // 3 :]
         ref = model.head(model.norm(last.attn.proj(v)))
-        ref = ref.transpose(1, 2).reshape(1, 512, 3, 4)
+        ref = ref.transpose(1, 2).reshape(1, 512, 14, 14)
     assert torch.allclose(ours, ref, atol=1e-5)
     clip = nf.load_backbone("clip", weights="random")
     assert not torch.allclose(clip(x), ours)
@@ -108,10 +111,11 @@ def test_maskclip_last_block_is_value_path_only():
 
 def test_clip_projects_every_normed_token():
     bb = nf.load_backbone("clip", weights="random")
-    x = torch.randn(1, 3, 32, 48, generator=torch.Generator().manual_seed(3))
+    # native grid: timm's forward_features keeps the position table (see the test above)
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(3))
     with torch.inference_mode():
         toks = bb.model.forward_features(x)[:, 1:]  # ln_post applied by timm
-        ref = bb.model.head(toks).transpose(1, 2).reshape(1, 512, 2, 3)
+        ref = bb.model.head(toks).transpose(1, 2).reshape(1, 512, 14, 14)
         assert torch.allclose(bb(x), ref, atol=1e-5)
 
 
@@ -162,6 +166,7 @@ def test_pretrained_offline_error_names_model_cache_and_command(tmp_path):
         "    print(e)\n"
     )
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"}
+    env["PYTHONPATH"] = str(Path(nf.__file__).parents[1])  # this tree's package, not another
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
     )
