@@ -160,6 +160,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _backbone_name(name: str) -> str:
+    """argparse type: a registered backbone or timm:MODEL (a usage error otherwise)."""
+    from .backbones import is_backbone_name
+
+    if not is_backbone_name(name):
+        raise argparse.ArgumentTypeError(f"unknown backbone {name!r} (see `napari-featup list`)")
+    return name
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .backbones import list_backbones
     from .preprocess import SCALINGS
@@ -173,7 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("extract", help="extract features of image files to feature files")
     ex.add_argument("images", nargs="+", help="image files (TIFF, PNG, JPEG, .npy, ...)")
-    ex.add_argument("--backbone", "-b", default="dinov2", choices=list_backbones())
+    ex.add_argument(
+        "--backbone",
+        "-b",
+        default="dinov2",
+        type=_backbone_name,
+        help=f"one of {', '.join(list_backbones())}, or timm:MODEL (any timm model)",
+    )
     ex.add_argument("--upsampler", "-u", default="bilinear", choices=list_upsamplers())
     ex.add_argument(
         "--weights",
