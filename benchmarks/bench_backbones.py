@@ -18,13 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
 import time
 
-from _memory import peak_rss_mb, rss_mb
+from _harness import RANDOM_WEIGHTS, header, peak_rss_mb, rss_mb, set_threads, timed
 
 
 def _child(name: str, size: int, a: argparse.Namespace) -> dict:
@@ -33,7 +31,7 @@ def _child(name: str, size: int, a: argparse.Namespace) -> dict:
     import napari_featup as nf
     from napari_featup.backbones._timm import import_timm
 
-    torch.set_num_threads(a.threads)
+    set_threads(a.threads)
     import_timm()  # so that "model MB" is the model's, not timm's import
     start = rss_mb()
     t0 = time.perf_counter()
@@ -46,15 +44,10 @@ def _child(name: str, size: int, a: argparse.Namespace) -> dict:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    times = []
+    sync = torch.cuda.synchronize if cuda else None
     with torch.inference_mode():
-        for i in range(a.repeat + 1):
-            t = time.perf_counter()
-            y = bb(x)
-            if cuda:
-                torch.cuda.synchronize()
-            if i:
-                times.append(time.perf_counter() - t)
+        y = bb(x)
+        t = timed(lambda: bb(x), repeat=a.repeat, warmup=0, sync=sync)
     extra = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else peak_rss_mb() - before
     return {
         "backbone": name,
@@ -63,7 +56,7 @@ def _child(name: str, size: int, a: argparse.Namespace) -> dict:
         "dim": y.shape[1],
         "build_s": build,
         "model_mb": before - start,
-        "median_s": statistics.median(times),
+        "median_s": t["median_s"],
         "peak_extra_mb": extra,
     }
 
@@ -93,18 +86,11 @@ def main() -> None:
     if a.child:
         print(json.dumps(_child(a.child[0], int(a.child[1]), a)))
         return
-    import torch
 
     names = _names(a.backbones)
-    where = (
-        torch.cuda.get_device_name(0)
-        if a.device.startswith("cuda") and torch.cuda.is_available()
-        else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    )
-    print(
-        f"# backbones on {a.device} ({where}), torch {torch.__version__}, {a.threads} threads, "
-        f"{a.precision}, RANDOM weights, 1 image, median of {a.repeat}"
-    )
+    set_threads(a.threads)
+    title = f"bench_backbones: 1 image, {a.precision}, median of {a.repeat} after a warm-up"
+    print("# " + header(title, weights=RANDOM_WEIGHTS, device=a.device))
     mem = "peak +MB (CUDA)" if a.device.startswith("cuda") else "peak +MB"
     wn = max(18, *(len(n) for n in names))
     print(
