@@ -99,9 +99,11 @@ def iter_extract(
 
     yield Progress(2, n_steps, f"running backbone {bb.name}", stage="backbone")
     img = normalize(torch.from_numpy(x01)[None].to(dev))
+    # the guidance is padded to whole patches; the backbone pads its own input where its
+    # family does (a ResNet, as in FeatUp, runs on the unpadded image: same grid)
     padded = pad_to_stride(img, bb.patch_size)
     with torch.inference_mode():
-        lowres = bb(padded).float()
+        lowres = bb(img).float()
 
     yield Progress(3, n_steps, "loading upsampler", stage="upsampler")
     up = (
@@ -160,6 +162,7 @@ def _metadata(
         "napari_featup_version": __version__,
         "backbone": bb.name,
         "timm_model": bb.spec.timm_name,
+        "backbone_info": bb.spec.describe(),
         "weights": RANDOM_WEIGHTS_LABEL if bb.weights == "random" else bb.weights,
         "random_weights": bb.weights == "random",
         "upsampler": up.name,
