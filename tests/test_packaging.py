@@ -11,7 +11,12 @@ tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "napari_featup"
 # import name -> distribution name, where they differ
-DIST = {"sklearn": "scikit-learn", "skimage": "scikit-image", "yaml": "pyyaml"}
+DIST = {
+    "sklearn": "scikit-learn",
+    "skimage": "scikit-image",
+    "yaml": "pyyaml",
+    "open_clip": "open-clip-torch",
+}
 # imported by the Qt-only code, provided by napari itself
 PROVIDED_BY_NAPARI = {"qtpy"}
 

@@ -7,6 +7,7 @@ The public interface (docs/library.md has the whole of it)::
     bb = nf.load_backbone("dinov2", weights="pretrained" | "random" | PATH)
     up = nf.load_upsampler("bilinear")
     res = nf.extract_features(image, backbone="dinov2", upsampler="bilinear")
+    q = nf.encode_text(["nucleus"], backbone="clip")   # text queries (CLIP family)
 """
 
 __version__ = "0.1.0"
@@ -21,6 +22,7 @@ from .errors import (  # noqa: E402
 from .pipeline import FeatureResult, extract_features, iter_extract  # noqa: E402
 from .preprocess import ImageError, prepare_image  # noqa: E402
 from .progress import Cancelled, Progress, drive, relay  # noqa: E402
+from .text import encode_text, label_map, load_text_encoder, text_backbones  # noqa: E402
 from .upsamplers import Upsampler, UpsamplerError, list_upsamplers, load_upsampler  # noqa: E402
 from .upsamplers.featup_jbu import (  # noqa: E402
     download_featup_checkpoint,
@@ -46,15 +48,19 @@ __all__ = [
     "cosine_similarity",
     "download_featup_checkpoint",
     "drive",
+    "encode_text",
     "extract_features",
     "fit_pca",
     "iter_extract",
+    "label_map",
     "list_backbones",
     "list_upsamplers",
     "load_backbone",
     "load_featup_checkpoint",
+    "load_text_encoder",
     "load_upsampler",
     "make_query",
     "prepare_image",
     "relay",
+    "text_backbones",
 ]

@@ -77,6 +77,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
     options = parse_options(args.upsampler_option)
     outs = _out_paths(args.images, args.out, args.format)
+    if args.text:
+        _check_text(args, outs)
     if not args.overwrite:
         for o in outs:
             if o.exists():
@@ -110,15 +112,40 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             result = drive(gen, show)
         if args.pca:
             result.fit_pca()
-        save_features(out, result, overwrite=args.overwrite)
+        extra = None
+        if args.text:
+            from .text import TEXT_KEY, text_outputs
+
+            extra, result.metadata[TEXT_KEY] = text_outputs(
+                result,
+                args.text,
+                args.text_templates,
+                args.text_threshold,
+                result.metadata["device"],
+            )
+        save_features(out, result, overwrite=args.overwrite, extra_arrays=extra)
         if result.metadata.get("random_weights"):
             print("note: features from RANDOM (untrained) backbone weights", file=sys.stderr)
         print(f"{image_path} -> {out}")
     return EXIT_OK
 
 
+def _check_text(args: argparse.Namespace, outs: list[Path]) -> None:
+    """Fail before any work when --text cannot be honoured."""
+    from .text.encoder import tower_spec
+
+    tower_spec(args.backbone)  # BackboneError (exit 2) for backbones without a text tower
+    if any(o.suffix.lower() == ".npy" for o in outs):
+        raise CLIError(
+            "--text writes heatmaps beside the features: use an .npz, .zarr or .tif output "
+            "(a .npy file holds one array)",
+            EXIT_USAGE,
+        )
+
+
 def _cmd_download(args: argparse.Namespace) -> int:
     from .backbones import download_backbone, get_spec, list_backbones
+    from .text import download_text_tower, has_text_tower
     from .upsamplers.featup_jbu import FEATUP_CHECKPOINTS, download_featup_checkpoint
 
     names = args.backbones or list_backbones()
@@ -127,6 +154,8 @@ def _cmd_download(args: argparse.Namespace) -> int:
     for name in names:
         timm_name = download_backbone(name)
         print(f"backbone {name}: {timm_name} cached")
+        if has_text_tower(name):
+            print(f"text tower {name}: {download_text_tower(name)}")
         if args.no_jbu:
             continue
         for use_norm in FEATUP_CHECKPOINTS.get(name, ()):
@@ -235,6 +264,26 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--no-highres", action="store_true", help="save only the low-res grid")
     ex.add_argument("--highres-dtype", default="float32", choices=["float32", "float16"])
     ex.add_argument("--pca", action="store_true", help="also fit and save a 3-component PCA")
+    ex.add_argument(
+        "--text",
+        action="append",
+        metavar="PROMPT",
+        help="a text prompt, repeatable (CLIP-family backbones): saves its heatmap "
+        "(text_similarity) and the label map over all prompts (text_labels) with the features",
+    )
+    ex.add_argument(
+        "--text-templates",
+        default="maskclip",
+        choices=["maskclip", "imagenet", "plain"],
+        help="prompt templates averaged per prompt (plain: the prompt as typed)",
+    )
+    ex.add_argument(
+        "--text-threshold",
+        type=float,
+        default=None,
+        metavar="COSINE",
+        help="label map: pixels whose best similarity is below this are 'none of these' (0)",
+    )
     ex.add_argument(
         "--out",
         "-o",

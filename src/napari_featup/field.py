@@ -181,10 +181,18 @@ class FeatureField:
 
     def similarity(
         self,
-        positives: Sequence[tuple[float, float]],
+        positives: Sequence[tuple[float, float]] = (),
         negatives: Sequence[tuple[float, float]] = (),
+        *,
+        queries: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Cosine similarity (H, W) of every pixel to the query made at the points."""
+        """Cosine similarity (H, W) of every pixel to the query made at the points, or,
+        given ``queries`` instead (N, C) (e.g. :func:`~napari_featup.text.encode_text`),
+        (N, H, W): :meth:`query_similarity`, at the cost of N clicks."""
+        if queries is not None:
+            if len(positives) or len(negatives):
+                raise ValueError("give query points or query vectors, not both")
+            return self.query_similarity(np.atleast_2d(queries))
         pos = self.features_at(positives)
         neg = self.features_at(negatives) if len(negatives) else None
         return self.query_similarity(make_query(pos, neg))

@@ -216,9 +216,15 @@ def load_arrays(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
     return arrays, meta
 
 
-def save_features(path: str | os.PathLike, result: Any, overwrite: bool = False) -> Path:
+def save_features(
+    path: str | os.PathLike,
+    result: Any,
+    overwrite: bool = False,
+    extra_arrays: dict[str, np.ndarray] | None = None,
+) -> Path:
     """Save a :class:`~napari_featup.pipeline.FeatureResult` (low-res, full-res if
-    materialised, PCA if fitted, metadata)."""
+    materialised, PCA if fitted, metadata), and ``extra_arrays`` beside them (e.g. text
+    heatmaps; not in a .npy file, which holds one array)."""
     arrays = {"lowres": result.lowres, "highres": getattr(result, "highres", None)}
     if Path(path).suffix.lower() == ".npy":
         arrays = (
@@ -226,6 +232,8 @@ def save_features(path: str | os.PathLike, result: Any, overwrite: bool = False)
             if arrays["highres"] is not None
             else {"lowres": arrays["lowres"]}
         )
+    elif extra_arrays:
+        arrays.update(extra_arrays)
     meta = dict(result.metadata)
     pca = getattr(result, "pca", None)
     if pca is not None:
