@@ -31,6 +31,7 @@ from .export_panel import ExportPanel
 from .runner import JobController
 from .settings_panel import SettingsPanel
 from .similarity_panel import SimilarityPanel
+from .text_panel import TextPanel
 from .viewer_layers import input_image_layers, is_alive, layer_by_uid, upsert_layer
 
 #: panel controls also reachable on the dock (scripts, tests and the demo use them)
@@ -84,6 +85,13 @@ class FeatUpWidget(QWidget):
         for panel, names in _CONTROLS.items():
             for name in names.split():
                 setattr(self, name, getattr(getattr(self, panel), name))
+        self.text_panel = TextPanel(  # the Text row of the Similarity section
+            self.viewer, self._current, self.notify_error, self.backbone_combo.currentText
+        )
+        self.similarity_panel.layout().addWidget(self.text_panel)
+        self.backbone_combo.currentIndexChanged.connect(self.text_panel.update_state)
+        self.settings_panel.changed.connect(self.text_panel.update_state)
+        self.run_finished.connect(self.text_panel.on_run_finished)
 
         self.run_button.clicked.connect(lambda: self.run())
         self.cancel_button.clicked.connect(self.cancel)

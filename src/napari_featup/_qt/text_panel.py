@@ -1,0 +1,275 @@
+"""The Text row of the Similarity section: prompts -> heatmaps and a zero-shot label map.
+
+Typing prompts (comma- or line-separated) and pressing Enter encodes each new prompt once,
+in a napari thread worker (the text tower is loaded from the image tower's checkpoint),
+then adds one heatmap layer "<image> text: <prompt>" per prompt on the GUI thread, at a
+click's cost (:class:`~napari_featup.text.StackText` does the computing). "Label map"
+adds a Labels layer of the best prompt per pixel, 0 where the best similarity is below
+the threshold, with a legend. Backbones without a text tower disable the row.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+from typing import Any
+
+from napari.utils.notifications import show_info
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..io import META_KEY
+from ..session.geometry import current_plane
+from ..session.messages import explain
+from ..text import StackText, has_text_tower, parse_prompts, text_backbones
+from ..text.queries import encoder_for
+from .viewer_layers import StackGetter, upsert_layer
+
+TEMPLATE_CHOICES = (
+    ("maskclip", "MaskCLIP templates (85, averaged)"),
+    ("imagenet", "CLIP ImageNet templates (80, averaged)"),
+    ("plain", "plain (the prompt as typed)"),
+)
+
+
+class PromptEdit(QPlainTextEdit):
+    """A two-line prompt box: Enter submits, Shift+Enter starts a new line."""
+
+    submitted = Signal()
+
+    def keyPressEvent(self, event: Any) -> None:  # noqa: N802 - Qt name
+        enter = event.key() in (Qt.Key_Return, Qt.Key_Enter)
+        if enter and not event.modifiers() & Qt.ShiftModifier:
+            self.submitted.emit()
+            return
+        super().keyPressEvent(event)
+
+
+def _encode(metadata: dict, prompts: list[str], templates: str) -> Any:
+    """Worker body: the text tower (loaded once) and the prompts' embeddings (cached)."""
+    device = str(metadata.get("device", "cpu"))
+    enc = encoder_for(metadata, device if device.startswith("cuda") else "cpu")
+    enc.encode(prompts, templates)
+    return enc
+
+
+class TextPanel(QWidget):
+    """Prompts, template choice, Label map button, threshold and legend.
+
+    ``text_updated`` fires after the heatmap or label layers changed.
+    ``backbone_choice()`` gives the backbone chosen in the settings (used before a run).
+    """
+
+    text_updated = Signal()
+
+    def __init__(
+        self,
+        viewer: Any,
+        current: StackGetter,
+        notify_error: Callable[[str], None],
+        backbone_choice: Callable[[], str],
+        parent: QWidget | None = None,
+    ):
+        super().__init__(parent)
+        self.viewer = viewer
+        self._current = current
+        self._notify_error = notify_error
+        self._backbone_choice = backbone_choice
+        self.text: StackText | None = None
+        self._worker: Any = None
+
+        box = QVBoxLayout(self)
+        box.setContentsMargins(0, 0, 0, 0)
+        row = QHBoxLayout()
+        self.title = QLabel("Text")
+        self.prompt_edit = PromptEdit()
+        self.prompt_edit.setPlaceholderText("nucleus, membrane, background  (Enter)")
+        self.prompt_edit.setFixedHeight(3 * self.prompt_edit.fontMetrics().height())
+        row.addWidget(self.title)
+        row.addWidget(self.prompt_edit, 1)
+        box.addLayout(row)
+        opts = QHBoxLayout()
+        self.templates_combo = QComboBox()
+        for key, label in TEMPLATE_CHOICES:
+            self.templates_combo.addItem(label, key)
+        self.label_button = QPushButton("Label map")
+        self.threshold_spin = QDoubleSpinBox()
+        self.threshold_spin.setRange(-1.0, 1.0)
+        self.threshold_spin.setSingleStep(0.05)
+        self.threshold_spin.setDecimals(2)
+        self.threshold_spin.setSpecialValueText("off")  # at -1: every pixel gets a prompt
+        self.threshold_spin.setValue(-1.0)
+        self.threshold_spin.setToolTip(
+            "Label map: pixels whose best similarity is below this are 'none of these' (0)"
+        )
+        opts.addWidget(self.templates_combo, 1)
+        opts.addWidget(self.label_button)
+        opts.addWidget(QLabel("none below"))
+        opts.addWidget(self.threshold_spin)
+        box.addLayout(opts)
+        self.legend = QLabel("")
+        self.legend.setWordWrap(True)
+        self.legend.setTextFormat(Qt.RichText)
+        box.addWidget(self.legend)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        box.addWidget(self.status)
+
+        self.prompt_edit.submitted.connect(self.run_text)
+        self.label_button.clicked.connect(lambda: self.make_label_map())
+        self.viewer.dims.events.current_step.connect(self._on_slider)
+        self.update_state()
+
+    # ----------------------------------------------------------------- state
+    def _backbone(self) -> str:
+        stack, _ = self._current()
+        return str(stack.metadata.get("backbone")) if stack is not None else self._backbone_choice()
+
+    def update_state(self, *_: Any) -> None:
+        """Enable the row for backbones with a text tower; say which have one otherwise."""
+        backbone = self._backbone()
+        ok = has_text_tower(backbone)
+        for w in (self.title, self.prompt_edit, self.templates_combo, self.label_button):
+            w.setEnabled(ok)
+        self.threshold_spin.setEnabled(ok)
+        tip = (
+            "Prompts, comma- or line-separated (Shift+Enter for a new line); Enter shows one "
+            "heatmap per prompt"
+            if ok
+            else f"Text queries need a backbone with a text tower: {', '.join(text_backbones())}"
+            f" (this is {backbone})"
+        )
+        for w in (self, self.title, self.prompt_edit):
+            w.setToolTip(tip)
+
+    def prompts(self) -> list[str]:
+        """The prompts as typed, parsed."""
+        return parse_prompts(self.prompt_edit.toPlainText())
+
+    def set_prompts(self, text: str) -> None:
+        self.prompt_edit.setPlainText(text)
+
+    def busy(self) -> bool:
+        """Whether prompts are being encoded."""
+        return self._worker is not None
+
+    # ------------------------------------------------------------------ text
+    def run_text(self) -> bool:
+        """Encode the prompts (in a worker) and show their heatmaps; False when nothing
+        was started (no features, no text tower, no prompts, already encoding)."""
+        stack, _ = self._current()
+        prompts = self.prompts()
+        if stack is None:
+            show_info("Run FeatUp with a CLIP-family backbone first, then type prompts.")
+            return False
+        if not has_text_tower(self._backbone()) or not prompts or self.busy():
+            return False
+        from napari.qt.threading import create_worker
+
+        templates = self.templates_combo.currentData()
+        self.status.setText(f"encoding {len(prompts)} prompt(s)…")
+        self._worker = create_worker(
+            _encode, dict(stack.metadata), prompts, templates, _start_thread=False
+        )
+        self._worker.returned.connect(lambda enc: self._show(stack, prompts, enc, templates))
+        self._worker.errored.connect(
+            lambda exc: self._notify_error(explain(exc, "encoding the text prompts"))
+        )
+        self._worker.finished.connect(self._worker_done)
+        self._worker.start()
+        return True
+
+    def _worker_done(self) -> None:
+        self._worker = None
+        self.status.setText("")
+
+    def _show(self, stack: Any, prompts: list[str], enc: Any, templates: str) -> None:
+        try:
+            if self._current()[0] is not stack:  # another run or image since Enter
+                return
+            self.text = StackText.build(stack, prompts, enc, templates)
+            self.show_heatmaps()
+        except Exception as exc:  # noqa: BLE001 - never let a prompt crash the viewer
+            self._notify_error(explain(exc, "computing the text heatmaps"))
+
+    def _plane(self) -> tuple[int, ...]:
+        stack, layer = self._current()
+        return current_plane(
+            layer, stack.geometry, self.viewer.dims.point, stack.config.get("channel_axis")
+        )
+
+    def show_heatmaps(self) -> None:
+        """Add or refresh one heatmap layer per prompt; drop those of removed prompts."""
+        text = self.text
+        data = text.layer_data(self._plane())
+        keep = {kw["name"] for _, kw, _ in data}
+        for lyr in list(self.viewer.layers):
+            meta = lyr.metadata.get(META_KEY, {})
+            mine = meta.get("layer") == "text-similarity"
+            if mine and meta.get("source_layer") == text.stack.image_name and lyr.name not in keep:
+                self.viewer.layers.remove(lyr)
+        for d, kwargs, ltype in data:
+            upsert_layer(self.viewer, d, kwargs, ltype)
+        self.text_updated.emit()
+
+    def _on_slider(self, event: Any = None) -> None:
+        stack, _ = self._current()
+        if self.text is None or stack is not self.text.stack or not stack.geometry.leading:
+            return
+        plane = self._plane()
+        if plane in self.text.stale and plane in stack.results:
+            self.text.update(plane)
+            for _, kwargs, _ in self.text.layer_data(plane):
+                if kwargs["name"] in self.viewer.layers:
+                    self.viewer.layers[kwargs["name"]].refresh()
+
+    def on_run_finished(self, status: str) -> None:
+        """After a run: follow the new backbone; re-answer the prompts on new features."""
+        self.update_state()
+        stack, _ = self._current()
+        if status == "done" and self.text is not None and stack is not None:
+            if stack is self.text.stack:
+                self.text.refresh()  # planes were added to the same stack
+                self.show_heatmaps()
+            elif has_text_tower(self._backbone()):
+                self.run_text()
+
+    # ------------------------------------------------------------- label map
+    def threshold(self) -> float | None:
+        v = float(self.threshold_spin.value())
+        return None if v <= self.threshold_spin.minimum() else v
+
+    def make_label_map(self, threshold: float | None = None) -> Any:
+        """Labels layer "<image> text labels" (argmax over prompts, thresholded)."""
+        stack, _ = self._current()
+        if self.text is None or stack is not self.text.stack:
+            show_info("Type prompts and press Enter first.")
+            return None
+        t = self.threshold() if threshold is None else threshold
+        (data, kwargs, ltype), legend = self.text.label_layer_data(t)
+        name = kwargs["name"]
+        if name in self.viewer.layers:  # colours and features follow the prompts: rebuild
+            self.viewer.layers.remove(name)
+        layer = upsert_layer(self.viewer, data, kwargs, ltype)
+        self.legend.setText(legend_html(legend))
+        self.text_updated.emit()
+        return layer
+
+
+def legend_html(legend: list) -> str:
+    """Coloured squares and prompts with their share of the pixels."""
+    parts = []
+    for e in legend:
+        r, g, b, a = (int(round(255 * c)) for c in e.colour)
+        swatch = f'<span style="color: rgb({r},{g},{b})">■</span>' if a else "<span>□</span>"
+        parts.append(f"{swatch} {e.label}: {html.escape(e.prompt)} ({100 * e.fraction:.0f}%)")
+    return "<br>".join(parts)

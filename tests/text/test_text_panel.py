@@ -1,0 +1,70 @@
+"""The Text row of the FeatUp dock in a real napari viewer (run under xvfb-run -a)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from qtpy.QtCore import Qt  # noqa: E402
+
+RUN_TIMEOUT_MS = 240_000  # builds a ViT-B/16 backbone and text tower on a shared CPU
+
+
+@pytest.fixture
+def viewer_widget(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-featup", "FeatUp")
+    widget.weights_combo.setCurrentIndex(widget.weights_combo.findData("random"))
+    widget.device_combo.setCurrentText("cpu")
+    widget.upsampler_combo.setCurrentText("bilinear")
+    return viewer, widget
+
+
+def test_disabled_without_text_tower(viewer_widget):
+    _, widget = viewer_widget
+    panel = widget.text_panel
+    widget.backbone_combo.setCurrentText("dinov2")
+    assert not panel.prompt_edit.isEnabled() and not panel.label_button.isEnabled()
+    assert "clip, maskclip" in panel.prompt_edit.toolTip()
+    assert "dinov2" in panel.prompt_edit.toolTip()
+    widget.backbone_combo.setCurrentText("maskclip")
+    assert panel.prompt_edit.isEnabled() and panel.label_button.isEnabled()
+
+
+def test_prompts_to_heatmaps_and_label_map(viewer_widget, qtbot, tmp_path):
+    viewer, widget = viewer_widget
+    widget.backbone_combo.setCurrentText("clip")
+    img = np.zeros((40, 50, 3), np.uint8)
+    img[:, 25:] = (200, 180, 40)
+    viewer.add_image(img, name="cells")
+    with qtbot.waitSignal(widget.run_finished, timeout=RUN_TIMEOUT_MS) as run:
+        assert widget.run()
+    assert run.args[0] == "done"
+    panel = widget.text_panel
+    panel.templates_combo.setCurrentIndex(panel.templates_combo.findData("plain"))
+    panel.set_prompts("nucleus, membrane\nbackground")
+    with qtbot.waitSignal(panel.text_updated, timeout=RUN_TIMEOUT_MS):
+        qtbot.keyClick(panel.prompt_edit, Qt.Key_Return)  # Enter submits
+    names = [f"cells text: {p}" for p in ("nucleus", "membrane", "background")]
+    assert all(n in viewer.layers for n in names)
+    heat = viewer.layers[names[0]]
+    assert heat.data.shape == (40, 50) and heat.metadata["napari_featup"]["prompt"] == "nucleus"
+    assert heat.metadata["napari_featup"]["random_weights"] is True
+
+    labels = panel.make_label_map(threshold=0.0)
+    assert labels.name == "cells text labels" and labels.data.shape == (40, 50)
+    assert int(labels.data.max()) <= 3
+    assert "background" in panel.legend.text() and "none of these" in panel.legend.text()
+
+    # fewer prompts: the dropped prompt's layer goes, and export keeps the prompts
+    panel.set_prompts("nucleus")
+    with qtbot.waitSignal(panel.text_updated, timeout=RUN_TIMEOUT_MS):
+        assert panel.run_text()
+    assert names[0] in viewer.layers and names[1] not in viewer.layers
+    from napari_featup.io import load_features
+
+    out = widget.export(tmp_path / "cells.npz")
+    assert load_features(out).metadata["text"]["prompts"] == ["nucleus"]
