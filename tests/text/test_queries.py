@@ -141,3 +141,29 @@ def test_stack_text_layers_labels_and_export(stack, encoder, tmp_path):
     assert back.metadata["text"]["prompts"] == PROMPTS
     assert back.metadata["text"]["threshold"] == 0.05
     assert back.metadata["text"]["text_tower"]["random_weights"] is True
+
+
+def test_stack_text_keeps_maps_of_unchanged_prompts(stack, encoder, monkeypatch):
+    from napari_featup.text import queries
+
+    first = StackText.build(stack, ["nucleus", "membrane"], encoder, "plain")
+    first.update(())
+    asked = []
+    real = queries.text_similarity
+
+    def spy(result, emb):
+        asked.append(len(emb))
+        return real(result, emb)
+
+    monkeypatch.setattr(queries, "text_similarity", spy)
+    second = StackText.build(stack, ["membrane", "background"], encoder, "plain", previous=first)
+    assert second.stale == {()}
+    maps = second.update(())
+    assert asked == [1]  # only "background" was computed
+    np.testing.assert_array_equal(maps[0], first.maps[1])
+    direct = real(stack.results[()], second.embeddings)
+    np.testing.assert_allclose(maps, direct, atol=1e-6)
+    assert second.stale == set()
+    # other templates give other vectors: nothing is reused
+    third = StackText.build(stack, ["membrane"], encoder, ["a {}"], previous=second)
+    assert third.done == [set()]

@@ -196,7 +196,7 @@ class TextPanel(QWidget):
         try:
             if self._current()[0] is not stack:  # another run or image since Enter
                 return
-            self.text = StackText.build(stack, prompts, enc, templates)
+            self.text = StackText.build(stack, prompts, enc, templates, previous=self.text)
             self.show_heatmaps()
         except Exception as exc:  # noqa: BLE001 - never let a prompt crash the viewer
             self._notify_error(explain(exc, "computing the text heatmaps"))

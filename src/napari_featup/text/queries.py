@@ -129,8 +129,8 @@ class StackText:
     """Text heatmaps over the planes of a :class:`~napari_featup.session.FeatureStack`.
 
     ``maps[i]`` is prompt i's heatmap, ``leading + (H, W)``, zero on planes not computed;
-    planes are computed on demand (:meth:`update`). The record of the prompts is written
-    into every plane's metadata, so exported features keep it.
+    planes are computed on demand (:meth:`update`), each (prompt, plane) once. The record
+    of the prompts is written into every plane's metadata, so exported features keep it.
     """
 
     stack: Any
@@ -138,7 +138,8 @@ class StackText:
     embeddings: np.ndarray
     record: dict
     maps: np.ndarray | None = None
-    stale: set = field(default_factory=set)
+    #: per prompt, the planes whose map is computed
+    done: list[set] = field(default_factory=list)
 
     @classmethod
     def build(
@@ -147,40 +148,55 @@ class StackText:
         prompts: Sequence[str],
         encoder: TextEncoder,
         templates: str | Sequence[str] | None = DEFAULT_TEMPLATES,
+        previous: StackText | None = None,
     ) -> StackText:
         """Encode ``prompts`` (cached per prompt) and prepare the maps; nothing is
-        computed on the features yet."""
+        computed on the features yet. Maps of ``previous`` (the last query on the same
+        stack) are kept for prompts whose vector is unchanged, so adding a prompt costs
+        one prompt."""
         prompts = parse_prompts(prompts)
         if not prompts:
             raise SettingsError("no text prompts given")
         emb = encoder.encode(prompts, templates)
         use_norm = bool(stack.metadata.get("use_norm"))
-        out = cls(
-            stack, prompts, emb, text_record(prompts, encoder, templates, None, None, use_norm)
-        )
+        record = text_record(prompts, encoder, templates, None, None, use_norm)
+        out = cls(stack, prompts, emb, record)
         out.refresh()
+        if previous is not None and previous.stack is stack and previous.maps is not None:
+            for i, p in enumerate(prompts):
+                j = previous.prompts.index(p) if p in previous.prompts else -1
+                if j >= 0 and np.array_equal(previous.embeddings[j], emb[i]):
+                    out.maps[i] = previous.maps[j]
+                    out.done[i] = set(previous.done[j])
         return out
 
+    @property
+    def stale(self) -> set:
+        """Computed planes of the stack whose maps are not all up to date."""
+        return {idx for idx in self.stack.results if any(idx not in d for d in self.done)}
+
     def refresh(self) -> None:
-        """Mark every plane stale (new planes or prompts) and record the prompts."""
+        """Forget computed maps (new planes or features) and record the prompts."""
         g = self.stack.geometry
         shape = (len(self.prompts),) + g.leading + g.size
         if self.maps is None or self.maps.shape != shape:
             self.maps = np.zeros(shape, np.float32)
-        self.stale = set(self.stack.results)
+        self.done = [set() for _ in self.prompts]
         for res in self.stack.results.values():
             res.metadata[TEXT_KEY] = copy.deepcopy(self.record)
 
     def update(self, plane: tuple[int, ...] = ()) -> np.ndarray | None:
-        """Compute plane ``plane``'s (N, H, W) heatmaps if stale; None without features."""
+        """Plane ``plane``'s (N, H, W) heatmaps, computing the missing ones (one
+        projection for all of them); None without features there."""
         idx = self.stack.geometry.check_index(plane)
         if idx not in self.stack.results:
             return None
-        if idx in self.stale:
-            sims = text_similarity(self.stack.results[idx], self.embeddings)
-            for i in range(len(self.prompts)):
-                self.maps[(i,) + idx] = sims[i]
-            self.stale.discard(idx)
+        todo = [i for i, d in enumerate(self.done) if idx not in d]
+        if todo:
+            sims = text_similarity(self.stack.results[idx], self.embeddings[todo])
+            for k, i in enumerate(todo):
+                self.maps[(i,) + idx] = sims[k]
+                self.done[i].add(idx)
         return self.maps[(slice(None),) + idx]
 
     def _meta(self, kind: str, **extra: Any) -> dict:
