@@ -21,6 +21,15 @@ def settle(app, seconds: float = 0.5) -> None:
     while time.time() - t0 < seconds:
         app.processEvents()
         time.sleep(0.02)
+    try:  # close notification pop-ups that would hide the canvas
+        from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+        for w in app.allWidgets():
+            if isinstance(w, NapariQtNotification):
+                w.close()
+        app.processEvents()
+    except ImportError:
+        pass
 
 
 def wait(app, flag: list, timeout: float = 900.0) -> None:
@@ -64,9 +73,10 @@ def main() -> None:
     for lyr in viewer.layers:  # the label map over the image; heatmaps hidden
         lyr.visible = lyr.name in (image.name, f"{image.name} text labels")
     viewer.text_overlay.visible = True
-    viewer.text_overlay.text = "RANDOM WEIGHTS: interface only, the features mean nothing"
-    viewer.text_overlay.font_size = 14
+    viewer.text_overlay.text = "RANDOM WEIGHTS\ninterface only:\nthe maps mean nothing"
+    viewer.text_overlay.font_size = 13
     viewer.text_overlay.color = "yellow"
+    viewer.text_overlay.position = "top_left"
     for area in widget.findChildren(QScrollArea):  # show the Similarity section
         area.ensureWidgetVisible(panel)
     parent = widget.parent()

@@ -116,8 +116,7 @@ class TextPanel(QWidget):
         opts.addWidget(QLabel("none below"))
         opts.addWidget(self.threshold_spin)
         box.addLayout(opts)
-        self.legend = QLabel("")
-        self.legend.setWordWrap(True)
+        self.legend = QLabel("")  # one line per label: no word wrap, so its height is exact
         self.legend.setTextFormat(Qt.RichText)
         box.addWidget(self.legend)
         self.status = QLabel("")
@@ -261,6 +260,7 @@ class TextPanel(QWidget):
             self.viewer.layers.remove(name)
         layer = upsert_layer(self.viewer, data, kwargs, ltype)
         self.legend.setText(legend_html(legend))
+        self.legend.setMinimumHeight(self.legend.sizeHint().height())
         self.text_updated.emit()
         return layer
 
