@@ -89,6 +89,10 @@ def test_backbones_without_text_tower():
         load_text_encoder("dinov2", "random")
     with pytest.raises(BackboneError, match="unknown backbone"):
         load_text_encoder("no-such-backbone", "random")
+    if "siglip2-b" in nf.list_backbones():  # flagged as having one, not wired yet
+        assert not has_text_tower("siglip2-b")
+        with pytest.raises(BackboneError, match="no text tower for backbone 'siglip2-b'.*SigLIP"):
+            load_text_encoder("siglip2-b", "random")
 
 
 def test_loaded_backbone_brings_its_weights(random_encoder):
@@ -149,6 +153,9 @@ def test_sentences_match_open_clip(openai_pair):
 
     ours, ref = openai_pair
     assert ours.metadata()["text_tower_file"] == ours.metadata()["image_tower_file"]
+    # a backbone read from the file brings the file: the same (cached) text tower
+    bb = nf.load_backbone("clip", weights=ours.source["weights"], device="cpu")
+    assert load_text_encoder(bb).tower is ours.tower
     with torch.inference_mode():
         want = ref.encode_text(open_clip.tokenize(SENTENCES))
     got = ours.sentence_embeddings(SENTENCES)

@@ -70,10 +70,16 @@ def tower_spec(backbone: str) -> TowerSpec:
         return TEXT_TOWERS[spec.name]
     supported = ", ".join(text_backbones())
     if getattr(spec, "text_tower", False):  # its published model has one we do not load
+        why = (
+            " (SigLIP aligns text with its attention-pooled image embedding, not with the "
+            "patch tokens this backbone outputs, and its Gemma tokenizer is not shipped "
+            "offline)"
+            if "siglip" in spec.name or "siglip" in spec.timm_name
+            else ""
+        )
         raise BackboneError(
             f"no text tower for backbone {spec.name!r} in napari-featup yet: its published "
-            "model has one, but its patch tokens are not projected into the text space the "
-            f"way CLIP's are, so text queries would not be meaningful. Use {supported}."
+            f"model has one, but it is not wired here{why}. Text queries work with {supported}."
         )
     raise BackboneError(
         f"no text tower for backbone {spec.name!r}: text queries need a CLIP-family "
