@@ -73,3 +73,49 @@ def test_core_never_imports_qt_or_napari():
                 if m.split(".")[0] in ("qtpy", "PyQt5", "PySide2", "napari")
             ]
     assert bad == []
+
+
+def test_no_module_is_too_long():
+    long = {
+        str(p.relative_to(SRC)): n
+        for p in SRC.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 470
+    }
+    assert long == {}, f"modules over ~450 lines: {long}"
+
+
+# the layers, bottom to top: a module may import its own layer and those below it
+HIGHER = {"pipeline", "session", "_qt", "cli", "hub", "_reader", "_writer", "_demo"}
+
+
+def _resolved_imports(path: Path) -> list[str]:
+    """Absolute napari_featup module names imported by ``path``."""
+    pkg = ["napari_featup", *path.relative_to(SRC).parent.parts]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = pkg[: len(pkg) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            out.append(mod)
+        elif isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+    return [m for m in out if m.startswith("napari_featup")]
+
+
+def test_core_modules_never_import_the_layers_above_them():
+    core = [
+        p
+        for p in SRC.rglob("*.py")
+        if p.relative_to(SRC).parts[0] in ("upsamplers", "backbones", "text")
+        or p.name in ("ops.py", "progress.py", "errors.py", "analysis.py", "field.py")
+    ]
+    bad = [
+        f"{p.relative_to(SRC)} imports {m}"
+        for p in core
+        for m in _resolved_imports(p)
+        if m.split(".")[1:2] and m.split(".")[1] in HIGHER
+    ]
+    assert bad == []
