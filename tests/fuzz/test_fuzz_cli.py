@@ -1,0 +1,196 @@
+"""Fuzz the command line: ``napari_featup.cli.main(argv)`` with generated argv.
+
+Property: ``main`` returns one of the documented exit codes (argparse's usage errors
+included: they are 2, ``--help`` is 0) within a time limit; it never raises, and it
+never leaves a partial output file (whatever sits under an output name loads).
+
+The run is hermetic and cheap: pretrained weights and downloads fail as they do
+offline, ``demo`` does not open a window, the featup-implicit fit (minutes) is left out
+and the images are tiny. Real argv cannot hold NUL bytes, so none are generated.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from napari_featup import cli, io
+from napari_featup.errors import WeightsUnavailableError
+
+EXIT_CODES = {0, 1, 2, 3, 4, 5, 130}
+TIME_LIMIT_S = 120  # per call; a hang fails the example instead of the whole run
+
+values = {
+    "--backbone": ["dino16", "vit", "resnet50", "nope", ""],
+    "-b": ["dino16", "dinov2", "NOPE"],
+    "--upsampler": ["bilinear", "jbu-classic", "guided-fit", "featup-jbu", "nope"],
+    "-u": ["bilinear", "featup-jbu"],
+    "--weights": ["random", "random", "pretrained", "missing.pth", "bad.pth", "adir"],
+    "--upsampler-weights": ["random", "missing.ckpt", "bad.pth", "tiny.npy"],
+    "--upsampler-option": [
+        "steps=2",
+        "radius=1",
+        "sigma_range=0.1",
+        "cache_mb=1",
+        "bogus=1",
+        "=3",
+        "noequals",
+        "steps=-1",
+        "radius=abc",
+        "steps=1e9999",
+        "radius=[1, 2]",
+    ],
+    "--device": ["cpu", "auto", "CPU", "cuda", "cuda:7", "mps", "foo", ""],
+    "--precision": ["float32", "bfloat16", "float16", "fp8"],
+    "--scaling": ["auto", "range", "percentile", "minmax", "contrast_limits", "bogus"],
+    "--channel-axis": ["0", "-1", "2", "5", "x"],
+    "--highres-dtype": ["float32", "float16", "int8"],
+    "--out": [
+        "out.npz",
+        "out.zarr",
+        "out.tif",
+        "out.npy",
+        "outdir",
+        "out.png",
+        "afile",
+        "",
+        "nodir/x.npz",
+        "afile/x.npz",
+        "adir",
+    ],
+    "--format": ["npz", "zarr", "tif", ".npy", "png", ""],
+    "--sample": ["astronaut", "cell", "nope"],
+}
+values["-o"] = values["--out"]
+numbers = ["0", "1", "2", "255", "-1", "9", "nan", "inf", "-inf", "1e400", "abc", ""]
+switches = ["--use-norm", "--no-norm", "--no-highres", "--pca", "--overwrite", "-q", "--no-jbu"]
+images = ["tiny.npy", "rgb.png", "stack.tif", "bad.png", "missing.tif", "adir", "afile", "-"]
+text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=8)
+
+
+@st.composite
+def argvs(draw) -> list[str]:
+    argv: list[str] = []
+    first = draw(
+        st.sampled_from(["extract"] * 6 + ["download", "list", "demo", "bogus", "--help", "-h"])
+        | text
+    )
+    argv.append(first)
+    if first == "extract":
+        argv += draw(st.lists(st.sampled_from(images), min_size=0, max_size=3))
+        if draw(st.integers(0, 9)):  # usually cheap settings, so runs get to extraction
+            argv += ["-q", "--weights", "random", "--device", "cpu"]
+    elif first == "download":
+        argv += draw(st.lists(st.sampled_from(["dino16", "vit", "nope", "--no-jbu"]), max_size=2))
+    for _ in range(draw(st.integers(0, 6))):
+        kind = draw(st.sampled_from(["value", "value", "value", "switch", "numbers", "junk"]))
+        if kind == "value":
+            flag = draw(st.sampled_from(sorted(values)))
+            argv += [flag] + (
+                [draw(st.sampled_from(values[flag]))] if draw(st.integers(0, 9)) else []
+            )
+        elif kind == "switch":
+            argv.append(draw(st.sampled_from(switches)))
+        elif kind == "numbers":
+            flag = draw(st.sampled_from(["--contrast-limits", "--channels"]))
+            argv += [flag] + draw(st.lists(st.sampled_from(numbers), max_size=4))
+        else:
+            argv.append(draw(text | st.sampled_from(["--", "-", "--out=", "-o=x.npz", "-qq"])))
+    return argv
+
+
+def _make_files(folder: Path) -> None:
+    import imageio.v3 as iio
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    np.save(folder / "tiny.npy", rng.integers(0, 255, (32, 32), dtype=np.uint8))
+    iio.imwrite(folder / "rgb.png", rng.integers(0, 255, (24, 20, 3), dtype=np.uint8))
+    tifffile.imwrite(folder / "stack.tif", rng.integers(0, 4000, (2, 24, 24), dtype=np.uint16))
+    (folder / "bad.png").write_bytes(b"not an image")
+    (folder / "bad.pth").write_bytes(b"PK\x03\x04 not a checkpoint")
+    (folder / "afile").write_text("a plain file")
+    (folder / "adir").mkdir()
+
+
+class Hang(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise Hang(f"cli.main ran longer than {TIME_LIMIT_S} s")
+
+
+@pytest.fixture(scope="module")
+def offline():
+    """Offline, windowless and cheap, the way CI runs: pretrained weights and downloads
+    fail as they do without a network, and ``demo`` records its call instead of
+    opening napari."""
+    mp = pytest.MonkeyPatch()
+    from napari_featup import _demo, backbones
+
+    def no_network(spec):
+        raise WeightsUnavailableError(f"pretrained weights for {spec.name!r}: offline (test)")
+
+    def no_urlopen(*args, **kwargs):
+        raise OSError("network disabled in tests")
+
+    mp.setattr(backbones, "_load_pretrained", no_network)
+    mp.setattr("urllib.request.urlopen", no_urlopen)
+    mp.setattr(_demo, "run_demo", lambda **kwargs: None)
+    mp.setenv("NAPARI_FEATUP_CACHE", tempfile.mkdtemp(prefix="featup-cache-"))
+    yield
+    mp.undo()
+
+
+def check_argv(outcome, argv: list[str]) -> None:
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        _make_files(folder)
+        inputs = set(folder.rglob("*"))
+        before = signal.signal(signal.SIGALRM, _alarm)
+        signal.alarm(TIME_LIMIT_S)
+        try:
+            os.chdir(folder)
+            code, err = outcome(cli.main, argv)
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, before)
+            os.chdir(cwd)
+        assert err is None, f"main raised {err!r}"
+        assert isinstance(code, int) and code in EXIT_CODES, code
+        _check_outputs(folder, inputs)
+
+
+def _check_outputs(folder: Path, inputs: set[Path]) -> None:
+    """Every new file under an output name loads; no temporary file is left behind."""
+    new = sorted(set(folder.rglob("*")) - inputs)
+    assert [p.name for p in new if p.name.startswith(".")] == [], "temporary files left"
+    for p in new:
+        inside_store = any(a.suffix.lower() == ".zarr" for a in p.parents)
+        if p.suffix.lower() in io.FORMATS and not inside_store:
+            io.load_features(p)
+
+
+@given(argv=argvs())
+@example(argv=["extract", "tiny.npy", "-o", "out.npz", "--device", "foo"])  # was a ValueError
+@example(argv=["extract", "tiny.npy", "-b", "nope", "-o", "out.npz"])  # argparse: SystemExit(2)
+@example(argv=["--help"])  # argparse: SystemExit(0)
+@example(argv=["extract", "tiny.npy", "-q", "--weights", "random", "-o", "afile"])
+def test_cli_argv(outcome, offline, argv):
+    check_argv(outcome, argv)
+
+
+def test_usage_errors_return_2(capsys):
+    assert cli.main(["extract", "x.png", "-o", "x.npz", "--bogus"]) == cli.EXIT_USAGE
+    assert "unrecognized arguments" in capsys.readouterr().err
+    assert cli.main([]) == cli.EXIT_USAGE
+    assert cli.main(["--help"]) == cli.EXIT_OK
