@@ -196,3 +196,18 @@ def test_safetensors_state_dict_loads(tmp_path):
     path = tmp_path / "w.safetensors"
     save_file({f"upsampler.{k}": v for k, v in _jbu_state().items()}, str(path))
     assert load_featup_checkpoint(path).dim == DIM
+
+
+# Bit flips (offset, bit) of the fixture's checkpoint and a one-byte pickle that made
+# torch.load raise IndexError, KeyError, AttributeError, TypeError and AssertionError, which escaped
+# torch_load (it caught only zip, EOF, runtime, value and OS errors). The offsets fit
+# torch 2.14's layout; on another layout they still check the property.
+@pytest.mark.parametrize("flip", [(980, 2), (518, 5), (1714, 2), (2762, 0), (247, 0), None])
+def test_found_torch_load_errors(outcome, good_bytes, tmp_path, flip):
+    if flip is None:
+        blob = b"\x80"
+    else:
+        buf = bytearray(good_bytes)
+        buf[flip[0]] ^= 1 << flip[1]
+        blob = bytes(buf)
+    check_weights(outcome, _write(str(tmp_path), blob, ".ckpt"))
