@@ -66,6 +66,12 @@ def _out_paths(images: Sequence[str], out: str, fmt: str | None) -> list[Path]:
     ext = "." + (fmt or "npz").lstrip(".")
     if ext not in FORMATS:
         raise CLIError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}", EXIT_USAGE)
+    if out_path.exists() and not out_path.is_dir():
+        raise CLIError(
+            f"--out {out!r} is an existing file; without a feature-file extension "
+            f"({', '.join(FORMATS)}) --out names a folder",
+            EXIT_USAGE,
+        )
     out_path.mkdir(parents=True, exist_ok=True)
     return [out_path / f"{Path(p).stem}.features{ext}" for p in images]
 

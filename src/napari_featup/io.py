@@ -9,7 +9,14 @@
 
 Writes go to a temporary name in the same folder and are renamed into place, so a
 failed or interrupted write never leaves a half file under the final name, and an
-existing file is only replaced with ``overwrite=True``.
+existing file is only replaced with ``overwrite=True``. A killed write cannot clean
+up: its temporaries (hidden, named after the target and the writer's pid) are removed
+by the next write of the same name. A ``.npy`` is two files: an old one is moved aside
+before the new pair is renamed in, and its sidecar records the array's shape, dtype and
+CRC-32, so a pair from two different writes is refused rather than read.
+
+Readers check what they read: damaged, mislabelled or foreign files and metadata that
+does not describe the arrays raise :class:`FeatureFileError` saying what is wrong.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import re
 import shutil
 import time
 import uuid
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -67,6 +75,15 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists():
         path.unlink()
+
+
+def _npy_identity(arr: np.ndarray, with_crc: bool = True) -> dict:
+    """Shape, dtype and CRC-32 of an array's bytes (one pass, about 1 GB/s)."""
+    ident: dict = {"shape": list(arr.shape), "dtype": arr.dtype.str}
+    if with_crc:
+        data = np.ascontiguousarray(arr)
+        ident["crc32"] = zlib.crc32(memoryview(data).cast("B")) if data.size else 0
+    return ident
 
 
 def _check_arrays(suffix: str, arrays: dict[str, np.ndarray]) -> None:
@@ -171,13 +188,14 @@ def save_arrays(
     meta = dict(metadata or {})
     meta["arrays"] = list(arrays)
     if suffix == ".npy":
-        # lets a reader tell a sidecar from an interrupted overwrite apart from its array
-        arr = next(iter(arrays.values()))
-        meta["npy"] = {"shape": list(arr.shape), "dtype": arr.dtype.str}
+        # The array and its sidecar are two renames: a write killed between them pairs
+        # one write's array with another's metadata. The sidecar names its array.
+        meta["npy"] = _npy_identity(next(iter(arrays.values())))
     try:
         text = _dumps(meta)
     except (TypeError, ValueError) as exc:  # e.g. a circular reference
         raise FeatureFileError(f"metadata cannot be stored as JSON: {exc}") from exc
+    clean_stale_temporaries(path)  # before the exists check: it may refuse the write
     if not overwrite:
         # a sidecar without its .npy is what a write killed between its two renames
         # leaves: it is replaced, not a reason to refuse
@@ -190,7 +208,6 @@ def save_arrays(
                 )
     if not path.parent.is_dir():
         raise FeatureFileError(f"folder {str(path.parent)!r} does not exist")
-    clean_stale_temporaries(path)
     tmp = _temp_name(path, f"tmp{suffix}")
     try:
         if suffix == ".npz":
@@ -202,16 +219,18 @@ def save_arrays(
         else:
             np.save(tmp, next(iter(arrays.values())), allow_pickle=False)
             _sidecar(tmp).write_text(text, encoding="utf-8")
-        # Swap in: for a folder (zarr) an existing target must be moved aside first.
-        if suffix == ".npy":
-            os.replace(_sidecar(tmp), _sidecar(path))
-        if path.is_dir():
+        # Swap in. A folder (zarr) cannot be renamed over, and a .npy is two renames:
+        # the old target is moved aside first, so a kill leaves no file under the final
+        # name rather than a half-swapped one.
+        old = None
+        if path.exists() and (path.is_dir() or suffix == ".npy"):
             old = _temp_name(path, "old")
             os.replace(path, old)
-            os.replace(tmp, path)
+        if suffix == ".npy":
+            os.replace(_sidecar(tmp), _sidecar(path))
+        os.replace(tmp, path)
+        if old is not None:
             _remove(old)
-        else:
-            os.replace(tmp, path)
     finally:
         _remove(tmp)
         _remove(_sidecar(tmp))
@@ -415,9 +434,7 @@ def load_arrays(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
             if not isinstance(arr, np.ndarray):
                 raise FeatureFileError(f"{str(path)!r} is an .npz archive, not a .npy array")
             want = meta.get("npy")
-            if isinstance(want, dict) and (
-                want.get("shape") != list(arr.shape) or want.get("dtype") != arr.dtype.str
-            ):
+            if isinstance(want, dict) and want != _npy_identity(arr, with_crc="crc32" in want):
                 raise FeatureFileError(
                     f"{str(path)!r} holds a {arr.dtype.str} array of shape {arr.shape} but "
                     f"its sidecar {_sidecar(path).name!r} describes {want}: they come from "
