@@ -105,15 +105,15 @@ def _check_arrays(suffix: str, arrays: dict[str, np.ndarray]) -> None:
                 f"array {name!r} has dtype {arr.dtype}; feature files hold boolean, integer "
                 "or float arrays"
             )
-        if suffix in (".tif", ".tiff") and arr.ndim < 2:
+        if suffix in (".tif", ".tiff") and (arr.ndim < 2 or arr.size == 0):
             raise FeatureFileError(
-                f"array {name!r} has shape {arr.shape}; TIFF holds arrays of 2 or more "
-                "dimensions: save to .npz, .zarr or .npy instead"
+                f"array {name!r} has shape {arr.shape}; TIFF holds non-empty arrays of 2 "
+                "or more dimensions: save to .npz, .zarr or .npy instead"
             )
 
 
 #: temporaries of a write to NAME: ``.NAME.<pid>-<8 hex>.tmp<suffix>`` (and its ``.json``
-#: for .npy) and ``.NAME.<pid>-<8 hex>.old`` (a replaced .zarr folder on its way out)
+#: for .npy) and ``.NAME.<pid>-<8 hex>.old`` (a replaced .zarr or .npy on its way out)
 _TEMP = r"\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.(?:tmp.*|old)"
 
 

@@ -228,6 +228,7 @@ def test_tif_keeps_arrays_of_equal_shape_apart(tmp_path):  # the second one was 
     ("ext", "arrays", "match"),
     [
         (".tif", {"a": np.ones(5, "f4")}, "2 or more dimensions"),  # was IndexError
+        (".tif", {"a": np.ones((0, 3), "f4")}, "non-empty"),  # a nonconformant TIFF
         (".npz", {"a": np.array([None, 1], dtype=object)}, "dtype object"),  # was pickled
         (".zarr", {"a": np.array(["x"])}, "dtype <U1"),  # was zarr's error
         (".tif", {"a": np.ones((2, 2), "c8")}, "dtype complex64"),  # was tifffile's error
