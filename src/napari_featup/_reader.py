@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ import numpy as np
 
 from .analysis import PCAProjection
 from .errors import FeatureFileError
-from .io import FORMATS, META_KEY, load_arrays, read_metadata
+from .io import FORMATS, META_KEY, feature_arrays, load_arrays, read_metadata
 from .session.layer_data import result_layer_data
 
 
@@ -43,38 +44,174 @@ def get_reader(path: Any) -> Callable[[Any], list] | None:
 def read_features(path: Any) -> list[tuple[np.ndarray, dict, str]]:
     """Layers of a feature file: PCA colours (low-res and full-res, aligned with the
     source layer's scale/translate when recorded), the similarity map when stored,
-    or the layers a File > Save wrote. Nothing is recomputed."""
+    or the layers a File > Save wrote. Nothing is recomputed.
+
+    A damaged file, or metadata that cannot place the layers, raises
+    :class:`FeatureFileError` naming what is wrong (napari shows the message)."""
     if isinstance(path, (list, tuple)):
         path = path[0]
     p = Path(str(path))
     arrays, meta = load_arrays(p)
-    if isinstance(meta.get("layers"), dict):
-        return _saved_layers(arrays, meta["layers"])
-    pca = PCAProjection.from_dict(meta["pca"]) if isinstance(meta.get("pca"), dict) else None
-    name = str(meta.get("source_layer") or p.stem)
-    extra = {k: arrays[k] for k in ("pca", "similarity") if k in arrays}
-    lowres = arrays.get("lowres")
-    if lowres is None and arrays.get("highres") is None:
-        raise FeatureFileError(f"{p} holds no features (arrays: {sorted(arrays)})")
-    return result_layer_data(lowres, meta, pca, name, highres=arrays.get("highres"), extra=extra)
+    if meta.get("layers") is not None:
+        if not isinstance(meta["layers"], dict):
+            raise FeatureFileError(
+                f"{str(p)!r}: metadata 'layers' is a {type(meta['layers']).__name__}, "
+                "not a dict of layers"
+            )
+        return _saved_layers(p, arrays, meta["layers"])
+    lowres, highres, pca = feature_arrays(p, arrays, meta)
+    if pca is not None:
+        pca = _three_components(pca)
+    _numbers(p, meta, "source_scale", nonzero=True)
+    _numbers(p, meta, "source_translate")
+    stride = meta.get("stride")
+    if stride is not None and not (
+        isinstance(stride, (int, float))
+        and not isinstance(stride, bool)
+        and float(stride).is_integer()
+        and stride >= 1
+    ):
+        raise FeatureFileError(
+            f"{str(p)!r}: metadata 'stride' is {stride!r}, not a whole number >= 1"
+        )
+    extra = {}
+    for key, ndims in (("pca", (3,)), ("similarity", (2,))):
+        arr = arrays.get(key)
+        if arr is None:
+            continue
+        if (
+            arr.ndim not in ndims
+            or arr.size == 0
+            or arr.dtype.kind not in "biuf"
+            or (key == "pca" and arr.shape[-1] not in (3, 4))
+        ):
+            raise FeatureFileError(
+                f"{str(p)!r}: the stored {key!r} layer is a {arr.dtype} array of shape "
+                f"{arr.shape}; expected " + ("(H, W, 3) colours" if key == "pca" else "(H, W)")
+            )
+        extra[key] = arr
+    source = meta.get("source_layer")
+    name = source if isinstance(source, str) and source else p.stem
+    return result_layer_data(lowres, meta, pca, name, highres=highres, extra=extra)
 
 
-def _saved_layers(arrays: dict, layers: dict) -> list[tuple[np.ndarray, dict, str]]:
+def _three_components(pca: PCAProjection) -> PCAProjection:
+    """The PCA shown as RGB: its first three components (zero components padded when a
+    library user stored fewer, as :func:`fit_pca` pads for few channels)."""
+    k = pca.components.shape[0]
+    if k == 3:
+        return pca
+    if k > 3:
+        return PCAProjection(
+            **{name: np.asarray(v)[:3] for name, v in vars(pca).items() if name != "mean"},
+            mean=pca.mean,
+        )
+    pad = 3 - k
+
+    def padded(v: np.ndarray) -> np.ndarray:
+        return np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
+
+    return PCAProjection(
+        components=padded(pca.components),
+        mean=pca.mean,
+        low=padded(pca.low),
+        high=padded(pca.high),
+        explained_variance_ratio=padded(pca.explained_variance_ratio),
+    )
+
+
+def _numbers(p: Path, meta: dict, key: str, nonzero: bool = False) -> None:
+    """Check that ``meta[key]``, when set, is a list of >= 2 finite numbers."""
+    value = meta.get(key)
+    if value is None or (
+        isinstance(value, list) and len(value) >= 2 and _is_numbers(value, len(value), nonzero)
+    ):
+        return
+    raise FeatureFileError(
+        f"{str(p)!r}: metadata {key!r} is {value!r}; expected a list of at least two finite"
+        + (" non-zero" if nonzero else "")
+        + " numbers"
+    )
+
+
+def _is_numbers(value: Any, n: int, nonzero: bool = False) -> bool:
+    """Whether ``value`` is a list of ``n`` finite (and, if asked, non-zero) numbers."""
+    return (
+        isinstance(value, list)
+        and len(value) == n
+        and all(
+            isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and math.isfinite(v)
+            and (v != 0 or not nonzero)
+            for v in value
+        )
+    )
+
+
+def _colormap(name: Any) -> str | None:
+    """The stored colormap if napari knows it (a cosmetic setting: unknown ones are dropped)."""
+    if not isinstance(name, str) or not name:
+        return None
+    try:
+        from napari.utils.colormaps import ensure_colormap
+
+        ensure_colormap(name)
+    except Exception:  # noqa: BLE001 - napari says unknown in several ways
+        return None
+    return name
+
+
+def _saved_layers(p: Path, arrays: dict, layers: dict) -> list[tuple[np.ndarray, dict, str]]:
     out = []
     for key, info in layers.items():
         if key not in arrays:
             continue
-        kwargs: dict[str, Any] = {"name": info.get("name") or key}
-        for k in ("scale", "translate"):
-            if info.get(k):
-                kwargs[k] = info[k]
+        if not isinstance(info, dict):
+            raise FeatureFileError(
+                f"{str(p)!r}: metadata for layer {key!r} is a {type(info).__name__}, not a dict"
+            )
         ltype = info.get("layer_type", "image")
-        if ltype == "image":
-            kwargs["rgb"] = bool(info.get("rgb"))
-            if info.get("colormap"):
-                kwargs["colormap"] = info["colormap"]
-        kwargs["metadata"] = {META_KEY: dict(info.get(META_KEY) or {}, layer="from-file")}
+        if ltype not in ("image", "labels"):
+            raise FeatureFileError(
+                f"{str(p)!r}: layer {key!r} has type {ltype!r}; this reader opens image and "
+                "labels layers"
+            )
         data = arrays[key]
+        rgb = ltype == "image" and bool(info.get("rgb"))
+        ndim = data.ndim - 1 if rgb else data.ndim
+        if (
+            data.size == 0
+            or data.dtype.kind not in "biuf"
+            or ndim < 2
+            or (rgb and data.shape[-1] not in (3, 4))
+        ):
+            raise FeatureFileError(
+                f"{str(p)!r}: layer {key!r} is a {data.dtype} array of shape {data.shape}, "
+                f"which is not a {'RGB ' if rgb else ''}{ltype} layer"
+            )
+        name = info.get("name")
+        kwargs: dict[str, Any] = {"name": name if isinstance(name, str) and name else key}
+        for k in ("scale", "translate"):
+            value = info.get(k)
+            if value in (None, []):
+                continue
+            if not _is_numbers(value, ndim, nonzero=k == "scale"):
+                raise FeatureFileError(
+                    f"{str(p)!r}: layer {key!r} has {k} {value!r}; expected {ndim} finite "
+                    + ("non-zero " if k == "scale" else "")
+                    + "numbers"
+                )
+            kwargs[k] = value
+        if ltype == "image":
+            kwargs["rgb"] = rgb
+            cmap = _colormap(info.get("colormap"))
+            if cmap:
+                kwargs["colormap"] = cmap
+        own = info.get(META_KEY)
+        kwargs["metadata"] = {
+            META_KEY: dict(own if isinstance(own, dict) else {}, layer="from-file")
+        }
         if ltype == "labels" and not np.issubdtype(data.dtype, np.integer):
             data = data.astype(np.int32)
         out.append((data, kwargs, ltype))

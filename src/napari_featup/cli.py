@@ -1,8 +1,11 @@
 """The ``napari-featup`` command: extract, download, demo, list.
 
-Exit codes: 0 success, 1 unexpected error, 2 bad arguments or unknown names,
-3 a missing or unreadable input file, 4 weights unavailable (offline), 5 output exists,
-130 interrupted.
+Exit codes: 0 success, 1 unexpected error (including an output that cannot be written),
+2 bad arguments or unknown names, 3 a missing or unreadable input file, 4 weights
+unavailable (offline), 5 output exists, 130 interrupted.
+
+:func:`main` returns the code and never raises for bad input: argparse's usage errors
+(which argparse signals with ``SystemExit(2)``) are returned as 2 and ``--help`` as 0.
 """
 
 from __future__ import annotations
@@ -63,6 +66,12 @@ def _out_paths(images: Sequence[str], out: str, fmt: str | None) -> list[Path]:
     ext = "." + (fmt or "npz").lstrip(".")
     if ext not in FORMATS:
         raise CLIError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}", EXIT_USAGE)
+    if out_path.exists() and not out_path.is_dir():
+        raise CLIError(
+            f"--out {out!r} is an existing file; without a feature-file extension "
+            f"({', '.join(FORMATS)}) --out names a folder",
+            EXIT_USAGE,
+        )
     out_path.mkdir(parents=True, exist_ok=True)
     return [out_path / f"{Path(p).stem}.features{ext}" for p in images]
 
@@ -359,13 +368,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (see the module docstring)."""
     from .errors import FeatUpError
 
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        # argparse has printed the usage error (or --help): return its status (2 or 0)
+        # instead of raising, so callers always get a code; the console script exits with it.
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
         return args.func(args)
     except KeyboardInterrupt:
         print("napari-featup: interrupted", file=sys.stderr)
         return 130
-    except (FeatUpError, CLIError, FileExistsError) as exc:
+    except (FeatUpError, CLIError, OSError) as exc:
+        # OSError: an output that cannot be written (permissions, a full disk, a file
+        # where a folder should be) is reported, not shown as a traceback.
         print(f"napari-featup: error: {exc}", file=sys.stderr)
         return exit_code(exc)
 

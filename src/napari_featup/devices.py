@@ -1,8 +1,13 @@
-"""Device and precision choice, shared by backbones and upsamplers."""
+"""Device and precision choice, shared by backbones and upsamplers.
+
+Unknown or unavailable choices raise :class:`SettingsError` (a ``ValueError``).
+"""
 
 from __future__ import annotations
 
 import torch
+
+from .errors import SettingsError
 
 PRECISIONS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -22,13 +27,15 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError as exc:
-        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from exc
+        raise SettingsError(
+            f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps"
+        ) from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available here; use cpu")
+        raise SettingsError(f"device {device!r} requested but CUDA is not available here; use cpu")
     if dev.type == "mps" and not (
         getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
     ):
-        raise ValueError(f"device {device!r} requested but Apple MPS is not available here")
+        raise SettingsError(f"device {device!r} requested but Apple MPS is not available here")
     return dev
 
 
@@ -36,8 +43,10 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     """Map ``float32``/``float16``/``bfloat16`` to a dtype; half precision needs a GPU."""
     key = str(precision).lower().replace("fp", "float").replace("half", "float16")
     if key not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        raise SettingsError(
+            f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}"
+        )
     dtype = PRECISIONS[key]
     if dtype == torch.float16 and device.type == "cpu":
-        raise ValueError("float16 needs a GPU; on CPU use float32 (or bfloat16)")
+        raise SettingsError("float16 needs a GPU; on CPU use float32 (or bfloat16)")
     return dtype

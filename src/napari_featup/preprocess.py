@@ -7,6 +7,7 @@ were scaled to [0, 1], and how the image was padded to a whole number of patches
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -52,13 +53,14 @@ def _as_numpy(image: Any) -> np.ndarray:
         arr = np.asarray(image)
     except Exception as exc:  # noqa: BLE001 - any array-like failure is a bad input
         raise ImageError(f"cannot read the image as an array: {exc}") from exc
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+    if arr.dtype.kind == "c":
+        raise ImageError("image is complex-valued; pass its magnitude or real part")
+    # By kind, not np.number: timedelta64 counts as a number to numpy but is no intensity.
+    if arr.dtype.kind not in "biuf":
         raise ImageError(
             f"image has dtype {arr.dtype}; expected a numeric or boolean array "
             "(uint8, uint16, int, float, bool)"
         )
-    if np.iscomplexobj(arr):
-        raise ImageError("image is complex-valued; pass its magnitude or real part")
     return arr
 
 
@@ -102,6 +104,19 @@ def to_channels_last(
     )
 
 
+def _channel_index(c: Any) -> int:
+    """An integer channel index (integral floats such as 1.0 too), or an ImageError."""
+    if isinstance(c, (bool, np.bool_)):
+        raise ImageError(f"channel {c!r} is a boolean, not a channel index")
+    try:
+        return operator.index(c)
+    except TypeError:
+        pass
+    if isinstance(c, (float, np.floating)) and float(c).is_integer():
+        return int(c)
+    raise ImageError(f"channel {c!r} is not a channel index (an integer)")
+
+
 def _mix(arr: np.ndarray, layout: str, channels: Any) -> tuple[np.ndarray, list[Any]]:
     """(H, W, K) float -> (H, W, 3) float and the recorded channel choice."""
     k = arr.shape[-1]
@@ -115,7 +130,14 @@ def _mix(arr: np.ndarray, layout: str, channels: Any) -> tuple[np.ndarray, list[
         else:
             # No natural colour mapping: the mean of all channels as grey.
             channels = [[1.0 / k] * k] * 3
-    channels = list(channels) if not isinstance(channels, np.ndarray) else channels.tolist()
+    if isinstance(channels, np.ndarray):
+        channels = channels.tolist()
+    if isinstance(channels, (str, bytes)) or not isinstance(channels, Sequence):
+        raise ImageError(
+            f"channels must be a list of 1 or 3 channel indices (or a 3 x {k} mixing "
+            f"matrix), got {channels!r}"
+        )
+    channels = list(channels)
     if len(channels) == 1:
         channels = channels * 3
     if len(channels) != 3:
@@ -125,16 +147,20 @@ def _mix(arr: np.ndarray, layout: str, channels: Any) -> tuple[np.ndarray, list[
         )
     planes = []
     for c in channels:
-        if np.ndim(c) == 0:
-            ci = int(c)
+        if not isinstance(c, (Sequence, np.ndarray)) or isinstance(c, (str, bytes)):
+            ci = _channel_index(c)
             if not -k <= ci < k:
                 raise ImageError(f"channel {ci} does not exist: the image has {k} channel(s)")
             planes.append(arr[..., ci])
         else:
-            w = np.asarray(c, dtype=np.float64)
+            try:
+                w = np.asarray(c, dtype=np.float64)
+            except (TypeError, ValueError) as exc:
+                raise ImageError(f"a mixing row must be {k} numbers, got {c!r}") from exc
             if w.shape != (k,):
                 raise ImageError(f"a mixing row must have {k} weights, got shape {w.shape}")
-            planes.append(arr @ w)
+            with np.errstate(over="ignore", invalid="ignore"):  # checked by the caller
+                planes.append(arr @ w)
     return np.stack(planes, axis=-1), channels
 
 
@@ -155,9 +181,14 @@ def _limits(
         else:
             scaling = "percentile"
     if scaling == "contrast_limits":
-        if contrast_limits is None or len(contrast_limits) != 2:
+        if contrast_limits is None:
             raise ImageError("scaling='contrast_limits' needs contrast_limits=(low, high)")
-        lo, hi = (float(v) for v in contrast_limits)
+        try:
+            lo, hi = (float(v) for v in contrast_limits)  # wrong counts raise ValueError
+        except (TypeError, ValueError) as exc:
+            raise ImageError(
+                f"contrast_limits must be two numbers (low, high), got {contrast_limits!r}"
+            ) from exc
     elif scaling == "range":
         if dtype.kind == "b":
             lo, hi = 0.0, 1.0
@@ -167,12 +198,63 @@ def _limits(
         else:
             lo, hi = 0.0, 1.0  # floats are taken to be in [0, 1]
     elif scaling == "percentile":
-        lo, hi = (float(v) for v in np.percentile(arr, percentiles))
+        try:
+            p_lo, p_hi = (float(v) for v in percentiles)
+        except (TypeError, ValueError) as exc:
+            raise ImageError(f"percentiles must be two numbers, got {percentiles!r}") from exc
+        if not 0.0 <= p_lo <= p_hi <= 100.0:
+            raise ImageError(f"percentiles {percentiles!r} must satisfy 0 <= low <= high <= 100")
+        lo, hi = (float(v) for v in np.percentile(arr, (p_lo, p_hi)))
     else:  # minmax
         lo, hi = float(arr.min()), float(arr.max())
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise ImageError(f"intensity limits ({lo}, {hi}) are not finite")
+    if lo > hi:
+        raise ImageError(
+            f"intensity limits ({lo}, {hi}) are reversed: the low limit must not exceed "
+            "the high one"
+        )
     return scaling, (lo, hi)
+
+
+def _as_float(arr: np.ndarray) -> np.ndarray:
+    """float32 values (float64 where float32 would overflow), all finite."""
+    if arr.dtype.kind == "f":
+        finite = np.isfinite(arr)
+        if not finite.all():
+            raise ImageError(
+                f"image contains {int((~finite).sum())} NaN or infinite value(s); replace "
+                "them (e.g. np.nan_to_num) before extracting features"
+            )
+    with np.errstate(over="ignore"):
+        data = arr.astype(np.float32, copy=False)
+    if arr.dtype.kind == "f" and not np.isfinite(data).all():
+        # float64 (or longer) values beyond float32's range: scale them in float64.
+        with np.errstate(over="ignore"):
+            data = arr.astype(np.float64)
+        if not np.isfinite(data).all():
+            raise ImageError(
+                f"image values of dtype {arr.dtype} exceed float64's range; rescale the image"
+            )
+    return data
+
+
+def _to_unit(mixed: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Map [lo, hi] to [0, 1] (clipped), without overflow for any finite inputs."""
+    span = hi - lo
+    if not span > 0:
+        # A flat image (or flat within the limits) carries no contrast: map it to 0.5
+        # rather than dividing by zero.
+        return np.full_like(mixed, 0.5, dtype=np.float32)
+    peak = max(abs(lo), abs(hi), float(np.abs(mixed).max()))
+    if peak < 1e30 and span > 1e-30:
+        # float32 cannot overflow or lose the span here (the usual case, half the memory)
+        out = (mixed.astype(np.float32, copy=False) - np.float32(lo)) / np.float32(span)
+    else:
+        # Halves keep x - lo and hi - lo finite in float64 for any finite x, lo, hi.
+        half = mixed.astype(np.float64) * 0.5
+        out = (half - lo * 0.5) / (hi * 0.5 - lo * 0.5)
+    return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
 
 
 def prepare_image(
@@ -201,22 +283,15 @@ def prepare_image(
     h, w = arr.shape[:2]
     if h < 1 or w < 1:
         raise ImageError(f"image has no pixels (shape {arr.shape})")
-    data = arr.astype(np.float32, copy=False)
-    if not np.isfinite(data).all():
-        bad = int((~np.isfinite(data)).sum())
-        raise ImageError(
-            f"image contains {bad} NaN or infinite value(s); replace them (e.g. "
-            "np.nan_to_num) before extracting features"
-        )
+    data = _as_float(arr)
     mixed, chosen = _mix(data, layout, channels)
+    if not np.isfinite(mixed).all():
+        raise ImageError(
+            f"mixing the channels with {chosen!r} gives values beyond the float range; "
+            "use weights of ordinary size (e.g. rows that sum to 1)"
+        )
     scaling_used, (lo, hi) = _limits(mixed, dtype, scaling, contrast_limits, percentiles)
-    span = hi - lo
-    if span <= 0:
-        # A flat image (or flat within the limits) carries no contrast: map it to 0.5
-        # rather than dividing by zero.
-        out = np.full_like(mixed, 0.5)
-    else:
-        out = np.clip((mixed - lo) / span, 0.0, 1.0)
+    out = _to_unit(mixed, lo, hi)
     record = Preprocessing(
         input_shape=tuple(np.shape(image)),
         input_dtype=str(dtype),

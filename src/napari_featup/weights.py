@@ -37,11 +37,24 @@ def cache_dir() -> Path:
     return Path(base) / "napari-featup"
 
 
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - safetensors' errors are not OSError/ValueError
+        raise WeightsFileError(f"{str(path)!r} is not a readable safetensors file: {exc}") from exc
+
+
 def torch_load(path: str | os.PathLike) -> Any:
     """``torch.load`` without unpickling arbitrary objects, with clear errors."""
     path = Path(path)
     if not path.is_file():
         raise WeightsUnavailableError(f"weights file {str(path)!r} does not exist")
+    if path.suffix.lower() == ".safetensors":
+        # torch.load hands such paths to safetensors itself (torch >= 2.10), whose
+        # errors are neither OSError nor ValueError: read and wrap them here.
+        return _load_safetensors(path)
     with open(path, "rb") as f:
         head = f.read(4)
     # Torch files are zip archives (torch >= 1.6) or bare pickles (legacy, protocol 2+).
@@ -58,7 +71,9 @@ def torch_load(path: str | os.PathLike) -> Any:
             f"corrupt; it is refused because weights are loaded with weights_only=True so "
             f"that no code in the file runs ({first})"
         ) from exc
-    except (zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError) as exc:
+    except (Exception, MemoryError) as exc:  # noqa: BLE001
+        # A damaged file fails anywhere in torch's zip, storage and unpickler code,
+        # in many types (BadZipFile, EOFError, RuntimeError, KeyError, struct.error, ...).
         raise WeightsFileError(
             f"{str(path)!r} is not a readable PyTorch weights file (truncated or corrupt): "
             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
@@ -67,17 +82,7 @@ def torch_load(path: str | os.PathLike) -> Any:
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A flat state dict from .safetensors or a torch file (unwrapping state_dict/model)."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as exc:  # noqa: BLE001
-            raise WeightsFileError(
-                f"{str(path)!r} is not a readable safetensors file: {exc}"
-            ) from exc
-    obj = torch_load(path)
+    obj = torch_load(path)  # .safetensors too
     for key in ("state_dict", "model", "module"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
