@@ -282,7 +282,7 @@ def _iter_distributed(
     threads_per_worker: int,
 ) -> Generator[Progress, None, None]:
     """Run the items on a dask cluster; yields one event per finished image."""
-    from distributed import Client, LocalCluster, as_completed
+    from dask.distributed import Client, LocalCluster, as_completed
 
     cluster = None
     if scheduler is None:

@@ -20,9 +20,10 @@ import torch
 from .backbones import get_spec
 from .tiling import DEFAULT_OVERLAP, NATIVE_TILE, plan_tiles, resolve_scale
 
-#: resident memory of a process with torch and timm loaded, before any work (measured
-#: on Linux x86-64 with torch 2.x: 450-600 MB)
-RUNTIME_BYTES = 550 << 20
+#: resident memory of a process with torch, timm, zarr and a model loaded, before any
+#: work (measured on Linux x86-64, torch 2.x: 700-1050 MB); a calibrated estimate reads
+#: the process's own memory instead
+RUNTIME_BYTES = 750 << 20
 #: a run is "long" past this many seconds (the command line and widget say so)
 LONG_SECONDS = 600.0
 MB = 2**20
@@ -40,6 +41,17 @@ def available_memory() -> int | None:
     except OSError:
         pass
     return None
+
+
+def process_memory() -> int | None:
+    """Resident memory of this process now (Linux; None elsewhere)."""
+    try:
+        import os
+
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return None
 
 
 def _fmt_bytes(n: float) -> str:
@@ -175,7 +187,9 @@ def estimate_run(
 
     ``shape``: (H, W) of the image; ``backbone``/``upsampler``: names or loaded objects
     (loaded ones are timed as they are; names are timed with random weights, which cost
-    the same). ``to_store``: the streaming path of :func:`~napari_featup.batch.extract_many`
+    the same). ``calibrate``: time a tile and an upsampler block, and count this
+    process's own memory now (models loaded, input read) instead of typical figures.
+    ``to_store``: the streaming path of :func:`~napari_featup.batch.extract_many`
     (grid written as it comes, colours per block) rather than
     :func:`~napari_featup.pipeline.iter_extract` (grid, guidance and optional
     ``highres`` in memory). ``input_bytes``: memory the input will take when it is read
@@ -202,9 +216,25 @@ def estimate_run(
     plan = plan_tiles(grid, p, tile, tile_overlap)
     th, tw = plan.tile
     hp, wp = grid[0] * s, grid[1] * s
+    bb = None
+    if calibrate:
+        bb = (
+            backbone
+            if isinstance(backbone, Backbone)
+            else load_backbone(spec.name, weights="random", device=device)
+        )
+    now = process_memory() if calibrate else None
+    base = (
+        {"this process now (runtime, models, input)": now}
+        if now
+        else {
+            "runtime (torch, timm, zarr)": RUNTIME_BYTES,
+            # building a model holds about twice its weights for a while
+            "model": 2 * _model_bytes(spec),
+        }
+    )
     parts = {
-        "runtime (torch, timm)": RUNTIME_BYTES,
-        "model": _model_bytes(spec, backbone.model if isinstance(backbone, Backbone) else None),
+        **base,
         "backbone tile": _tile_activation_bytes(spec, (th, tw)),
         "tile input": th * tw * s * s * 3 * 4 * 4 + th * tw * p * p * 3 * 4 * 2,
         "blending band": 2 * c * th * grid[1] * 4,
@@ -225,7 +255,9 @@ def estimate_run(
         parts["colour block"] = blk * blk * (c * 4 + s * s * 3 * 4 * 4) + 3 * 1024 * 1024 * 4 * 4
         parts["PCA sample"] = 20000 * c * 4 + 64 * MB
     if up_name == "featup-jbu":
-        parts["JBU kernels"] = 512 * MB if whole else 160 * MB
+        # its kernel cache (512 MB) on a whole image; per block, its working set
+        # (the 16x level's windows and tap matrices), measured 400-500 MB
+        parts["JBU working set"] = 512 * MB if whole else 480 * MB
     if highres and not to_store:
         parts["full-res features"] = (
             c * h * w * torch.empty(0, dtype=getattr(torch, highres_dtype)).element_size()
@@ -233,12 +265,7 @@ def estimate_run(
     peak = int(sum(parts.values()))
 
     seconds, timing = None, {}
-    if calibrate:
-        bb = (
-            backbone
-            if isinstance(backbone, Backbone)
-            else load_backbone(spec.name, weights="random", device=device)
-        )
+    if bb is not None:
         t_tile = calibrate_backbone(bb, (th * p, tw * p))
         timing["backbone"] = plan.n_tiles * t_tile
         try:

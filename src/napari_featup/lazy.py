@@ -15,6 +15,7 @@ whole image (:func:`blockwise`).
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -61,7 +62,10 @@ class LazyField:
     channel-normed when the upsampler uses the norm. ``prepared``: the image and its
     intensity mapping; ``pixels_per_patch``: image px per cell. ``size``: the image
     (H, W) (default: the source's). Blocks are in image pixels, rows ``[r0, r1)`` x
-    cols ``[c0, c1)``.
+    cols ``[c0, c1)``. The last ``cache_blocks`` blocks keep their crops and kernels
+    (clicks on a shown block are then one small upsample); ``reuse_kernels=False`` asks
+    upsamplers that can not to keep their kernels within a block (a block computed once,
+    e.g. when writing colours, then needs a fraction of the memory).
     """
 
     def __init__(
@@ -74,6 +78,7 @@ class LazyField:
         device: str | torch.device = "cpu",
         halo: int | None = None,
         cache_blocks: int = 8,
+        reuse_kernels: bool = True,
     ):
         if not blockwise(upsampler):
             raise ValueError(
@@ -91,6 +96,7 @@ class LazyField:
         self.halo = halo_cells(upsampler) if halo is None else int(halo)
         self._cache: OrderedDict[tuple, tuple[FeatureField, tuple[int, int]]] = OrderedDict()
         self._cache_blocks = int(cache_blocks)
+        self._reuse = bool(reuse_kernels)
         self._lock = threading.Lock()
 
     # -- one block ---------------------------------------------------------------------
@@ -118,6 +124,10 @@ class LazyField:
         low_t = torch.from_numpy(low)[None].to(self.device)
         guide = self.prepared.guidance(i0 * s, i1 * s, j0 * s, j1 * s, self.device)
         f = FeatureField(low_t, guide, self.upsampler, ((i1 - i0) * s, (j1 - j0) * s))
+        kernels = self.upsampler.kernels
+        if not self._reuse and "cache" in inspect.signature(kernels).parameters:
+            with torch.inference_mode():
+                f._kernels = kernels(guide, (i1 - i0, j1 - j0), cache=False)
         out = (f, (i0 * s, j0 * s))
         with self._lock:
             self._cache[key] = out
@@ -234,8 +244,10 @@ class LazyField:
                     rgb = self.pca_rgb(pca, r0, r1, c0, c1)
                 else:
                     proj = self._coarse(
-                        lambda v: torch.einsum("kc,bchw->bkhw", torch.from_numpy(wt), v)
-                        + torch.from_numpy(b)[:, None, None],
+                        lambda v: (
+                            torch.einsum("kc,bchw->bkhw", torch.from_numpy(wt), v)
+                            + torch.from_numpy(b)[:, None, None]
+                        ),
                         factor,
                         r0,
                         r1,

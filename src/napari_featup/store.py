@@ -100,9 +100,16 @@ class FeatureStore:
         self.path = Path(path)
         if mode == "r" and not self.path.is_dir():
             raise FeatureFileError(f"feature store {str(self.path)!r} does not exist")
-        if mode == "a" and not self.path.is_dir():
-            root = zarr.open_group(str(self.path), mode="a")
-            root.attrs[META_KEY] = {"format": STORE_FORMAT, "version": STORE_VERSION}
+        if mode == "a" and not (self.path / "zarr.json").exists():
+            if self.path.is_dir() and any(self.path.iterdir()):
+                raise FeatureFileError(
+                    f"{str(self.path)!r} is a folder that is not a feature store; "
+                    "choose a new name for the store"
+                )
+            # the attributes go into the group's one metadata write: no reader ever sees
+            # the store without them
+            info = {META_KEY: {"format": STORE_FORMAT, "version": STORE_VERSION}}
+            zarr.open_group(str(self.path), mode="a", attributes=info)
         root = zarr.open_group(str(self.path), mode="r")
         info = dict(root.attrs.get(META_KEY, {}))
         if info.get("format") != STORE_FORMAT:

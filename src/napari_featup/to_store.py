@@ -255,7 +255,8 @@ def _write_colours(
     height, width = prepared.source.shape
     out = g.create_array("pca", shape=(height, width, 3), dtype=np.uint8, chunks=(block, block, 3))
     if blockwise(up):
-        lazy = LazyField(feats, prepared, up, s, device=dev)
+        # each block is computed once: keep no crops nor kernels beyond it
+        lazy = LazyField(feats, prepared, up, s, device=dev, cache_blocks=1, reuse_kernels=False)
         blocks = list(lazy.iter_blocks(block))
         for n, (r0, r1, c0, c1) in enumerate(blocks):
             out[r0:r1, c0:c1] = _uint8(lazy.pca_rgb(pca, r0, r1, c0, c1))
