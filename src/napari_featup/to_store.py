@@ -45,8 +45,10 @@ class ExtractSettings:
     As :func:`~napari_featup.pipeline.iter_extract`'s keywords, plus ``features_dtype``
     (of the stored grid), ``pca`` (``"full"``: full-resolution colours too,
     ``"lowres"``: colours of the grid only, ``"none"``) and ``block`` (px per side of
-    a colour block; does not change the result). ``channel_axis`` is an axis of the
-    input array (a stack's other leading axes are its planes).
+    a colour block; does not change the result; None: 1024 for bilinear, else 384 so a
+    block of a guided upsampler takes about a second on a CPU and a cancel is quick).
+    ``channel_axis`` is an axis of the input array (a stack's other leading axes are
+    its planes).
     """
 
     backbone: str = "dinov2"
@@ -69,7 +71,7 @@ class ExtractSettings:
     percentiles: tuple[float, float] = (0.5, 99.5)
     features_dtype: str = "float16"
     pca: str = "full"
-    block: int = 1024
+    block: int | None = None
 
     def __post_init__(self):
         if self.pca not in PCA_MODES:
@@ -145,6 +147,13 @@ def sample_pca(features: Any, max_samples: int = 20000, seed: int = 0) -> PCAPro
             block = np.asarray(features[:, r0 : r0 + band], np.float32)
             samples[sel] = block[:, rows[sel] - r0, idx[sel] % w].T
     return fit_pca(samples, max_samples=max_samples, seed=seed)
+
+
+def colour_block(settings: ExtractSettings, up: Upsampler) -> int:
+    """Side (px) of the blocks full-resolution colours are computed and stored in."""
+    if settings.block:
+        return int(settings.block)
+    return 1024 if up.name == "bilinear" else 384
 
 
 def _uint8(rgb01: np.ndarray) -> np.ndarray:
@@ -235,7 +244,9 @@ def iter_extract_to_store(
         if settings.pca == "full":
             yield Progress(3, total, f"PCA colours with {up.name}", stage="colours")
             yield from relay(
-                _write_colours(g, feats, prepared, up, pca, s, grid, settings.block, bb.device),
+                _write_colours(
+                    g, feats, prepared, up, pca, s, grid, colour_block(settings, up), bb.device
+                ),
                 3,
                 4,
                 total,

@@ -71,3 +71,12 @@ def test_dask_arrays_and_overview(rng):
     # the overview is the grid interpolated: close to the full-res map where smooth
     coarse = levels[1].compute()
     assert np.corrcoef(coarse.ravel(), field.query_similarity(q)[::2, ::2].ravel())[0, 1] > 0.9
+
+
+def test_from_field_wraps_an_in_memory_result(grey16):
+    res = nf.extract_features(grey16, "dino16", "bilinear", weights="random", highres=False)
+    lazy = LazyField.from_field(res.field, res.metadata["stride"])
+    pca = res.fit_pca()
+    arr = lazy.to_dask("pca", pca=pca, chunk=64).compute()
+    ref = np.clip(np.rint(res.field.pca_rgb(pca) * 255), 0, 255).astype(np.uint8)
+    assert np.abs(arr.astype(int) - ref).max() <= 1
