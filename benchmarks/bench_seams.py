@@ -107,8 +107,8 @@ def main() -> None:
             )
             print(
                 f"{name:<9} tile {tile:>3} px overlap {ov:.2f} ({plan.n_tiles:>3} tiles): "
-                f"relative error {rel:.4f}, median per cell {np.median(cell):.4f} "
-                f"(seam cells {seam:.4f}, others {rest:.4f}); "
+                f"relative error {rel:.3g}, median per cell {np.median(cell):.3g} "
+                f"(seam cells {seam:.3g}, others {rest:.3g}); "
                 f"{t_tiled:.1f} s tiled, {t_untiled:.1f} s untiled",
                 flush=True,
             )

@@ -297,10 +297,20 @@ def _zarr_multiscale(group: Any) -> tuple[list[str], list[float], dict] | None:
     ]
     if all(sc is not None for sc in scales):
         factors = [float(sc[-1]) / float(scales[0][-1]) for sc in scales]
-    else:  # no transforms: factors from the shapes
-        w0 = group[paths[0]].shape[-1]
-        factors = [w0 / group[p].shape[-1] for p in paths]
+    else:  # no transforms: factors from the shapes (odd sizes round: 1001 -> 501 is 2x)
+        factors = _shape_factors([group[p].shape for p in paths])
     return paths, factors, {"axes": ms.get("axes"), "datasets": ms["datasets"]}
+
+
+def _shape_factors(shapes: Sequence[tuple[int, ...]]) -> list[float]:
+    """Downsampling factors of pyramid levels from their widths (rounded to whole
+    numbers within 2%, as odd sizes give)."""
+    w0 = shapes[0][-1]
+    out = []
+    for sh in shapes:
+        f = w0 / sh[-1]
+        out.append(float(round(f)) if abs(f - round(f)) < 0.02 * f else f)
+    return out
 
 
 def pick_level(factors: Sequence[float], pixels_per_patch: int, patch_size: int) -> int:
@@ -347,10 +357,11 @@ def open_image(
             return node, origin
         ms = _zarr_multiscale(node)
         if ms is None:
-            keys = sorted(node.array_keys())
+            # a pyramid without OME metadata: its arrays, largest first
+            keys = sorted(node.array_keys(), key=lambda k: -int(np.prod(node[k].shape)))
             if not keys:
                 raise ImageError(f"{str(path)!r} holds no image array")
-            paths, factors = keys, [node[keys[0]].shape[-1] / node[k].shape[-1] for k in keys]
+            paths, factors = keys, _shape_factors([node[k].shape for k in keys])
             info: dict = {}
         else:
             paths, factors, info = ms

@@ -112,3 +112,16 @@ def test_small_images_keep_whole_image_preprocessing(shape, rng):
 
     img = rng.integers(0, 255, shape).astype(np.uint8)
     assert preprocessing_of(as_source(img)).record.limits == prepare_image(img)[1].limits
+
+
+def test_pyramidal_tiff_levels(tmp_path, rng):
+    import tifffile
+
+    a = rng.integers(0, 4000, (1001, 1002)).astype(np.uint16)
+    with tifffile.TiffWriter(tmp_path / "pyr.tif") as tw:
+        tw.write(a, tile=(256, 256), subifds=2)
+        tw.write(a[::2, ::2], tile=(256, 256), subfiletype=1)
+        tw.write(a[::4, ::4], tile=(256, 256), subfiletype=1)
+    for ppp, level in [(14, 0), (28, 1), (56, 2), (42, 1), (21, 0)]:
+        arr, origin = open_image(tmp_path / "pyr.tif", pixels_per_patch=ppp, patch_size=14)
+        assert origin["level"] == level and arr.shape[-1] == a[:, :: 2**level].shape[-1]

@@ -157,6 +157,10 @@ def test_distributed_equals_serial(tmp_path, rng, threads):
     ):
         dist = extract_many(src, tmp_path / "dist.zarr", **SETTINGS, scheduler=client)
     assert sorted(dist.report.computed) == serial.names() == dist.names()
+    from napari_featup import to_store
+
+    # the workers (threads of this process here) shared one loaded model
+    assert len([k for k in to_store._MODELS if k[0] == "dino16"]) == 1
     for name in serial.names():
         for arr in ("features", "pca", "pca_lowres"):
             assert np.array_equal(serial[name].group[arr][...], dist[name].group[arr][...])
