@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .backbones import get_spec
-from .tiling import DEFAULT_OVERLAP, NATIVE_TILE, plan_tiles, resolve_scale
+from .tiling import DEFAULT_OVERLAP, plan_tiles, resolve_scale
 
 #: resident memory of a process with torch, timm, zarr and a model loaded, before any
 #: work (measured on Linux x86-64, torch 2.x: 700-1050 MB); a calibrated estimate reads
@@ -111,25 +111,38 @@ class Estimate:
         return "\n".join(lines + [f"  note: {n}" for n in self.notes])
 
 
-def _tile_activation_bytes(spec, tile_cells: tuple[int, int]) -> int:
+def _is_cnn(spec) -> bool:
+    return "resnet" in spec.timm_name.lower() or "convnext" in spec.timm_name.lower()
+
+
+def _width(spec, model=None) -> int:
+    """Token width of a ViT (from the model when loaded, else from the output width)."""
+    width = getattr(model, "embed_dim", None) if model is not None else None
+    if width:
+        return int(width)
+    return 768 if "clip" in spec.name.lower() else max(384, int(spec.dim))
+
+
+def _tile_activation_bytes(spec, tile_cells: tuple[int, int], model=None) -> int:
     """Peak activations of one backbone call on a tile (float32, inference)."""
     t = tile_cells[0] * tile_cells[1] + 5
-    if spec.kind == "resnet":
+    if _is_cnn(spec):
         px = tile_cells[0] * tile_cells[1] * spec.stride**2
         return int(px * 64 * 4 * 3)  # the stride-4 stage at 256 channels dominates
-    width = 768 if spec.kind in ("clip", "maskclip") or spec.dim == 768 else 384
+    width = _width(spec, model)
     heads = width // 64
     attn = 3 * heads * t * t * 4  # scores, softmax, and the product's input
     mlp = 2 * t * 4 * width * 4
     return int(attn + mlp + 8 * t * width * 4)
 
 
-def _model_bytes(spec, model=None) -> int:
-    if model is not None:
-        return sum(p.numel() * p.element_size() for p in model.parameters())
-    return {"resnet": 100, "clip": 600, "maskclip": 600}.get(
-        spec.kind, 350 if spec.dim == 768 else 90
-    ) * MB
+def _model_bytes(spec) -> int:
+    """Typical float32 weights of a backbone of this size (ViT-S 22M, B 86M, L 300M
+    parameters; ResNet-50 25M)."""
+    if _is_cnn(spec):
+        return 100 * MB
+    width = _width(spec)
+    return {384: 90, 768: 350, 1024: 1200}.get(width, 4 * width * width * 12 * 12 // MB) * MB
 
 
 def calibrate_backbone(bb, tile_px: tuple[int, int]) -> float:
@@ -198,7 +211,7 @@ def estimate_run(
     from .backbones import Backbone, load_backbone
     from .upsamplers import Upsampler, load_upsampler, upsampler_info
 
-    spec = get_spec(backbone.name if isinstance(backbone, Backbone) else backbone)
+    spec = backbone.spec if isinstance(backbone, Backbone) else get_spec(backbone)
     up_name = upsampler.name if isinstance(upsampler, Upsampler) else str(upsampler)
     info = upsampler_info(up_name)
     scale = resolve_scale(spec.stride, downsample, pixels_per_patch)
@@ -206,11 +219,11 @@ def estimate_run(
     h, w = (int(v) for v in shape)
     grid = (math.ceil(h / s), math.ceil(w / s))
     if tile_size == "auto":
-        tile = NATIVE_TILE.get(spec.name, 16 * p)
-        if isinstance(backbone, Backbone):
-            from .tiling import native_tile_size
+        from .tiling import native_tile_for, native_tile_size
 
-            tile = native_tile_size(backbone)
+        tile = (
+            native_tile_size(backbone) if isinstance(backbone, Backbone) else native_tile_for(spec)
+        )
     else:
         tile = None if not tile_size else int(tile_size)
     plan = plan_tiles(grid, p, tile, tile_overlap)
@@ -235,7 +248,9 @@ def estimate_run(
     )
     parts = {
         **base,
-        "backbone tile": _tile_activation_bytes(spec, (th, tw)),
+        "backbone tile": _tile_activation_bytes(
+            spec, (th, tw), getattr(bb, "model", None) if bb is not None else None
+        ),
         "tile input": th * tw * s * s * 3 * 4 * 4 + th * tw * p * p * 3 * 4 * 2,
         "blending band": 2 * c * th * grid[1] * 4,
     }

@@ -51,20 +51,38 @@ NATIVE_TILE = {
 DEFAULT_OVERLAP = 0.25
 
 
-def native_tile_size(backbone) -> int:
-    """The input size (px) a backbone was trained at, a whole number of patches.
+def native_tile_for(spec) -> int:
+    """The input size (px) a backbone spec's timm model was trained at, a whole number of
+    patches: timm's pretrained cfg (no model built), else :data:`NATIVE_TILE`, else 16
+    patches."""
+    p, size = int(spec.stride), None
+    try:
+        from .backbones._timm import import_timm
 
-    Read from timm's ``pretrained_cfg["input_size"]`` of a loaded backbone where it is
-    there, else from :data:`NATIVE_TILE`, else 16 patches.
+        cfg = import_timm().models.get_pretrained_cfg(spec.timm_name)
+        if cfg is not None and cfg.input_size:
+            size = int(cfg.input_size[-1])
+    except Exception:  # noqa: BLE001 - a custom or unknown model: fall back to the table
+        size = None
+    if size is None:
+        size = NATIVE_TILE.get(spec.name, 16 * p)
+    return max(p, size // p * p)
+
+
+def native_tile_size(backbone) -> int:
+    """The input size (px) a loaded backbone was trained at, a whole number of patches.
+
+    Read from the model's timm ``pretrained_cfg["input_size"]`` where it is there, else
+    as :func:`native_tile_for` its spec, else 16 patches.
     """
     p = int(backbone.patch_size)
-    size = None
     cfg = getattr(getattr(backbone, "model", None), "pretrained_cfg", None) or {}
     if cfg.get("input_size"):
-        size = int(cfg["input_size"][-1])
-    if size is None:
-        size = NATIVE_TILE.get(getattr(backbone, "name", ""), 16 * p)
-    return max(p, size // p * p)
+        return max(p, int(cfg["input_size"][-1]) // p * p)
+    spec = getattr(backbone, "spec", None)
+    if spec is not None and getattr(spec, "timm_name", None):
+        return native_tile_for(spec)
+    return max(p, NATIVE_TILE.get(getattr(backbone, "name", ""), 16 * p) // p * p)
 
 
 @dataclass(frozen=True)

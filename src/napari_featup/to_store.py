@@ -10,6 +10,7 @@ image times the channels is ever held; an upsampler that must see the whole imag
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Generator
 from dataclasses import asdict, dataclass, field
@@ -101,6 +102,7 @@ class ExtractSettings:
 
 
 _MODELS: dict[tuple, tuple[Backbone, Upsampler]] = {}
+_MODELS_LOCK = threading.Lock()  # worker threads of one process load a model once
 
 
 def models_for(settings: ExtractSettings) -> tuple[Backbone, Upsampler]:
@@ -116,18 +118,23 @@ def models_for(settings: ExtractSettings) -> tuple[Backbone, Upsampler]:
         str(settings.upsampler_weights),
         repr(sorted(settings.upsampler_options.items())),
     )
-    if key not in _MODELS:
-        bb = load_backbone(settings.backbone, settings.weights, settings.device, settings.precision)
-        up = load_upsampler(
-            settings.upsampler,
-            backbone=bb,
-            use_norm=settings.use_norm,
-            weights=settings.upsampler_weights,
-            device=bb.device,
-            **settings.upsampler_options,
-        )
-        _MODELS[key] = (bb, up)
-    return _MODELS[key]
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            _MODELS[key] = _load_models(settings)
+        return _MODELS[key]
+
+
+def _load_models(settings: ExtractSettings) -> tuple[Backbone, Upsampler]:
+    bb = load_backbone(settings.backbone, settings.weights, settings.device, settings.precision)
+    up = load_upsampler(
+        settings.upsampler,
+        backbone=bb,
+        use_norm=settings.use_norm,
+        weights=settings.upsampler_weights,
+        device=bb.device,
+        **settings.upsampler_options,
+    )
+    return bb, up
 
 
 def sample_pca(features: Any, max_samples: int = 20000, seed: int = 0) -> PCAProjection:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_featup.backbones import Backbone, BackboneSpec
+from napari_featup.backbones._registry import BackboneFamily
 
 
 class _PatchModel(nn.Module):
@@ -47,10 +48,17 @@ class _Sleep(nn.Module):
         return x
 
 
+class _PatchFamily(BackboneFamily):
+    """Runs :class:`_PatchModel` (not registered: tests build the Backbone directly)."""
+
+    @classmethod
+    def features(cls, spec, model, x):
+        return model.forward_features(x)
+
+
 def patch_backbone(p: int = 8, dim: int = 16, delay: float = 0.0, layers: int = 1):
-    """A :class:`Backbone` whose cells see only their own patch (kind "resnet" routes
-    ``forward`` to ``forward_features``)."""
-    spec = BackboneSpec("mock", "mock", dim, p, "per-patch mock", False, kind="resnet")
+    """A :class:`Backbone` whose cells see only their own patch."""
+    spec = BackboneSpec("mock", "mock", dim, p, "per-patch mock", family=_PatchFamily)
     return Backbone(spec, _PatchModel(p, dim, delay, layers), weights="random").eval()
 
 

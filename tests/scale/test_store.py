@@ -144,11 +144,17 @@ def test_resume_after_kill_redoes_only_the_unfinished(tmp_path, rng):
         assert np.array_equal(fs[name].pca[...], ref[name].pca[...])
 
 
-def test_distributed_equals_serial(tmp_path, rng, threads):
+def test_distributed_equals_serial(tmp_path, rng, threads, monkeypatch):
     from dask.distributed import Client, LocalCluster
+
+    from napari_featup import to_store
 
     src = _images(tmp_path / "in", rng, n=4)
     serial = extract_many(src, tmp_path / "serial.zarr", **SETTINGS, threads=1)
+    loads = []
+    real = to_store._load_models
+    monkeypatch.setattr(to_store, "_MODELS", {})
+    monkeypatch.setattr(to_store, "_load_models", lambda s: loads.append(1) or real(s))
     with (
         LocalCluster(
             n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
@@ -157,10 +163,7 @@ def test_distributed_equals_serial(tmp_path, rng, threads):
     ):
         dist = extract_many(src, tmp_path / "dist.zarr", **SETTINGS, scheduler=client)
     assert sorted(dist.report.computed) == serial.names() == dist.names()
-    from napari_featup import to_store
-
-    # the workers (threads of this process here) shared one loaded model
-    assert len([k for k in to_store._MODELS if k[0] == "dino16"]) == 1
+    assert len(loads) == 1  # two worker threads, four images, one model load
     for name in serial.names():
         for arr in ("features", "pca", "pca_lowres"):
             assert np.array_equal(serial[name].group[arr][...], dist[name].group[arr][...])

@@ -12,6 +12,7 @@ from napari_featup.errors import SettingsError
 from napari_featup.pipeline import iter_extract
 from napari_featup.tiling import (
     WorkingScale,
+    native_tile_for,
     native_tile_size,
     plan_tiles,
     resolve_scale,
@@ -38,7 +39,8 @@ def test_resolve_scale_and_description():
 def test_native_tile_sizes():
     assert native_tile_size(nf.load_backbone("dinov2", weights="random")) == 518
     assert native_tile_size(nf.load_backbone("dino16", weights="random")) == 224
-    assert native_tile_size(patch_backbone(8)) == 128  # no cfg, no table entry: 16 patches
+    assert native_tile_size(patch_backbone(8)) == 128  # no timm cfg, no table entry: 16 patches
+    assert native_tile_for(nf.backbones.get_spec("dinov3-s")) == 256  # from timm, not built
 
 
 @pytest.mark.parametrize("grid,cells,overlap", [((50, 73), 16, 0.25), ((9, 40), 16, 0.5)])
