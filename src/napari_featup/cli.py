@@ -2,7 +2,8 @@
 
 Exit codes: 0 success, 1 unexpected error (including an output that cannot be written),
 2 bad arguments or unknown names, 3 a missing or unreadable input file, 4 weights
-unavailable (offline), 5 output exists, 130 interrupted.
+unavailable (offline), 5 output exists, 6 refused: the run's estimated memory exceeds
+what is available (``--yes`` runs it), 130 interrupted.
 
 :func:`main` returns the code and never raises for bad input: argparse's usage errors
 (which argparse signals with ``SystemExit(2)``) are returned as 2 and ``--help`` as 0.
@@ -18,6 +19,7 @@ from pathlib import Path
 from .errors import FeatUpError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INPUT, EXIT_WEIGHTS, EXIT_EXISTS = 0, 1, 2, 3, 4, 5
+EXIT_MEMORY = 6
 
 
 class CLIError(FeatUpError):
@@ -79,12 +81,19 @@ def _out_paths(images: Sequence[str], out: str, fmt: str | None) -> list[Path]:
 def _cmd_extract(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from .cli_large import check_estimate, cmd_extract_store, plane_shape, scale_kwargs
     from .io import save_features
     from .pipeline import iter_extract
     from .progress import drive
     from .upsamplers import parse_options
 
     options = parse_options(args.upsampler_option)
+    if args.store:
+        return cmd_extract_store(args, options)
+    if not args.out:
+        raise CLIError(
+            "extract needs --out FILE_OR_FOLDER (feature files) or --store STORE.zarr", EXIT_USAGE
+        )
     outs = _out_paths(args.images, args.out, args.format)
     if args.text:
         _check_text(args, outs)
@@ -94,6 +103,12 @@ def _cmd_extract(args: argparse.Namespace) -> int:
                 raise CLIError(f"{str(o)!r} exists; pass --overwrite to replace it", EXIT_EXISTS)
     for image_path, out in zip(args.images, outs):
         image = read_image(image_path)
+        shape = plane_shape(image, args.channel_axis)
+        highres = not args.no_highres
+        if not args.no_estimate and check_estimate(
+            args, shape, options, to_store=False, highres=highres
+        ):
+            continue
         gen = iter_extract(
             image,
             args.backbone,
@@ -110,6 +125,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             channels=args.channels,
             scaling=args.scaling,
             contrast_limits=args.contrast_limits,
+            **scale_kwargs(args),
         )
         with tqdm(total=None, desc=Path(image_path).name, unit="step", disable=args.quiet) as bar:
 
@@ -219,7 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     ex = sub.add_parser("extract", help="extract features of image files to feature files")
-    ex.add_argument("images", nargs="+", help="image files (TIFF, PNG, JPEG, .npy, ...)")
+    ex.add_argument(
+        "images",
+        nargs="+",
+        help="image files (TIFF, PNG, JPEG, .npy, ...); with --store also folders, globs, "
+        "zarr/OME-Zarr and stacks",
+    )
     ex.add_argument(
         "--backbone",
         "-b",
@@ -296,9 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument(
         "--out",
         "-o",
-        required=True,
+        default=None,
         help="output file (.npz, .zarr, .tif, .npy) or, for several images, a folder",
     )
+    from .cli_large import add_scale_arguments
+
+    add_scale_arguments(ex)
     ex.add_argument("--format", default=None, help="file format when --out is a folder (npz)")
     ex.add_argument("--overwrite", action="store_true", help="replace existing output files")
     ex.add_argument("--quiet", "-q", action="store_true", help="no progress bar")

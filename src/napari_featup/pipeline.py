@@ -19,10 +19,21 @@ import torch
 
 from . import __version__
 from .analysis import PCAProjection, fit_pca
-from .backbones import Backbone, load_backbone, pad_to_stride
+from .backbones import Backbone, load_backbone
+from .errors import BackboneError, SettingsError
 from .field import FeatureField
-from .preprocess import Preprocessing, normalize, prepare_image
+from .preprocess import Preprocessing
 from .progress import Progress, drive, relay
+from .source import Prepared, as_source, preprocessing_of
+from .tiling import (
+    DEFAULT_OVERLAP,
+    TilePlan,
+    WorkingScale,
+    iter_tiled_backbone,
+    native_tile_size,
+    plan_tiles,
+    resolve_scale,
+)
 from .upsamplers import Upsampler, channel_norm, load_upsampler
 
 RANDOM_WEIGHTS_LABEL = "random (untrained weights, for tests and demos only)"
@@ -71,21 +82,24 @@ def iter_extract(
     contrast_limits: Sequence[float] | None = None,
     percentiles: tuple[float, float] = (0.5, 99.5),
     tile_budget_mb: float = 256,
+    downsample: float | None = None,
+    pixels_per_patch: int | None = None,
+    tile_size: int | str | None = "auto",
+    tile_overlap: float = DEFAULT_OVERLAP,
 ) -> Generator[Progress, None, FeatureResult]:
     """Generator version of :func:`extract_features` (same arguments)."""
     t_start = time.perf_counter()
-    x01, prep = prepare_image(
-        image,
-        rgb=rgb,
-        channel_axis=channel_axis,
+    prepared = preprocessing_of(
+        as_source(image, rgb=rgb, channel_axis=channel_axis),
         channels=channels,
         scaling=scaling,
         contrast_limits=contrast_limits,
         percentiles=percentiles,
     )
-    height, width = x01.shape[-2:]
-    # Each event announces the step about to run (done = its number); a per-image fit
-    # and the high-res tiles are relayed into their step's range, so a bar keeps moving.
+    height, width = prepared.source.shape
+    # Each event announces the step about to run (done = its number); the backbone's
+    # tiles, a per-image fit and the high-res tiles are relayed into their step's range,
+    # so a bar keeps moving.
     n_steps = 4 + (1 if highres else 0)
 
     yield Progress(1, n_steps, "loading backbone", stage="backbone")
@@ -94,16 +108,26 @@ def iter_extract(
         if isinstance(backbone, Backbone)
         else load_backbone(backbone, weights=weights, device=device, precision=precision)
     )
-    bb.check_size(height, width)
-    dev = bb.device
+    scale = resolve_scale(bb.patch_size, downsample, pixels_per_patch)
+    check_image_size(bb, scale, height, width)
+    s, dev = scale.pixels_per_patch, bb.device
+    grid = (-(-height // s), -(-width // s))
+    plan = plan_tiles(grid, bb.patch_size, resolve_tile_size(bb, tile_size), tile_overlap)
 
-    yield Progress(2, n_steps, f"running backbone {bb.name}", stage="backbone")
-    img = normalize(torch.from_numpy(x01)[None].to(dev))
-    # the guidance is padded to whole patches; the backbone pads its own input where its
-    # family does (a ResNet, as in FeatUp, runs on the unpadded image: same grid)
-    padded = pad_to_stride(img, bb.patch_size)
-    with torch.inference_mode():
-        lowres = bb(img).float()
+    name = f"running backbone {bb.name}"
+    yield Progress(2, n_steps, name, stage="backbone")
+    low = np.empty((bb.dim,) + grid, np.float32)
+
+    def sink(rows: slice, block: np.ndarray) -> None:
+        low[:, rows] = block
+
+    def read_tile(i0: int, i1: int, j0: int, j1: int) -> torch.Tensor:
+        return prepared.working(i0, i1, j0, j1, s, bb.patch_size, dev).to(bb.dtype)
+
+    tiles = iter_tiled_backbone(bb, read_tile, plan, sink)
+    yield from relay(tiles, 2, 3, n_steps, prefix=f"{name}: " if plan.n_tiles > 1 else "")
+    lowres = torch.from_numpy(low)[None].to(dev)
+    padded = full_guidance(prepared, grid, s, dev)
 
     yield Progress(3, n_steps, "loading upsampler", stage="upsampler")
     up = (
@@ -122,9 +146,9 @@ def iter_extract(
         up.use_norm = bool(use_norm)
     if up.use_norm:
         lowres = channel_norm(lowres)
-    yield from relay(up.iter_fit(lowres, padded.float()), 3, 4, n_steps, stage="fit")
+    yield from relay(up.iter_fit(lowres, padded), 3, 4, n_steps, stage="fit")
     feature_field = FeatureField(
-        lowres, padded.float(), up, (height, width), tile_budget_bytes=int(tile_budget_mb * 2**20)
+        lowres, padded, up, (height, width), tile_budget_bytes=int(tile_budget_mb * 2**20)
     )
 
     hr = None
@@ -139,7 +163,8 @@ def iter_extract(
                 yield Progress(4 + (i + 1) / len(tiles), n_steps, msg, stage="upsample")
         yield Progress(5, n_steps, "done", stage="done")
 
-    metadata = _metadata(bb, up, prep, lowres, padded, (height, width), hr is not None)
+    metadata = _metadata(bb, up, prepared.record, lowres, padded, (height, width), hr is not None)
+    metadata.update(scale_metadata(scale, plan, bb.patch_size, prepared.source.origin))
     metadata["seconds"] = round(time.perf_counter() - t_start, 3)
     return FeatureResult(
         lowres=lowres[0].cpu().numpy(), highres=hr, metadata=metadata, field=feature_field
@@ -173,7 +198,7 @@ def _metadata(
         "preprocessing": prep.to_dict(),
         "image_size": list(size),
         "padded_size": [int(v) for v in padded.shape[-2:]],
-        "padding": "reflect, bottom and right, to a multiple of the stride",
+        "padding": "reflect, bottom and right, to whole feature cells",
         "stride": s,
         "grid": list(grid),
         "dim": bb.dim,
@@ -190,6 +215,57 @@ def _metadata(
             else None
         ),
     }
+
+
+def resolve_tile_size(bb: Backbone, tile_size: int | str | None) -> int | None:
+    """Backbone input tile (px): ``"auto"`` the backbone's native size, None or 0 the
+    whole image at once, else a number of pixels (rounded down to whole patches)."""
+    if tile_size == "auto":
+        return native_tile_size(bb)
+    if tile_size is None or tile_size == 0:
+        return None
+    try:
+        return int(tile_size)
+    except (TypeError, ValueError):
+        raise SettingsError(
+            f"tile size must be 'auto', a number of pixels or None, got {tile_size!r}"
+        ) from None
+
+
+def check_image_size(bb: Backbone, scale: WorkingScale, height: int, width: int) -> None:
+    """Raise a clear :class:`BackboneError` for an image smaller than one cell."""
+    s = scale.pixels_per_patch
+    if s == bb.patch_size:
+        bb.check_size(height, width)
+    elif height < s or width < s:
+        raise BackboneError(
+            f"image is {height} x {width} px; at {scale.describe()} one feature cell is "
+            f"{s} x {s} px: choose a smaller downsample"
+        )
+
+
+def full_guidance(
+    prepared: Prepared, grid: tuple[int, int], s: int, device, band: int = 512
+) -> torch.Tensor:
+    """The normalised image reflect-padded to whole cells, (1, 3, h*s, w*s) float32,
+    filled in bands of rows so the float copies of the whole image never coexist."""
+    hp, wp = grid[0] * s, grid[1] * s
+    out = torch.empty((1, 3, hp, wp), dtype=torch.float32, device=device)
+    for r0 in range(0, hp, band):
+        r1 = min(hp, r0 + band)
+        out[:, :, r0:r1] = prepared.guidance(r0, r1, 0, wp, device)
+    return out
+
+
+def scale_metadata(scale: WorkingScale, plan: TilePlan, patch_size: int, origin: dict) -> dict:
+    """Working scale, tiling and source facts for a result's metadata."""
+    out = scale.metadata()
+    out["stride"] = scale.pixels_per_patch
+    out["patch_size"] = int(patch_size)
+    out["tiling"] = plan.metadata(patch_size)
+    if origin:
+        out["source"] = dict(origin)
+    return out
 
 
 def extract_features(
@@ -210,7 +286,11 @@ def extract_features(
     ``upsampler_options``, ``highres`` (False to skip materialising (C, H, W)),
     ``highres_dtype``, ``rgb``, ``channel_axis``, ``channels``, ``scaling``
     (``auto``/``range``/``contrast_limits``/``percentile``/``minmax``),
-    ``contrast_limits``, ``percentiles``, ``tile_budget_mb``.
+    ``contrast_limits``, ``percentiles``, ``tile_budget_mb``; the working scale
+    ``downsample`` (k: ``k * patch_size`` image px per feature cell) or
+    ``pixels_per_patch``, ``tile_size`` (backbone input tile in working px: ``"auto"``
+    the backbone's native size, None the whole image at once) and ``tile_overlap``
+    (fraction of a tile; docs/large-images.md).
     ``progress`` is called with each :class:`Progress`; ``should_cancel`` is polled at
     every step and raises :class:`Cancelled` when it returns True.
     """

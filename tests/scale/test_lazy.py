@@ -1,0 +1,82 @@
+"""Per-block evaluation (LazyField) equals the whole-image FeatureField."""
+
+import numpy as np
+import pytest
+import torch
+
+import napari_featup as nf
+from napari_featup.field import FeatureField
+from napari_featup.lazy import LazyField, blockwise, halo_cells
+from napari_featup.pipeline import full_guidance
+from napari_featup.source import as_source, preprocessing_of
+from napari_featup.upsamplers import channel_norm, upsampler_info
+
+
+def _upsampler(name, dim):
+    if name == "featup-jbu":
+        from napari_featup.upsamplers.featup_jbu import FeatUpJBU
+
+        torch.manual_seed(1)
+        return FeatUpJBU(dim).eval()
+    return nf.load_upsampler(name, device="cpu")
+
+
+def _setup(name, s, rng, size=(150, 170), dim=24):
+    img = rng.integers(0, 4000, size).astype(np.uint16)
+    prepared = preprocessing_of(as_source(img))
+    grid = (-(-size[0] // s), -(-size[1] // s))
+    torch.manual_seed(0)
+    low = torch.randn(1, dim, *grid)
+    up = _upsampler(name, dim)
+    if up.use_norm:
+        low = channel_norm(low)
+    field = FeatureField(low, full_guidance(prepared, grid, s, "cpu"), up, size)
+    return img, prepared, up, low, field
+
+
+# every registered upsampler that can be evaluated per block
+LINEAR = [n for n in nf.list_upsamplers() if blockwise(upsampler_info(n).cls)]
+
+
+@pytest.mark.parametrize("name", LINEAR)
+@pytest.mark.parametrize("s", [14, 28])
+def test_blocks_equal_whole_image(name, s, rng):
+    img, prepared, up, low, field = _setup(name, s, rng)
+    lazy = LazyField(low[0].numpy(), prepared, up, s)
+    w = rng.standard_normal((3, 24)).astype(np.float32)
+    b = rng.standard_normal(3).astype(np.float32)
+    whole = field.project(w, b)
+    for r0, r1, c0, c1 in [(0, 40, 0, 50), (37, 101, 60, 170), (120, 150, 3, 9)]:
+        got = lazy.project(w, b, r0, r1, c0, c1)
+        ref = whole[:, r0:r1, c0:c1]
+        assert np.abs(got - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max()), (name, s)
+    f = lazy.features(30, 60, 40, 90)
+    assert np.allclose(f, field.highres_rows(slice(30, 60))[:, :, 40:90].numpy(), atol=1e-4)
+    assert halo_cells(up) >= 1
+
+
+def test_dask_arrays_and_overview(rng):
+    img, prepared, up, low, field = _setup("bilinear", 14, rng)
+    lazy = LazyField(low[0].numpy(), prepared, up, 14)
+    pca = nf.fit_pca(low[0].numpy())
+    arr = lazy.to_dask("pca", pca=pca, chunk=64)
+    assert arr.shape == (150, 170, 3) and arr.dtype == np.uint8
+    ref = np.clip(np.rint(field.pca_rgb(pca) * 255), 0, 255).astype(np.uint8)
+    assert np.abs(arr.compute().astype(int) - ref).max() <= 1
+    q = low[0, :, 3, 4].numpy()
+    sim = lazy.to_dask("similarity", query=q, chunk=50)
+    assert np.allclose(sim.compute(), field.query_similarity(q), atol=1e-4)
+    levels = lazy.pyramid("similarity", levels=3, query=q, chunk=64)
+    assert [lv.shape for lv in levels] == [(150, 170), (75, 85), (38, 43)]
+    # the overview is the grid interpolated: close to the full-res map where smooth
+    coarse = levels[1].compute()
+    assert np.corrcoef(coarse.ravel(), field.query_similarity(q)[::2, ::2].ravel())[0, 1] > 0.9
+
+
+def test_from_field_wraps_an_in_memory_result(grey16):
+    res = nf.extract_features(grey16, "dino16", "bilinear", weights="random", highres=False)
+    lazy = LazyField.from_field(res.field, res.metadata["stride"])
+    pca = res.fit_pca()
+    arr = lazy.to_dask("pca", pca=pca, chunk=64).compute()
+    ref = np.clip(np.rint(res.field.pca_rgb(pca) * 255), 0, 255).astype(np.uint8)
+    assert np.abs(arr.astype(int) - ref).max() <= 1
