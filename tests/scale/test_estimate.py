@@ -8,7 +8,6 @@ import sys
 import textwrap
 
 import numpy as np
-import pytest
 
 from napari_featup import cli, estimate
 from napari_featup.estimate import estimate_run
@@ -111,5 +110,6 @@ def test_cli_store_with_workers_and_scale(tmp_path, capsys):
     from napari_featup.store import open_store
 
     assert open_store(store)["im0"].metadata["stride"] == 32
-    with pytest.raises(SystemExit):
-        cli.main(["extract", str(folder), "--store", str(store), "--tile-overlap", "x"])
+    # argparse's usage error comes back as exit code 2 (main never raises for bad input)
+    bad = ["extract", str(folder), "--store", str(store), "--tile-overlap", "x"]
+    assert cli.main(bad) == cli.EXIT_USAGE
