@@ -141,7 +141,10 @@ def test_resume_after_kill_redoes_only_the_unfinished(tmp_path, rng):
     ref = extract_many(src, tmp_path / "ref.zarr", **SETTINGS)
     for name in ref.names():  # nothing lost or half-written: equal to a clean run
         assert np.array_equal(fs[name].features[...], ref[name].features[...])
-        assert np.array_equal(fs[name].pca[...], ref[name].pca[...])
+        # PCA colours: the killed child ran BLAS on 1 thread, this process may not, so
+        # the fit's last bits (and a rare uint8 rounding) can differ; features are exact
+        diff = np.abs(fs[name].pca[...].astype(int) - ref[name].pca[...].astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
 
 
 def test_distributed_equals_serial(tmp_path, rng, threads, monkeypatch):
