@@ -29,6 +29,7 @@ class PCAProjection:
 
     @property
     def n_components(self) -> int:
+        """Number of components K."""
         return self.components.shape[0]
 
     def weight_bias(self) -> tuple[np.ndarray, np.ndarray]:
@@ -61,6 +62,7 @@ class PCAProjection:
         return self.colorize(self.transform(features))
 
     def to_dict(self) -> dict:
+        """Plain values (lists) for metadata; :meth:`from_dict` reads them back."""
         return {k: np.asarray(v).tolist() for k, v in self.__dict__.items()}
 
     @classmethod

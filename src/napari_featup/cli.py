@@ -224,6 +224,7 @@ def _backbone_name(name: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``napari-featup`` argument parser (subcommands extract, download, list, demo ...)."""
     from .backbones import list_backbones
     from .preprocess import SCALINGS
     from .upsamplers import list_upsamplers

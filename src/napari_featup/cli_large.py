@@ -120,6 +120,7 @@ def scale_kwargs(args: argparse.Namespace) -> dict:
 
 
 def plane_shape(image, channel_axis: int | None) -> tuple[int, int]:
+    """(H, W) of one plane of ``image`` (array, dask or zarr), read lazily."""
     from .source import as_source
 
     return as_source(image, channel_axis=channel_axis).shape
@@ -176,6 +177,7 @@ def check_estimate(
 
 
 def cmd_extract_store(args: argparse.Namespace, options: dict) -> int:
+    """``extract --store``: many images into one resumable zarr store; returns the exit code."""
     from tqdm.auto import tqdm
 
     from .batch import BatchError, expand_inputs, iter_extract_many

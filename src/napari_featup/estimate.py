@@ -87,6 +87,7 @@ class Estimate:
 
     @property
     def long(self) -> bool:
+        """Whether the run is expected to take longer than ``LONG_SECONDS``."""
         return self.seconds is not None and self.seconds > LONG_SECONDS
 
     def summary(self) -> str:

@@ -61,20 +61,24 @@ class FeatureField:
 
     @property
     def channels(self) -> int:
+        """Feature channels C."""
         return int(self.lowres.shape[1])
 
     @property
     def linear(self) -> bool:
+        """Whether the upsampler is channel-linear (queries go through its kernels)."""
         return bool(self.upsampler.linear)
 
     @property
     def kernels(self) -> Kernels:
+        """The upsampler's kernels for this image, computed once (linear upsamplers only)."""
         if self._kernels is None:
             with torch.inference_mode():
                 self._kernels = self.upsampler.kernels(self.image, tuple(self.lowres.shape[-2:]))
         return self._kernels
 
     def tile_rows(self, channels: int | None = None) -> int:
+        """Output rows per tile for ``channels`` (default C) within the tile budget."""
         return rows_per_tile(
             channels or self.channels, self.image.shape[-1], self.tile_budget_bytes
         )
@@ -120,6 +124,7 @@ class FeatureField:
         return self._dense_rows(rows)
 
     def iter_tiles(self, channels: int | None = None) -> Iterator[slice]:
+        """Row slices covering the image, each within the tile budget."""
         step = self.tile_rows(channels)
         for r0 in range(0, self.size[0], step):
             yield slice(r0, min(self.size[0], r0 + step))

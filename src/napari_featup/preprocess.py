@@ -40,6 +40,7 @@ class Preprocessing:
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
+        """Plain values for metadata (JSON-ready)."""
         d = asdict(self)
         d["input_shape"] = list(self.input_shape)
         d["limits"] = [float(v) for v in self.limits]

@@ -97,6 +97,7 @@ class ImageSource:
 
     @property
     def dtype(self) -> np.dtype:
+        """The stored pixel dtype."""
         return np.dtype(self.data.dtype)
 
     def read(self, rows: slice, cols: slice) -> np.ndarray:

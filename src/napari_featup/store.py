@@ -221,18 +221,22 @@ class StoredImage:
 
     @property
     def features(self):
+        """The stored features at the working scale (a lazy zarr array)."""
         return self.group["features"]
 
     @property
     def pca(self):
+        """The stored PCA colours (uint8, a lazy zarr array), or None."""
         return self._array("pca")
 
     @property
     def pca_lowres(self):
+        """The stored low-res PCA colours (uint8, a lazy zarr array), or None."""
         return self._array("pca_lowres")
 
     @property
     def projection(self):
+        """The PCA projection the colours were made with, or None."""
         from .analysis import PCAProjection
 
         d = self.metadata.get("pca")

@@ -53,6 +53,7 @@ class Scene:
 
     @property
     def grid(self) -> tuple[int, int]:
+        """(h, w) of the scene's low-res grid."""
         return tuple(self.lowres.shape[-2:])
 
 

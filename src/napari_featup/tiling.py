@@ -95,6 +95,7 @@ class WorkingScale:
 
     @property
     def downsample(self) -> float:
+        """Image pixels per backbone pixel (1 = native resolution)."""
         return self.pixels_per_patch / self.patch_size
 
     def describe(self, pixel_size: float | None = None, unit: str = "µm") -> str:
@@ -105,6 +106,7 @@ class WorkingScale:
         return text + ")"
 
     def metadata(self) -> dict:
+        """Plain values for metadata."""
         s = float(self.pixels_per_patch)
         return {
             "pixels_per_patch": self.pixels_per_patch,
@@ -155,6 +157,7 @@ class TilePlan:
 
     @property
     def n_tiles(self) -> int:
+        """Number of backbone tiles."""
         return len(self.starts[0]) * len(self.starts[1])
 
     def tiles(self) -> list[tuple[int, int, int, int]]:
@@ -176,9 +179,11 @@ class TilePlan:
         return w
 
     def weights(self, i0: int, j0: int) -> np.ndarray:
+        """Feathered blending weights (th, tw) of the tile whose grid origin is (i0, j0)."""
         return np.outer(self.axis_weights(0, i0), self.axis_weights(1, j0))
 
     def metadata(self, patch_size: int) -> dict:
+        """Plain values for metadata (tile size, overlap ...)."""
         return {
             "tile_cells": list(self.tile),
             "tile_px": [t * patch_size for t in self.tile],

@@ -232,6 +232,7 @@ class TextEncoder:
 
     @property
     def random_weights(self) -> bool:
+        """Whether the text tower has random (untrained) weights."""
         return bool(self.source.get("random_weights"))
 
     def metadata(self, templates: str | Sequence[str] | None = DEFAULT_TEMPLATES) -> dict:

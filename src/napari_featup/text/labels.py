@@ -48,6 +48,7 @@ class LegendEntry:
     fraction: float
 
     def to_dict(self) -> dict:
+        """Plain values for metadata."""
         return {
             "label": self.label,
             "prompt": self.prompt,

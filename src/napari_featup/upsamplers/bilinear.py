@@ -9,6 +9,8 @@ from .base import Kernels, Upsampler, resize_bilinear
 
 
 class BilinearKernels(Kernels):
+    """Bilinear weights to an output size: the same map for every channel."""
+
     def __init__(self, out_size: tuple[int, int]):
         self.out_size = out_size
 

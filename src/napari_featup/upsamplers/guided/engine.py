@@ -62,6 +62,7 @@ def nearest_cell(n_out: int, n_in: int, device=None) -> tuple[torch.Tensor, torc
 
 
 def check_grid(grid: tuple[int, int], size: tuple[int, int]) -> None:
+    """Raise ValueError unless a (h, w) grid fits inside an (H, W) guidance image."""
     h, w = grid
     H, W = size
     if h < 1 or w < 1 or h > H or w > W:

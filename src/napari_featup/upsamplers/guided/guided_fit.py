@@ -73,6 +73,7 @@ class FittedParams:
         self.loss = loss
 
     def matches(self, colour: torch.Tensor, grid: tuple[int, int]) -> bool:
+        """Whether these parameters were fitted to this guidance colour and grid."""
         return (
             tuple(grid) == self.grid
             and colour.shape == self.colour.shape
