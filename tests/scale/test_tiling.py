@@ -115,6 +115,7 @@ def test_cancel_stops_inside_a_tile(grey16):
     """A tile that takes seconds is stopped at its next layer: close() returns fast and
     the backbone stops computing."""
     bb = patch_backbone(8, 16, delay=0.1, layers=40)  # ~4 s per tile
+    before = set(threading.enumerate())  # only this run's tile threads are checked
     gen = iter_extract(grey16, bb, tile_size=64, highres=False)
     seen = []
     for ev in gen:
@@ -126,7 +127,7 @@ def test_cancel_stops_inside_a_tile(grey16):
     assert time.perf_counter() - t0 < 1.0
     # the tile's thread sees the cancel at its next layer (0.1 s here); on a busy machine
     # it may still be finishing that layer when close() returns: it must end within 2 s
-    tiles = [t for t in threading.enumerate() if t.name.startswith("featup-tile")]
+    tiles = [t for t in set(threading.enumerate()) - before if t.name.startswith("featup-tile")]
     for t in tiles:
         t.join(timeout=2.0)
     assert not any(t.is_alive() for t in tiles)
