@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 
+from ._associations import associate_feature_files
 from .analysis import PCAProjection
 from .errors import FeatureFileError
-from .io import FORMATS, META_KEY, feature_arrays, load_arrays, read_metadata
+from .io import FEATUP_SUFFIX, FORMATS, META_KEY, feature_arrays, load_arrays, read_metadata
 from .session.layer_data import result_layer_data
 
 
@@ -50,6 +51,7 @@ def read_features(path: Any) -> list[tuple[np.ndarray, dict, str]]:
     :class:`FeatureFileError` naming what is wrong (napari shows the message)."""
     if isinstance(path, (list, tuple)):
         path = path[0]
+    associate_feature_files()  # chosen once in napari's dialog: the default from now on
     p = Path(str(path))
     arrays, meta = load_arrays(p)
     if meta.get("layers") is not None:
@@ -59,7 +61,14 @@ def read_features(path: Any) -> list[tuple[np.ndarray, dict, str]]:
                 "not a dict of layers"
             )
         return _saved_layers(p, arrays, meta["layers"])
-    lowres, highres, pca = feature_arrays(p, arrays, meta)
+    stacked = meta.get("plane_index") is not None  # a stack's export: a leading plane axis
+    if stacked:
+        _check_planes(p, arrays, meta)
+        plane0 = {k: v[0] for k, v in arrays.items() if k in ("lowres", "highres")}
+        _, _, pca = feature_arrays(p, plane0, meta)  # each plane checked as one file's
+        lowres, highres = arrays.get("lowres"), arrays.get("highres")
+    else:
+        lowres, highres, pca = feature_arrays(p, arrays, meta)
     if pca is not None:
         pca = _three_components(pca)
     _numbers(p, meta, "source_scale", nonzero=True)
@@ -79,6 +88,7 @@ def read_features(path: Any) -> list[tuple[np.ndarray, dict, str]]:
         arr = arrays.get(key)
         if arr is None:
             continue
+        ndims = tuple(n + 1 for n in ndims) if stacked else ndims
         if (
             arr.ndim not in ndims
             or arr.size == 0
@@ -91,8 +101,43 @@ def read_features(path: Any) -> list[tuple[np.ndarray, dict, str]]:
             )
         extra[key] = arr
     source = meta.get("source_layer")
-    name = source if isinstance(source, str) and source else p.stem
+    name = source if isinstance(source, str) and source else p.stem.removesuffix(FEATUP_SUFFIX)
     return result_layer_data(lowres, meta, pca, name, highres=highres, extra=extra)
+
+
+def _check_planes(p: Path, arrays: dict, meta: dict) -> None:
+    """A stack's export: ``plane_index`` lists one index into ``stack_shape`` per entry
+    of every array's first axis."""
+    planes, shape = meta.get("plane_index"), meta.get("stack_shape")
+    ok = (
+        isinstance(shape, list)
+        and len(shape) >= 1
+        and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
+        and isinstance(planes, list)
+        and len(planes) >= 1
+        and all(
+            isinstance(i, list)
+            and len(i) == len(shape)
+            and all(
+                isinstance(v, int) and not isinstance(v, bool) and 0 <= v < n
+                for v, n in zip(i, shape)
+            )
+            for i in planes
+        )
+    )
+    if not ok:
+        raise FeatureFileError(
+            f"{str(p)!r}: metadata 'plane_index' {planes!r} does not index a stack of shape "
+            f"{shape!r}"
+        )
+    for key, arr in arrays.items():
+        if key in ("lowres", "highres", "pca", "similarity") and (
+            arr.ndim < 1 or arr.shape[0] != len(planes)
+        ):
+            raise FeatureFileError(
+                f"{str(p)!r}: {key!r} has shape {arr.shape}; its first axis should hold the "
+                f"{len(planes)} planes of 'plane_index'"
+            )
 
 
 def _three_components(pca: PCAProjection) -> PCAProjection:

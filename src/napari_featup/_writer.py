@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from . import __version__
+from ._associations import associate_feature_files
 from .io import META_KEY, save_arrays
 
 
@@ -23,8 +24,8 @@ def _array_name(name: str, taken: set[str]) -> str:
 
 def write_layers(path: str, layer_data: list[tuple[Any, dict, str]]) -> list[str]:
     """Write layers (PCA, similarity, masks or any image/labels layer) to ``path``
-    (.zarr, .npz, .tif or .npy by extension), with each layer's name, type, scale,
-    translate and FeatUp metadata. An existing file is replaced, as napari's own
+    (.featup.npz, .featup.tif, .featup.npy or .featup.zarr by extension), with each
+    layer's name, type, scale, translate and FeatUp metadata. An existing file is replaced, as napari's own
     writers do (its Save dialog asks first); the new file is written next to it and
     moved into place, so a failed write leaves the old one intact."""
     arrays: dict[str, Any] = {}
@@ -44,6 +45,7 @@ def write_layers(path: str, layer_data: list[tuple[Any, dict, str]]) -> list[str
             META_KEY: meta.get(META_KEY, {}),
         }
     meta = {"napari_featup_version": __version__, "layers": layers}
+    associate_feature_files()  # so napari opens the saved file with FeatUp again
     return [str(save_arrays(path, arrays, meta, overwrite=True))]
 
 

@@ -265,7 +265,7 @@ def test_export_and_reopen(qtbot, viewer_widget, tmp_path, suffix):
     assert run_and_wait(qtbot, widget) == "done"
     with qtbot.waitSignal(widget.similarity_updated, timeout=10_000):
         mouse_press_callbacks(viewer, Click(position=tuple(image.data_to_world([20, 12]))))
-    path = tmp_path / f"photo{suffix}"
+    path = tmp_path / f"photo.featup{suffix}"  # FeatUp's suffix (issue 17)
     widget.export(path)
     with pytest.raises(FileExistsError):
         widget.export(path)  # nothing is overwritten without asking
@@ -282,7 +282,10 @@ def test_export_and_reopen(qtbot, viewer_widget, tmp_path, suffix):
     full_before = viewer.layers["photo PCA bilinear"].data.copy()
     sim_before = viewer.layers["photo similarity"].data.copy()
     viewer.layers.clear()
-    layers = viewer.open(str(path), plugin="napari-featup")
+    if suffix == ".zarr":  # napari cannot route folders by name: the widget opens them
+        layers = widget.open_features(path)
+    else:
+        layers = viewer.open(str(path), plugin="napari-featup")
     names = [lyr.name for lyr in layers]
     assert names == ["photo PCA low-res", "photo PCA bilinear", "photo similarity"]
     np.testing.assert_array_equal(viewer.layers["photo PCA low-res"].data, low_before)
@@ -296,7 +299,7 @@ def test_save_layers_through_napari(qtbot, viewer_widget, tmp_path):
     viewer, widget = viewer_widget
     viewer.add_image(two_region_rgb(), name="photo")
     assert run_and_wait(qtbot, widget) == "done"
-    path = tmp_path / "pca.npz"
+    path = tmp_path / "pca.featup.npz"  # the writer's extensions carry FeatUp's suffix
     saved = viewer.layers.save(str(path), selected=False, plugin="napari-featup")
     assert saved == [str(path)]
     # saving again replaces the file (napari's Save dialog has asked), now with one layer

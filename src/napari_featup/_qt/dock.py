@@ -19,6 +19,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
+from .._associations import associate_feature_files
 from ..errors import ImageError, SettingsError
 from ..progress import Progress
 from ..session.geometry import Index, current_plane
@@ -42,7 +43,7 @@ _CONTROLS = {
         "channel_axis_combo channels_edit slices_combo follow_slider"
     ),
     "similarity_panel": "threshold_spin positive_radio negative_radio",
-    "export_panel": "export_button export_highres",
+    "export_panel": "export_button export_highres open_button",
 }
 
 
@@ -60,6 +61,7 @@ class FeatUpWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
+        associate_feature_files()  # napari opens *.featup.* files with this plugin
         self.jobs = JobController(self)
         #: FeatureStack per image layer (keyed by layer.unique_id), the latest run's
         self.stacks: dict[Any, FeatureStack] = {}
@@ -295,6 +297,11 @@ class FeatUpWidget(QWidget):
         """Export the displayed plane's features, PCA and similarity to ``path``
         (.zarr, .npz, .tif or .npy). Raises FileExistsError unless ``overwrite``."""
         return self.export_panel.export(path, overwrite=overwrite)
+
+    def open_features(self, path: str | Path) -> list[Any]:
+        """Add the layers of a feature file (``.featup.*``, a zarr folder, or a file
+        written before the ``.featup`` suffix); returns them."""
+        return self.export_panel.open_features(path)
 
     @property
     def query_layer(self) -> Any:

@@ -1,7 +1,9 @@
-"""The Export section: write the displayed plane's features to a file.
+"""The Export section: write the computed features to a file, open feature files.
 
 The file itself is written by :func:`napari_featup.session.export.export_stack_plane`;
-this panel asks where (and whether to replace an existing file).
+this panel asks where (and whether to replace an existing file). Files get FeatUp's
+suffix (``x.featup.npz``), which napari opens with this plugin; "Open features…" opens
+the others too (zarr folders, files named before the suffix existed).
 """
 
 from __future__ import annotations
@@ -13,12 +15,20 @@ from typing import Any
 from napari.utils.notifications import show_info
 from qtpy.QtWidgets import QCheckBox, QFileDialog, QMessageBox, QPushButton, QVBoxLayout, QWidget
 
-from ..session.export import export_stack_plane
+from .._associations import associate_feature_files
+from ..io import featup_path
+from ..session.export import export_stack_plane, feature_file_from_choice
 from ..session.geometry import current_plane
 from ..session.messages import explain
 from .viewer_layers import StackGetter
 
-FILTERS = "Zarr (*.zarr);;NumPy archive (*.npz);;TIFF (*.tif);;NumPy array (*.npy)"
+FILTERS = (
+    "FeatUp NumPy archive (*.featup.npz);;FeatUp TIFF (*.featup.tif);;"
+    "FeatUp Zarr folder (*.featup.zarr);;FeatUp NumPy array (*.featup.npy)"
+)
+OPEN_FILTER = (
+    "Feature files (*.npz *.tif *.tiff *.npy zarr.json .zattrs .zgroup);;All files (*)"
+)
 
 
 class ExportPanel(QWidget):
@@ -39,9 +49,17 @@ class ExportPanel(QWidget):
         box.setContentsMargins(0, 0, 0, 0)
         self.export_button = QPushButton("Export features…")
         self.export_highres = QCheckBox("include full-resolution features (large)")
+        self.open_button = QPushButton("Open features…")
+        self.open_button.setToolTip(
+            "Open a feature file as its PCA and similarity layers: .featup.* files "
+            "(which File > Open also opens), zarr folders (pick the zarr.json inside) "
+            "and files written before the .featup suffix"
+        )
         box.addWidget(self.export_button)
         box.addWidget(self.export_highres)
+        box.addWidget(self.open_button)
         self.export_button.clicked.connect(self._export_dialog)
+        self.open_button.clicked.connect(self._open_dialog)
 
     def export(self, path: str | Path, overwrite: bool = False) -> Path:
         """Export the displayed plane's features, PCA and similarity to ``path``
@@ -65,12 +83,13 @@ class ExportPanel(QWidget):
         path, _ = QFileDialog.getSaveFileName(
             self,
             "Export FeatUp features",
-            f"{layer.name}_features.zarr",
+            f"{layer.name}.featup.npz",
             FILTERS,
             options=QFileDialog.DontConfirmOverwrite,  # asked below, for folders too
         )
         if not path:
             return
+        path = str(featup_path(path))  # so napari opens it with FeatUp later
         overwrite = False
         if Path(path).exists():
             answer = QMessageBox.question(
@@ -89,3 +108,22 @@ class ExportPanel(QWidget):
             self._notify_error(explain(exc, f"exporting to {path}"))
             return
         show_info(f"Exported FeatUp features to {out}")
+
+    def open_features(self, path: str | Path) -> list[Any]:
+        """Add the layers of feature file ``path`` (any name, zarr folders too)."""
+        from .._reader import read_features
+
+        associate_feature_files()
+        return [
+            getattr(self.viewer, f"add_{ltype}")(data, **kwargs)
+            for data, kwargs, ltype in read_features(str(feature_file_from_choice(path)))
+        ]
+
+    def _open_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open FeatUp features", "", OPEN_FILTER)
+        if not path:
+            return
+        try:
+            self.open_features(path)
+        except Exception as exc:  # noqa: BLE001 - reported, never raised into Qt
+            self._notify_error(explain(exc, f"opening {path}"))

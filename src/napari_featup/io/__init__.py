@@ -22,17 +22,19 @@ does not describe the arrays raise :class:`FeatureFileError` saying what is wron
 from __future__ import annotations
 
 from ..errors import FeatureFileError
-from ._format import FORMATS, META_KEY
+from ._format import FEATUP_SUFFIX, FORMATS, META_KEY, featup_path
 from .read import feature_arrays, load_arrays, load_features, read_metadata
 from .write import _TEMP, clean_stale_temporaries, save_arrays, save_features
 
 __all__ = [
+    "FEATUP_SUFFIX",
     "FORMATS",
     "META_KEY",
     "FeatureFileError",
     "_TEMP",
     "clean_stale_temporaries",
     "feature_arrays",
+    "featup_path",
     "load_arrays",
     "load_features",
     "read_metadata",

@@ -17,6 +17,19 @@ from ..errors import FeatureFileError
 FORMATS = (".npz", ".zarr", ".tif", ".tiff", ".npy")
 #: key under which napari-featup keeps its metadata (file attributes, layer metadata)
 META_KEY = "napari_featup"
+#: marks FeatUp's files before the format's extension (``x.featup.npz``), so napari
+#: opens them with this plugin and plain ``.npz``/``.tif``/``.npy`` files as before
+FEATUP_SUFFIX = ".featup"
+
+
+def featup_path(path: str | os.PathLike) -> Path:
+    """``path`` with :data:`FEATUP_SUFFIX` before its extension (``x.npz`` ->
+    ``x.featup.npz``); unchanged when it has it already."""
+    path = Path(path)
+    if path.suffixes[-2:-1] == [FEATUP_SUFFIX]:
+        return path
+    stem = path.name[: len(path.name) - len(path.suffix)]
+    return path.with_name(stem + FEATUP_SUFFIX + path.suffix)
 
 
 def _suffix(path: Path) -> str:

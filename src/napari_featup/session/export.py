@@ -10,6 +10,20 @@ from ..io import META_KEY, save_arrays
 from .geometry import Index
 from .stack import FeatureStack
 
+#: files inside a zarr store that a file dialog can pick for the store itself
+_ZARR_MARKERS = ("zarr.json", ".zattrs", ".zgroup", ".zarray")
+
+
+def feature_file_from_choice(path: str | Path) -> Path:
+    """The feature file a user meant: ``path``, or the ``.zarr`` folder holding it when
+    a file dialog picked a file inside the store (dialogs pick files, not folders)."""
+    path = Path(path)
+    if path.name in _ZARR_MARKERS:
+        for parent in path.parents:
+            if parent.suffix.lower() == ".zarr":
+                return parent
+    return path
+
 
 def export_stack_plane(
     path: str | Path,
