@@ -8,6 +8,11 @@ Other upsamplers are evaluated once, in row tiles, and kept (float32 up to 512 M
 else float16); those whose output is an affine map of fewer per-pixel factors
 (``Upsampler.factors``, e.g. FeatUp's implicit model: 128 PCA coordinates for 384
 channels) keep only the factors, and queries are mapped through the affine map.
+
+For clicks, :meth:`FeatureField.compact` evaluates the field once into a
+:class:`~napari_featup.compact.CompactField` (coordinates in a basis of at most a
+budget's size, exact norms and residuals): a query then costs a P-channel dot product
+with a stated error bound, for every upsampler alike (zero bound when P = C).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import numpy as np
 import torch
 
 from .analysis import PCAProjection, cosine_from_dots, make_query, unit_queries
+from .compact import Basis, CompactField, compact_rank, fit_basis
 from .upsamplers.base import Kernels, Upsampler
 
 
@@ -58,6 +64,7 @@ class FeatureField:
         self._dense: torch.Tensor | None = None  # (C or P, H, W), float32 or float16
         self._affine: tuple[torch.Tensor, torch.Tensor] | None = None  # A (C, P), m (C,)
         self._norms: torch.Tensor | None = None
+        self._compact: tuple[object, CompactField] | None = None  # (basis, its form)
 
     @property
     def channels(self) -> int:
@@ -213,3 +220,36 @@ class FeatureField:
         """(H, W, K) colours of the full-resolution features under ``pca``."""
         w, b = pca.weight_bias()
         return pca.colorize(self.project(w, b))
+
+    @torch.inference_mode()
+    def moment(self, max_rows: int = 64) -> np.ndarray:
+        """Second moment E[f f^T] (C, C) float64 of the full-resolution features, to fit
+        a basis on. A channel-linear upsampler mixes low-res features (then applies its
+        per-pixel affine map, :attr:`Kernels.affine`), so the low-res cells stand for
+        the field; other fields are sampled on ``max_rows`` evenly spaced rows."""
+        if self.linear:
+            f = self.lowres[0].reshape(self.channels, -1).double()
+            affine = self.kernels.affine
+            if affine is not None:
+                a, b = (t.to(f.device, torch.float64) for t in affine)
+                f = a @ f + b[:, None]
+        else:
+            step = max(1, self.size[0] // max_rows)
+            f = self._dense_rows(slice(0, self.size[0], step)).double()
+            f = f.reshape(f.shape[0], -1)
+        return (f @ f.T / max(1, f.shape[1])).cpu().numpy()
+
+    def compact(self, basis: Basis | None = None) -> CompactField:
+        """The field's :class:`~napari_featup.compact.CompactField` in ``basis`` (by
+        default one of :func:`~napari_featup.compact.compact_rank` directions fitted on
+        this field's low-res features), evaluated once in row tiles and kept; the exact
+        norms it computes also serve :meth:`norms`."""
+        if self._compact is not None and (basis is None or basis is self._compact[0]):
+            return self._compact[1]
+        if basis is None:
+            basis = fit_basis([self.moment()], compact_rank(self.channels, self.size))
+        form = CompactField.from_field(self, basis)
+        self._compact = (basis, form)
+        if self._norms is None:
+            self._norms = form.norms
+        return form
