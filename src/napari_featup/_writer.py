@@ -25,9 +25,10 @@ def _array_name(name: str, taken: set[str]) -> str:
 def write_layers(path: str, layer_data: list[tuple[Any, dict, str]]) -> list[str]:
     """Write layers (PCA, similarity, masks or any image/labels layer) to ``path``
     (.featup.npz, .featup.tif, .featup.npy or .featup.zarr by extension), with each
-    layer's name, type, scale, translate and FeatUp metadata. An existing file is replaced, as napari's own
-    writers do (its Save dialog asks first); the new file is written next to it and
-    moved into place, so a failed write leaves the old one intact."""
+    layer's name, type, scale, translate and FeatUp metadata. An existing file is
+    replaced, as napari's own writers do (its Save dialog asks first); the new file is
+    written next to it and moved into place, so a failed write leaves the old one
+    intact."""
     arrays: dict[str, Any] = {}
     layers: dict[str, dict] = {}
     taken: set[str] = set()

@@ -33,3 +33,45 @@ def test_stack_similarity_and_mask(stack_run):
     stack.set_query([(0, 10, 12)])
     mask = stack.mask(0.5)  # updates the stale planes itself
     assert mask[0, 10, 12] == 1 and mask[1].max() == 0
+
+
+def test_stack_arrays_take_memory_per_computed_plane(stack_run):
+    """A stack's layer arrays have the whole stack's shape but hold only the planes
+    computed (issue 17: they were allocated for every slice up front)."""
+    data, out, _ = stack_run
+    leading = (200,)  # a long stack, two slices computed
+    geo = PlaneGeometry(leading, (42, 56), [1.0, 1.0, 1.0], [0.0, 0.0, 0.0])
+    stack = FeatureStack("img", geo, {})
+    stack.add_planes(out.results, out.pca, out.colours)
+    assert stack.pca_full.shape == (200, 42, 56, 3) and stack.similarity.shape == (200, 42, 56)
+    assert stack.pca_full.stored_bytes == 2 * 42 * 56 * 3
+    assert stack.pca_lowres.stored_bytes == 2 * 3 * 4 * 3
+    assert stack.similarity.stored_bytes == 0  # nothing until a query
+    assert stack.pca_full[7].max() == 0 and stack.pca_full[2].max() > 0
+    stack.set_query([(0, 10, 12)])
+    stack.update_similarity((2,))
+    assert stack.similarity.stored_bytes == 42 * 56 * 4
+
+
+def test_lowres_layer_is_cut_to_the_image_extent(run_to_end):
+    """A 44 x 50 px image is 4 x 4 cells of 14 px (56 px): the grid layer stops at the
+    image's edge, on 2 px steps (gcd(14, 44) = gcd(14, 50) = 2)."""
+    from napari_featup.session.run import RunRequest
+
+    img = np.random.default_rng(2).integers(0, 255, (44, 50, 3), dtype=np.uint8)
+    opts = dict(backbone="dinov2", upsampler="bilinear", weights="random", device="cpu")
+    out, _ = run_to_end(RunRequest(img, [()], opts, rgb=True))
+    geo = PlaneGeometry((), (44, 50), [2.0, 3.0], [10.0, -5.0])
+    stack = FeatureStack("img", geo, {})
+    stack.add_planes(out.results, out.pca, out.colours)
+    data, kwargs, _ = stack.layer_data()[0]
+    assert data.shape == (22, 25, 3) and stack.lowres_step == (2, 2)
+    scale, translate = np.array(kwargs["scale"]), np.array(kwargs["translate"])
+    first_edge = translate - scale / 2
+    last_edge = translate + (np.array(data.shape[:2]) - 0.5) * scale
+    np.testing.assert_allclose(first_edge, [10.0 - 1.0, -5.0 - 1.5])  # the image's edges
+    np.testing.assert_allclose(last_edge, [10.0 + 43.5 * 2.0, -5.0 + 49.5 * 3.0])
+    # each 2 px square shows its cell's colour; the metadata keeps the full grid
+    low = out.colours[()][0]
+    np.testing.assert_array_equal(data[::7, ::7], low[:, :4])
+    assert stack.metadata["grid"] == [4, 4]

@@ -17,8 +17,7 @@ from qtpy.QtWidgets import QCheckBox, QFileDialog, QMessageBox, QPushButton, QVB
 
 from .._associations import associate_feature_files
 from ..io import featup_path
-from ..session.export import export_stack_plane, feature_file_from_choice
-from ..session.geometry import current_plane
+from ..session.export import export_stack, feature_file_from_choice
 from ..session.messages import explain
 from .viewer_layers import StackGetter
 
@@ -26,9 +25,7 @@ FILTERS = (
     "FeatUp NumPy archive (*.featup.npz);;FeatUp TIFF (*.featup.tif);;"
     "FeatUp Zarr folder (*.featup.zarr);;FeatUp NumPy array (*.featup.npy)"
 )
-OPEN_FILTER = (
-    "Feature files (*.npz *.tif *.tiff *.npy zarr.json .zattrs .zgroup);;All files (*)"
-)
+OPEN_FILTER = "Feature files (*.npz *.tif *.tiff *.npy zarr.json .zattrs .zgroup);;All files (*)"
 
 
 class ExportPanel(QWidget):
@@ -62,18 +59,13 @@ class ExportPanel(QWidget):
         self.open_button.clicked.connect(self._open_dialog)
 
     def export(self, path: str | Path, overwrite: bool = False) -> Path:
-        """Export the displayed plane's features, PCA and similarity to ``path``
-        (.zarr, .npz, .tif or .npy). Raises FileExistsError unless ``overwrite``."""
-        stack, layer = self._current()
+        """Export the features, PCA and similarity of every computed slice to ``path``
+        (.npz, .tif, .zarr or .npy; one file, the slice index of each entry in its
+        metadata). Raises FileExistsError unless ``overwrite``."""
+        stack, _ = self._current()
         if stack is None:
             raise ValueError("nothing to export: run FeatUp on this image first")
-        ca = stack.config.get("channel_axis")
-        plane = current_plane(layer, stack.geometry, self.viewer.dims.point, ca)
-        if plane not in stack.results:  # the displayed slice has none: the first that has
-            plane = sorted(stack.results)[0]
-        return export_stack_plane(
-            path, stack, plane, self.export_highres.isChecked(), overwrite=overwrite
-        )
+        return export_stack(path, stack, self.export_highres.isChecked(), overwrite=overwrite)
 
     def _export_dialog(self) -> None:
         stack, layer = self._current()

@@ -11,12 +11,14 @@ napari's ``viewer._add_layer_from_data`` and npe2 readers accept.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
 from ..analysis import PCAProjection, fit_pca
 from ..io import META_KEY
+from .planes import PlaneStore
 
 #: layer-name suffixes; the full name is "<image> <suffix>"
 LOWRES_SUFFIX = "PCA low-res"
@@ -32,12 +34,13 @@ def pca_name(image_name: str, upsampler: str) -> str:
 
 
 def grid_transform(
-    stride: float, scale: Sequence[float], translate: Sequence[float]
+    stride: float | Sequence[float], scale: Sequence[float], translate: Sequence[float]
 ) -> tuple[list[float], list[float]]:
     """Scale and translate of a stride-``stride`` feature grid over an image layer.
 
-    ``scale``/``translate`` are the image layer's (one entry per axis, spatial axes
-    last). Leading axes are copied; the last two become ``s*S`` and ``T + (s-1)/2*S``
+    ``stride`` is one value or one per spatial axis (rows, columns). ``scale`` and
+    ``translate`` are the image layer's (one entry per axis, spatial axes last).
+    Leading axes are copied; the last two become ``s*S`` and ``T + (s-1)/2*S``
     (napari puts pixel centres on integer coordinates, a grid cell's centre is pixel
     ``i*s + (s-1)/2``).
     """
@@ -45,12 +48,30 @@ def grid_transform(
     translate = [float(v) for v in translate]
     if len(scale) < 2 or len(scale) != len(translate):
         raise ValueError(f"scale {scale} and translate {translate} need the same length >= 2")
-    s = float(stride)
-    out_scale = scale[:-2] + [s * v for v in scale[-2:]]
+    strides = [float(v) for v in np.broadcast_to(np.asarray(stride, float), (2,))]
+    out_scale = scale[:-2] + [s * v for s, v in zip(strides, scale[-2:])]
     out_translate = translate[:-2] + [
-        t + (s - 1) / 2 * v for t, v in zip(translate[-2:], scale[-2:])
+        t + (s - 1) / 2 * v for s, t, v in zip(strides, translate[-2:], scale[-2:])
     ]
     return out_scale, out_translate
+
+
+def grid_display(
+    colours: np.ndarray, stride: int, size: Sequence[int]
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """The low-res grid's colours (h, w, K) cut to the image's extent (H, W).
+
+    The grid covers the image padded to whole patches (37 cells of 14 px are 518 px
+    over a 512 px image), so its last cells overhang. Each cell is split into squares
+    of ``g = gcd(stride, H)`` (rows; columns alike) px and those past the image are
+    dropped: returns the colours on that finer grid and its step (gy, gx) in pixels,
+    for :func:`grid_transform`. A grid that fits the image exactly is returned as is.
+    """
+    h_img, w_img = (int(v) for v in size)
+    s = int(stride)
+    gy, gx = math.gcd(s, h_img), math.gcd(s, w_img)
+    out = np.repeat(np.repeat(colours, s // gy, axis=0), s // gx, axis=1)
+    return np.ascontiguousarray(out[: h_img // gy, : w_img // gx]), (gy, gx)
 
 
 def to_uint8_rgb(rgb01: np.ndarray) -> np.ndarray:
@@ -80,21 +101,69 @@ def result_layer_data(
     from ``highres`` (C, H, W) when present (or from a stored ``pca`` colour array in
     ``extra``), and a "<name> similarity" from ``extra["similarity"]``. Placement
     uses ``metadata``'s stride and the source layer's scale/translate when recorded.
+    A stack's export (``metadata["plane_index"]``: the slice of each entry along the
+    arrays' first axis, ``metadata["stack_shape"]``) gives layers over the whole stack,
+    each slice in its place (slices not exported are empty).
     """
     extra = extra or {}
-    scale = list(metadata.get("source_scale") or [1.0, 1.0])[-2:]
-    translate = list(metadata.get("source_translate") or [0.0, 0.0])[-2:]
     if pca is None:
         source = lowres if lowres is not None else highres
+        if source is not None and metadata.get("plane_index") is not None:
+            source = np.moveaxis(source, 1, -1).reshape(-1, source.shape[1])  # (N*h*w, C)
         pca = fit_pca(source) if source is not None else None
     meta = {META_KEY: dict(metadata, layer="from-file")}
+    planes = metadata.get("plane_index")
+    if planes is None:
+        return _plane_layer_data(lowres, highres, extra, metadata, pca, name, meta)
+    leading = tuple(int(v) for v in metadata.get("stack_shape") or ())
+    n_lead = len(leading)
+    stacked: list[LayerData] = []
+    for k, idx in enumerate(tuple(int(v) for v in i) for i in planes):
+        layers = _plane_layer_data(
+            None if lowres is None else lowres[k],
+            None if highres is None else highres[k],
+            {key: v[k] for key, v in extra.items()},
+            metadata,
+            pca,
+            name,
+            meta,
+        )
+        if not stacked:
+            lead_s = list(metadata.get("source_scale") or [1.0] * (n_lead + 2))[:n_lead]
+            lead_t = list(metadata.get("source_translate") or [0.0] * (n_lead + 2))[:n_lead]
+            for data, kwargs, ltype in layers:
+                store = PlaneStore(leading, data.shape, data.dtype)
+                kwargs = dict(
+                    kwargs,
+                    scale=lead_s + list(kwargs["scale"]),
+                    translate=lead_t + list(kwargs["translate"]),
+                )
+                stacked.append((store, kwargs, ltype))
+        for (store, _, _), (data, _, _) in zip(stacked, layers):
+            store[idx] = data
+    return stacked
+
+
+def _plane_layer_data(
+    lowres: np.ndarray | None,
+    highres: np.ndarray | None,
+    extra: dict[str, np.ndarray],
+    metadata: dict,
+    pca: PCAProjection | None,
+    name: str,
+    meta: dict,
+) -> list[LayerData]:
+    scale = list(metadata.get("source_scale") or [1.0, 1.0])[-2:]
+    translate = list(metadata.get("source_translate") or [0.0, 0.0])[-2:]
     out: list[LayerData] = []
     if lowres is not None:
         stride = int(metadata.get("stride", 1))
-        s, t = grid_transform(stride, scale, translate)
+        size = metadata.get("image_size") or [v * stride for v in lowres.shape[-2:]]
+        colours, step = grid_display(to_uint8_rgb(pca.to_rgb(lowres)), stride, size)
+        s, t = grid_transform(step, scale, translate)
         out.append(
             (
-                to_uint8_rgb(pca.to_rgb(lowres)),
+                colours,
                 dict(name=f"{name} {LOWRES_SUFFIX}", rgb=True, scale=s, translate=t, metadata=meta),
                 "image",
             )

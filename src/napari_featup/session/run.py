@@ -4,9 +4,10 @@ The napari widget runs :func:`iter_run` in a ``thread_worker``: it yields
 :class:`~napari_featup.progress.Progress` events (a consumer that stops iterating
 cancels the run at that step) and returns a :class:`RunOutput`. Everything slow
 happens here, off the GUI thread: model loading (cached by ``load_backbone``), the
-backbone, the upsampler's fitting, the PCA, the PCA colours and the per-pixel feature
-norms that make later similarity clicks cheap. Errors are returned, not raised, so
-the caller reports them its own way.
+backbone, the upsampler's fitting, the PCA, the PCA colours and each plane's compact
+field (:mod:`napari_featup.compact`: per-pixel coordinates in a shared basis, exact
+norms) that makes later similarity clicks cheap for every upsampler. Errors are
+returned, not raised, so the caller reports them its own way.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from typing import Any
 import numpy as np
 
 from ..analysis import PCAProjection
+from ..compact import Basis
 from ..pipeline import FeatureResult, iter_extract
 from ..progress import Progress, relay
 from .geometry import Index
-from .stack import fit_stack_pca, plane_colours
+from .stack import fit_stack_basis, fit_stack_pca, plane_colours
 
 # Share of the progress range each part of a plane takes, in units (the bar's total is
 # the sum over the run). Extraction dominates (backbone, fits), colours and norms are
@@ -45,7 +47,7 @@ class RunRequest:
     (to add planes to an existing stack with the same colours); None fits one.
     ``extract``: keyword arguments for :func:`~napari_featup.pipeline.iter_extract`
     (backbone, upsampler, weights, device, precision, scaling, contrast_limits,
-    percentiles, channels, ...).
+    percentiles, channels, ...). ``basis``: reuse this similarity basis (as ``pca``).
     """
 
     data: Any
@@ -54,16 +56,20 @@ class RunRequest:
     rgb: bool = False
     channel_axis: int | None = None
     pca: PCAProjection | None = None
+    basis: Basis | None = None
 
 
 @dataclass
 class RunOutput:
-    """What a run made: features per plane, the PCA and colours, or the error."""
+    """What a run made: features per plane, the PCA, basis and colours, or the error
+    (``stage``: the stage of the last event before it, e.g. ``"upsampler"``)."""
 
     results: dict[Index, FeatureResult] = field(default_factory=dict)
     pca: PCAProjection | None = None
+    basis: Basis | None = None
     colours: dict[Index, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     error: BaseException | None = None
+    stage: str = ""
 
 
 def plane_array(data: Any, index: Index, channel_axis: int | None) -> np.ndarray:
@@ -106,27 +112,50 @@ def iter_run(request: RunRequest) -> Generator[Progress, None, RunOutput]:
             image = plane_array(request.data, idx, request.channel_axis)
             gen = iter_extract(image, **kwargs)
             stop = done + EXTRACT_UNITS
-            out.results[idx] = yield from relay(gen, done, stop, total, prefix=label)
+            out.results[idx] = yield from _staged(relay(gen, done, stop, total, prefix=label), out)
             done = stop
-        pca = request.pca
-        if pca is None:
+        pca, basis = request.pca, request.basis
+        if pca is None or basis is None:
+            out.stage = "pca"
             yield Progress(done, total, "fitting PCA", stage="pca")
-            pca = fit_stack_pca(out.results.values())
+            pca = pca if pca is not None else fit_stack_pca(out.results.values())
+            basis = basis if basis is not None else fit_stack_basis(out.results.values())
         done += PCA_UNITS
-        out.pca = pca
+        out.pca, out.basis = pca, basis
         for idx, res in out.results.items():
             label = f"plane {idx}: " if idx else ""
+            out.stage = "colours"
             yield Progress(done, total, label + "PCA colours", stage="colours")
             res.pca = pca
             out.colours[idx] = plane_colours(res, pca)
             done += COLOUR_UNITS
+            out.stage = "norms"
             yield Progress(
-                done, total, label + "feature norms (for similarity clicks)", stage="norms"
+                done,
+                total,
+                label + "feature norms and compact field (for similarity clicks)",
+                stage="norms",
             )
-            res.field.norms()
+            res.field.compact(basis)
             done += NORM_UNITS
+        out.stage = "done"
         yield Progress(done, total, "done", stage="done")
     except Exception as exc:  # noqa: BLE001 - reported by the caller, never raised into Qt
         # (MemoryError and torch's OutOfMemoryError are Exceptions too)
         out.error = exc
     return out
+
+
+def _staged(gen: Generator[Progress, None, Any], out: RunOutput) -> Generator[Progress, None, Any]:
+    """Relay ``gen``, noting each event's stage on ``out`` (so an error can say which
+    step failed: loading the backbone or the upsampler, a fit, ...)."""
+    try:
+        while True:
+            try:
+                ev = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            out.stage = ev.stage
+            yield ev
+    finally:
+        gen.close()  # a cancelled run stops the extraction there

@@ -6,6 +6,12 @@ stacked) image, one PCA shared by all planes (so colours agree between planes an
 between the low-res and full-res layers) and the arrays the layers show. It answers
 similarity queries made at points in the image's data coordinates, and gives its
 layers as ``LayerDataTuple``s (see :mod:`.layer_data` for names and placement).
+
+Clicks are answered from each plane's :class:`~napari_featup.compact.CompactField`
+in a basis shared by the stack's planes (so a query made on one slice scores the
+others), at a cost independent of the upsampler and the channel count; each map
+records the largest error it can have (0 when the basis is complete).
+Arrays of a stack are :class:`~.planes.PlaneStore`s: memory per computed slice.
 """
 
 from __future__ import annotations
@@ -13,10 +19,13 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from ..analysis import PCAProjection, fit_pca, make_query
+from ..analysis import PCAProjection, fit_pca
+from ..compact import Basis, CompactField, compact_rank, fit_basis, make_compact_query
+from ..compact import similarity as compact_similarity
 from ..io import META_KEY
 from ..pipeline import FeatureResult
 from .geometry import Index, PlaneGeometry
@@ -25,10 +34,12 @@ from .layer_data import (
     MASK_SUFFIX,
     SIMILARITY_SUFFIX,
     LayerData,
+    grid_display,
     grid_transform,
     pca_name,
     to_uint8_rgb,
 )
+from .planes import plane_array
 
 
 @dataclass
@@ -37,9 +48,11 @@ class FeatureStack:
 
     ``config`` records the settings the features were made with (backbone, weights,
     upsampler, preprocessing); planes are only added to a stack with the same
-    config. Arrays: ``pca_lowres`` ``leading + (h, w, 3)`` uint8, ``pca_full``
-    ``leading + (H, W, 3)`` uint8 and ``similarity`` ``leading + (H, W)`` float32,
-    zero on planes not computed.
+    config. Arrays: ``pca_lowres`` ``leading + (h', w', 3)`` uint8 (the grid cut to
+    the image, :func:`~.layer_data.grid_display`; ``lowres_step`` px per entry),
+    ``pca_full`` ``leading + (H, W, 3)`` uint8 and ``similarity`` ``leading + (H, W)``
+    float32, zero on planes not computed (stored per plane for stacks).
+    ``similarity_bound[plane]``: the largest error of that plane's map.
     """
 
     image_name: str
@@ -52,7 +65,10 @@ class FeatureStack:
     similarity: np.ndarray | None = None
     #: planes whose similarity map does not match the current query
     stale_similarity: set = field(default_factory=set)
-    query: np.ndarray | None = None
+    query: Any = None  # a compact.CompactQuery
+    basis: Basis | None = None
+    lowres_step: tuple[int, int] = (1, 1)
+    similarity_bound: dict = field(default_factory=dict)
 
     @property
     def similarity_name(self) -> str:
@@ -80,14 +96,15 @@ class FeatureStack:
         results: dict[Index, FeatureResult],
         pca: PCAProjection | None = None,
         colours: dict[Index, tuple[np.ndarray, np.ndarray]] | None = None,
+        basis: Basis | None = None,
     ) -> None:
-        """Add computed planes; fit the PCA on them if there is none yet.
+        """Add computed planes; fit the PCA (and the basis) on them if there is none.
 
-        ``pca`` (fitted by the caller, e.g. in a worker) is used when the stack has
-        none; otherwise the stack's PCA is kept so colours agree with planes shown
-        before. ``colours[idx]`` = (low-res, full-res) uint8 RGB from
-        :func:`plane_colours` with that PCA (computed in a worker); planes without are
-        coloured here (one 3-channel upsample per plane).
+        ``pca`` and ``basis`` (fitted by the caller, e.g. in a worker) are used when
+        the stack has none; otherwise the stack's are kept so colours and similarity
+        agree with planes shown before. ``colours[idx]`` = (low-res, full-res) uint8
+        RGB from :func:`plane_colours` with that PCA (computed in a worker); planes
+        without are coloured here (one 3-channel upsample per plane).
         """
         if not results:
             return
@@ -95,12 +112,17 @@ class FeatureStack:
             self.geometry.check_index(idx)
         if self.pca is None:
             self.pca = pca if pca is not None else fit_stack_pca(results.values())
+        if self.basis is None:
+            self.basis = basis if basis is not None else fit_stack_basis(results.values())
         first = next(iter(results.values()))
         grid = tuple(first.lowres.shape[-2:])
+        g = self.geometry
         if self.pca_lowres is None:
-            self.pca_lowres = np.zeros(self.geometry.leading + grid + (3,), np.uint8)
-            self.pca_full = np.zeros(self.geometry.leading + self.geometry.size + (3,), np.uint8)
-            self.similarity = np.zeros(self.geometry.leading + self.geometry.size, np.float32)
+            stride = int(first.metadata["stride"])
+            shown, self.lowres_step = grid_display(np.zeros(grid + (3,), np.uint8), stride, g.size)
+            self.pca_lowres = plane_array(g.leading, shown.shape, np.uint8)
+            self.pca_full = plane_array(g.leading, g.size + (3,), np.uint8)
+            self.similarity = plane_array(g.leading, g.size, np.float32)
         for idx, res in results.items():
             if tuple(res.lowres.shape[-2:]) != grid or res.field is None:
                 raise ValueError(
@@ -110,9 +132,21 @@ class FeatureStack:
             res.pca = self.pca
             self.results[idx] = res
             low, full = (colours or {}).get(idx) or plane_colours(res, self.pca)
-            self.pca_lowres[idx] = low
+            self.pca_lowres[idx] = grid_display(low, self.stride, g.size)[0]
             self.pca_full[idx] = full
             self.stale_similarity.add(idx)
+
+    def compact(self, index: Index) -> CompactField:
+        """Plane ``index``'s compact field in the stack's basis (built once)."""
+        return self.results[index].field.compact(self.basis)
+
+    @property
+    def stored_bytes(self) -> int:
+        """Memory of the layer arrays and the compact fields (not the features)."""
+        arrays = (self.pca_lowres, self.pca_full, self.similarity)
+        total = sum(getattr(a, "stored_bytes", getattr(a, "nbytes", 0)) for a in arrays)
+        fields = (r.field._compact for r in self.results.values() if r.field is not None)
+        return total + sum(c[1].nbytes for c in fields if c is not None)
 
     # --------------------------------------------------------------- similarity
     def points_in_planes(
@@ -146,7 +180,8 @@ class FeatureStack:
         """Set the query from points in the image's data coordinates.
 
         The query is :func:`~napari_featup.analysis.make_query` of the full-resolution
-        features at the points (several positives average, negatives subtract).
+        features at the points (several positives average, negatives subtract), held
+        in the stack's basis (:func:`~napari_featup.compact.make_compact_query`).
         Points on planes without features are ignored and returned. With no usable
         positive point the query is cleared (similarity maps become zero).
         """
@@ -155,16 +190,16 @@ class FeatureStack:
         if not pos:
             self.query = None
         else:
-            pf = self._features_at(pos)
-            nf = self._features_at(neg) if neg else None
-            self.query = make_query(pf, nf)
+            self.query = make_compact_query(self._terms(pos), self._terms(neg))
         self.stale_similarity = set(self.results)
         return bad_pos + bad_neg
 
-    def _features_at(self, pts: list[tuple[Index, tuple[float, float]]]) -> np.ndarray:
-        return np.concatenate(
-            [self.results[idx].field.features_at([rc]) for idx, rc in pts], axis=0
-        )
+    def _terms(self, pts: list[tuple[Index, tuple[float, float]]]) -> list:
+        out = []
+        for idx, rc in pts:
+            z, r = self.compact(idx).point_terms([rc])
+            out.append((z[0], float(r[0])))
+        return out
 
     def update_similarity(self, index: Sequence[int] = ()) -> np.ndarray | None:
         """Compute (if stale) the similarity map of plane ``index``; return it, or None
@@ -173,7 +208,9 @@ class FeatureStack:
         if idx not in self.results or self.similarity is None:
             return None
         if idx in self.stale_similarity:
-            self.similarity[idx] = similarity_map(self.results[idx], self.query)
+            sims, bound = compact_similarity(self.compact(idx), self.query)
+            self.similarity[idx] = sims
+            self.similarity_bound[idx] = bound
             self.stale_similarity.discard(idx)
         return self.similarity[idx]
 
@@ -190,14 +227,26 @@ class FeatureStack:
         )
         if self.pca is not None:
             meta["pca_explained_variance_ratio"] = self.pca.explained_variance_ratio.tolist()
+        if self.basis is not None:
+            meta["similarity_basis_rank"] = self.basis.rank
         return {META_KEY: meta}
+
+    def layer_names(self) -> list[str]:
+        """Names of this stack's layers, bottom to top: PCA low-res, PCA full-res,
+        similarity, similarity mask."""
+        return [
+            f"{self.image_name} {LOWRES_SUFFIX}",
+            pca_name(self.image_name, self.upsampler),
+            self.similarity_name,
+            f"{self.image_name} {MASK_SUFFIX}",
+        ]
 
     def layer_data(self) -> list[LayerData]:
         """LayerDataTuples of the low-res and full-resolution PCA layers."""
         if self.pca_lowres is None:
             return []
         g = self.geometry
-        low_scale, low_translate = grid_transform(self.stride, g.scale, g.translate)
+        low_scale, low_translate = grid_transform(self.lowres_step, g.scale, g.translate)
         return [
             (
                 self.pca_lowres,
@@ -232,9 +281,12 @@ class FeatureStack:
         pixels is visible whatever the backbone's typical similarity level.
         """
         g = self.geometry
-        plane = self.similarity[self.geometry.check_index(index)]
+        idx = self.geometry.check_index(index)
+        plane = self.similarity[idx]
         lo, hi = float(plane.min()), float(plane.max())
         limits = (lo, hi) if hi > lo else (-1.0, 1.0)
+        meta = self.layer_metadata("similarity")
+        meta[META_KEY]["similarity_error_bound"] = self.similarity_bound.get(idx, 0.0)
         return (
             self.similarity,
             dict(
@@ -245,7 +297,7 @@ class FeatureStack:
                 contrast_limits=limits,
                 opacity=0.8,
                 blending="translucent",
-                metadata=self.layer_metadata("similarity"),
+                metadata=meta,
             ),
             "image",
         )
@@ -257,10 +309,10 @@ class FeatureStack:
             raise ValueError("no similarity map yet: add a query point first")
         for idx in self.results:  # bring every computed plane up to the current query
             self.update_similarity(idx)
-        out = (self.similarity >= float(threshold)).astype(np.uint8)
-        for idx in self.geometry.planes():
-            if idx not in self.results or self.query is None:
-                out[idx] = 0
+        out = np.zeros(self.geometry.leading + self.geometry.size, np.uint8)
+        if self.query is not None:
+            for idx in self.results:
+                out[idx] = self.similarity[idx] >= float(threshold)
         return out
 
     def mask_layer_data(self, threshold: float) -> LayerData:
@@ -298,6 +350,17 @@ def plane_colours(result: FeatureResult, pca: PCAProjection) -> tuple[np.ndarray
     if result.field is None:
         raise ValueError("this result has no feature field (was it loaded from a file?)")
     return to_uint8_rgb(pca.to_rgb(result.lowres)), to_uint8_rgb(result.field.pca_rgb(pca))
+
+
+def fit_stack_basis(results: Iterable[FeatureResult]) -> Basis:
+    """One basis over the low-res features of several planes, of the size
+    :func:`~napari_featup.compact.compact_rank` allows for their image size."""
+    results = list(results)
+    if not results:
+        raise ValueError("no features to fit a basis on")
+    first = results[0]
+    rank = compact_rank(first.lowres.shape[0], first.field.size)
+    return fit_basis([r.field.moment() for r in results], rank)
 
 
 def fit_stack_pca(results: Iterable[FeatureResult], max_samples: int = 20000) -> PCAProjection:
