@@ -11,6 +11,7 @@ features into the viewer, on the GUI thread, through a
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,15 @@ from .runner import JobController
 from .settings_panel import SettingsPanel
 from .similarity_panel import SimilarityPanel
 from .text_panel import TextPanel
-from .viewer_layers import input_image_layers, is_alive, layer_by_uid, upsert_layer
+from .viewer_layers import (
+    arrange_results,
+    input_image_layers,
+    is_alive,
+    layer_by_uid,
+    remove_replaced,
+    set_results_shown,
+    upsert_layer,
+)
 
 #: panel controls also reachable on the dock (scripts, tests and the demo use them)
 _CONTROLS = {
@@ -66,6 +75,10 @@ class FeatUpWidget(QWidget):
         #: FeatureStack per image layer (keyed by layer.unique_id), the latest run's
         self.stacks: dict[Any, FeatureStack] = {}
         self.last_error: str | None = None
+        #: run settings whose random-weights warning was shown (once per setting)
+        self._warned_random: set[str] = set()
+        #: result layers hidden while the displayed slice has no features
+        self._hidden: set = set()
 
         self.settings_panel = SettingsPanel()
         self.similarity_panel = SimilarityPanel(self.viewer, self._current, self.notify_error)
@@ -109,6 +122,7 @@ class FeatUpWidget(QWidget):
         ev.inserted.connect(self._on_layers_changed)
         ev.removed.connect(self._on_layers_changed)
         ev.reordered.connect(self._on_layers_changed)
+        self.viewer.layers.selection.events.active.connect(self._on_active_layer)
         self.viewer.dims.events.current_step.connect(self._on_slider)
         self._click_cb = _query.ctrl_click_callback(self.similarity_panel.query_layer_for_click)
         self.viewer.mouse_drag_callbacks.append(self._click_cb)
@@ -118,6 +132,8 @@ class FeatUpWidget(QWidget):
         self.cancel()
         if self._click_cb in self.viewer.mouse_drag_callbacks:
             self.viewer.mouse_drag_callbacks.remove(self._click_cb)
+        with contextlib.suppress(TypeError, ValueError, RuntimeError):
+            self.viewer.layers.selection.events.active.disconnect(self._on_active_layer)
         super().closeEvent(event)
 
     # -------------------------------------------------------------- images
@@ -130,11 +146,23 @@ class FeatUpWidget(QWidget):
         for key in [k for k in self.stacks if k not in live]:
             del self.stacks[key]
         self.similarity_panel.forget_removed()
-        self._refresh_images()
+        added = getattr(event, "value", None) if getattr(event, "type", "") == "inserted" else None
+        inputs = {lyr.unique_id for lyr in input_image_layers(self.viewer)}
+        # a newly added image is the one the user means next (as napari selects it)
+        self._refresh_images(
+            choose=added.unique_id if added is not None and added.unique_id in inputs else None
+        )
 
-    def _refresh_images(self, event: Any = None) -> None:
+    def _on_active_layer(self, event: Any = None) -> None:
+        active = self.viewer.layers.selection.active
+        if active is not None and active.unique_id in {
+            lyr.unique_id for lyr in input_image_layers(self.viewer)
+        }:
+            self._refresh_images(choose=active.unique_id)
+
+    def _refresh_images(self, event: Any = None, choose: Any = None) -> None:
         # the chosen layer is followed by identity, so renaming it keeps it chosen
-        keep = self.settings_panel.image_uid()
+        keep = choose if choose is not None else self.settings_panel.image_uid()
         self.settings_panel.set_image_layers(input_image_layers(self.viewer), keep)
         self._update_controls()
 
@@ -254,10 +282,17 @@ class FeatUpWidget(QWidget):
 
     def _show_results(self, out: RunOutput, layer: Image, plan: PlannedRun) -> None:
         stack = plan.extends or FeatureStack(layer.name, plan.geometry, plan.config)
-        stack.add_planes(out.results, out.pca, out.colours)
+        stack.add_planes(out.results, out.pca, out.colours, out.basis)
+        old = self.stacks.get(layer.unique_id)
         self.stacks[layer.unique_id] = stack
+        remove_replaced(self.viewer, old, stack)
         for data, kwargs, ltype in stack.layer_data():
             upsert_layer(self.viewer, data, kwargs, ltype)
+        stale_heatmap = (
+            old is not None and old is not stack and not self.similarity_panel.has_points()
+        )
+        if stale_heatmap and stack.similarity_name in self.viewer.layers:  # the old run's
+            self.viewer.layers.remove(stack.similarity_name)
         meta = stack.metadata
         msg = (
             f"{layer.name}: {meta['backbone']} features {meta['grid'][0]} x "
@@ -266,10 +301,15 @@ class FeatUpWidget(QWidget):
         )
         if meta.get("random_weights"):
             msg += " RANDOM WEIGHTS: these features mean nothing."
-            show_warning(msg)
+            key = json.dumps(stack.config, sort_keys=True, default=str)
+            if key not in self._warned_random:  # once per run setting, not per slice
+                self._warned_random.add(key)
+                show_warning(msg)
         self.status.setText(msg)
         if self.similarity_panel.has_points():
             self.update_similarity()
+        arrange_results(self.viewer, layer, stack, self.similarity_panel.query_layer)
+        self._show_displayed_plane(stack, layer)
         self.viewer.layers.selection.active = layer
 
     # ------------------------------------------------- similarity and export
@@ -313,13 +353,21 @@ class FeatUpWidget(QWidget):
         ca = stack.config.get("channel_axis")
         return current_plane(layer, stack.geometry, self.viewer.dims.point, ca)
 
+    def _show_displayed_plane(self, stack: FeatureStack, layer: Image) -> bool:
+        """Show the result layers when the displayed slice has features, hide them
+        while it has none (transparent, not black); True when it has."""
+        if not stack.geometry.leading:
+            return True
+        computed = self._displayed_plane(stack, layer) in stack.results
+        set_results_shown(self.viewer, stack, computed, self._hidden)
+        return computed
+
     def _on_slider(self, event: Any = None) -> None:
         stack, layer = self._current()
         if stack is None or layer is None or not stack.geometry.leading:
             return
-        plane = self._displayed_plane(stack, layer)
-        if plane in stack.results:
-            self.similarity_panel.refresh_plane(stack, plane)
+        if self._show_displayed_plane(stack, layer):
+            self.similarity_panel.refresh_plane(stack, self._displayed_plane(stack, layer))
         else:
             self._maybe_follow_slider()
 

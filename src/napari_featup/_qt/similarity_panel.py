@@ -29,7 +29,7 @@ from ..session.geometry import current_plane
 from ..session.messages import explain
 from ..session.stack import FeatureStack
 from . import query_layer as _query
-from .viewer_layers import StackGetter, is_alive, upsert_layer
+from .viewer_layers import StackGetter, arrange_results, is_alive, upsert_layer
 
 
 class SimilarityPanel(QGroupBox):
@@ -181,9 +181,8 @@ class SimilarityPanel(QGroupBox):
             data, kwargs, ltype = stack.similarity_layer_data(plane)
             new = kwargs["name"] not in self.viewer.layers
             upsert_layer(self.viewer, data, kwargs, ltype)
-            if new:  # keep the query points visible above the heatmap
-                layers = self.viewer.layers
-                layers.move(layers.index(self.query_layer.name), len(layers))
+            if new:  # heatmap above the PCA layers, query points above everything
+                arrange_results(self.viewer, layer, stack, self.query_layer)
         except Exception as exc:  # noqa: BLE001 - never let a click crash the viewer
             self._notify_error(explain(exc, "computing the similarity"))
             return False
@@ -204,4 +203,6 @@ class SimilarityPanel(QGroupBox):
             show_info("Add a query point first (Ctrl-click the image after a run).")
             return None
         t = float(self.threshold_spin.value() if threshold is None else threshold)
-        return upsert_layer(self.viewer, *stack.mask_layer_data(t))
+        mask = upsert_layer(self.viewer, *stack.mask_layer_data(t))
+        arrange_results(self.viewer, self._current()[1], stack, self.query_layer)
+        return mask

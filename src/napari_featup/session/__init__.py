@@ -13,9 +13,9 @@ from .export import export_stack, export_stack_plane
 from .geometry import Index, PlaneGeometry, current_plane, image_geometry
 from .layer_data import grid_transform, pca_name, result_layer_data
 from .messages import explain, is_out_of_memory
+from .planes import PlaneStore
 from .request import PlannedRun, RunSettings, parse_channels, plan_run
 from .run import RunOutput, RunRequest, iter_run
-from .planes import PlaneStore
 from .stack import FeatureStack, similarity_map
 
 __all__ = [

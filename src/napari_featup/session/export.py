@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from ..io import META_KEY, save_arrays
-from .layer_data import to_uint8_rgb
 from .geometry import Index
+from .layer_data import to_uint8_rgb
 from .stack import FeatureStack
 
 #: files inside a zarr store that a file dialog can pick for the store itself

@@ -201,5 +201,6 @@ def plan_run(
         rgb=bool(layer.rgb),
         channel_axis=settings.channel_axis,
         pca=stack.pca if reuse else None,
+        basis=stack.basis if reuse else None,
     )
     return PlannedRun(request, geometry, config, stack if reuse else None)
