@@ -113,3 +113,27 @@ def test_normalize_numpy_and_torch_agree():
     n = normalize(x)
     assert np.allclose(n[0], (0.5 - IMAGENET_MEAN[0]) / 0.229)
     assert np.allclose(normalize(torch.from_numpy(x)).numpy(), n)
+
+
+def test_multichannel_percentiles_scale_each_channel():
+    """A dim fluorescence channel next to a bright one keeps its contrast (issue 17):
+    percentile (and auto, for uint16) scaling is per channel, recorded as such."""
+    from napari_featup.preprocess import prepare_image
+
+    rng = np.random.default_rng(0)
+    bright = rng.integers(10000, 60000, (32, 40)).astype(np.uint16)
+    dim = rng.integers(100, 900, (32, 40)).astype(np.uint16)
+    img = np.stack([bright, dim, bright // 2])  # (C, Y, X)
+    for scaling in ("auto", "percentile", "minmax"):
+        x, prep = prepare_image(img, channel_axis=0, scaling=scaling)
+        assert prep.layout == "multichannel" and prep.extra["per_channel"] is True
+        assert x[1].max() > 0.95 and x[1].min() < 0.05, scaling  # the dim channel spans
+        limits = prep.extra["channel_limits"]
+        assert len(limits) == 3 and limits[1][1] < 1000 < limits[0][0]
+        assert prep.to_dict()["extra"]["per_channel"] is True  # in metadata["preprocessing"]
+    # the caller's array is not changed; RGB photos keep one range (colour balance)
+    before = img.copy()
+    prepare_image(img.astype(np.float32), channel_axis=0, scaling="percentile")
+    np.testing.assert_array_equal(img, before)
+    _, prep = prepare_image(np.moveaxis(img, 0, -1), scaling="percentile")
+    assert prep.layout == "rgb" and "per_channel" not in prep.extra

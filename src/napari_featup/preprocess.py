@@ -285,14 +285,27 @@ def prepare_image(
     if h < 1 or w < 1:
         raise ImageError(f"image has no pixels (shape {arr.shape})")
     data = _as_float(arr)
+    per_channel = _per_channel_limits(data, layout, dtype, scaling, contrast_limits, percentiles)
+    if per_channel is not None:
+        # Multichannel micrographs: each channel gets its own range (as Fiji and
+        # napari show them), so a dim channel is not crushed by a bright one.
+        scaling_used, channel_limits = per_channel
+        scaled = np.empty(data.shape, np.float32)  # (data may be the caller's array)
+        for k, (c_lo, c_hi) in enumerate(channel_limits):
+            scaled[..., k] = _to_unit(data[..., k], c_lo, c_hi)
+        data = scaled
     mixed, chosen = _mix(data, layout, channels)
     if not np.isfinite(mixed).all():
         raise ImageError(
             f"mixing the channels with {chosen!r} gives values beyond the float range; "
             "use weights of ordinary size (e.g. rows that sum to 1)"
         )
-    scaling_used, (lo, hi) = _limits(mixed, dtype, scaling, contrast_limits, percentiles)
-    out = _to_unit(mixed, lo, hi)
+    if per_channel is not None:
+        out = np.clip(mixed, 0.0, 1.0).astype(np.float32, copy=False)
+        lo, hi = min(v[0] for v in channel_limits), max(v[1] for v in channel_limits)
+    else:
+        scaling_used, (lo, hi) = _limits(mixed, dtype, scaling, contrast_limits, percentiles)
+        out = _to_unit(mixed, lo, hi)
     record = Preprocessing(
         input_shape=tuple(np.shape(image)),
         input_dtype=str(dtype),
@@ -303,7 +316,32 @@ def prepare_image(
     )
     if scaling_used == "percentile":
         record.extra["percentiles"] = list(percentiles)
+    if per_channel is not None:
+        record.extra["per_channel"] = True
+        record.extra["channel_limits"] = [[float(a), float(b)] for a, b in per_channel[1]]
     return np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32), record
+
+
+def _per_channel_limits(
+    data: np.ndarray,
+    layout: str,
+    dtype: np.dtype,
+    scaling: str,
+    contrast_limits: Sequence[float] | None,
+    percentiles: tuple[float, float],
+) -> tuple[str, list[tuple[float, float]]] | None:
+    """(scaling, per-channel limits) when a multichannel image is scaled from its data
+    (percentiles or min-max, also by ``auto``); None otherwise (one range for all)."""
+    if layout != "multichannel":
+        return None
+    per = [
+        _limits(data[..., k], dtype, scaling, contrast_limits, percentiles)
+        for k in range(data.shape[-1])
+    ]
+    used = per[0][0]
+    if used not in ("percentile", "minmax"):
+        return None
+    return used, [lim for _, lim in per]
 
 
 def normalize(x01: np.ndarray | Any) -> Any:
