@@ -56,14 +56,24 @@ def read_image(path: str | Path):
 
 
 def _out_paths(images: Sequence[str], out: str, fmt: str | None) -> list[Path]:
-    from .io import FORMATS
+    from .io import FEATUP_SUFFIX, FORMATS, featup_path
 
     out_path = Path(out)
-    if len(images) == 1 and out_path.suffix.lower() in FORMATS:
+    suffix = out_path.suffix.lower()
+    if len(images) == 1 and suffix in FORMATS:
         return [out_path]
-    if out_path.suffix.lower() in FORMATS:
+    if suffix in FORMATS:
         raise CLIError(
             f"{len(images)} images need --out to be a folder, not the file {out!r}", EXIT_USAGE
+        )
+    if suffix and not out_path.is_dir():
+        # "x.png" is a typo for a feature file far more often than a folder's name
+        example = featup_path(out_path.with_suffix(".npz")).name
+        raise CLIError(
+            f"--out {out!r}: {suffix} is not a feature-file format. Give a file ending in "
+            f"{', '.join(FORMATS)} (e.g. {example}), or for a folder a name without an "
+            "extension (an existing folder is used as it is)",
+            EXIT_USAGE,
         )
     ext = "." + (fmt or "npz").lstrip(".")
     if ext not in FORMATS:
@@ -75,16 +85,19 @@ def _out_paths(images: Sequence[str], out: str, fmt: str | None) -> list[Path]:
             EXIT_USAGE,
         )
     out_path.mkdir(parents=True, exist_ok=True)
-    return [out_path / f"{Path(p).stem}.features{ext}" for p in images]
+    return [out_path / f"{Path(p).stem}{FEATUP_SUFFIX}{ext}" for p in images]
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from .cli_checks import check_weights_or_fail, print_fit_note
     from .cli_large import check_estimate, cmd_extract_store, plane_shape, scale_kwargs
-    from .io import save_features
+    from .errors import WeightsUnavailableError
+    from .io import featup_path, save_features
     from .pipeline import iter_extract
     from .progress import drive
+    from .session.messages import weights_advice
     from .upsamplers import parse_options
 
     options = parse_options(args.upsampler_option)
@@ -101,10 +114,14 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         for o in outs:
             if o.exists():
                 raise CLIError(f"{str(o)!r} exists; pass --overwrite to replace it", EXIT_EXISTS)
+    check_weights_or_fail(args)
+    stage = {"now": "backbone"}  # of the latest progress event: whose weights failed
     for image_path, out in zip(args.images, outs):
         image = read_image(image_path)
         shape = plane_shape(image, args.channel_axis)
         highres = not args.no_highres
+        if not args.quiet:
+            print_fit_note(args, shape, options)
         if not args.no_estimate and check_estimate(
             args, shape, options, to_store=False, highres=highres
         ):
@@ -130,11 +147,15 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         with tqdm(total=None, desc=Path(image_path).name, unit="step", disable=args.quiet) as bar:
 
             def show(ev) -> None:
+                stage["now"] = ev.stage
                 bar.total, bar.n = ev.total, ev.step
                 bar.set_postfix_str(ev.message)
                 bar.refresh()
 
-            result = drive(gen, show)
+            try:
+                result = drive(gen, show)
+            except WeightsUnavailableError as exc:  # say which flag sets those weights
+                raise WeightsUnavailableError(weights_advice(exc, stage["now"], "cli")) from exc
         if args.pca:
             result.fit_pca()
         extra = None
@@ -151,6 +172,12 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         save_features(out, result, overwrite=args.overwrite, extra_arrays=extra)
         if result.metadata.get("random_weights"):
             print("note: features from RANDOM (untrained) backbone weights", file=sys.stderr)
+        if ".featup" not in out.suffixes and not args.quiet:
+            print(
+                f"note: napari opens {out.name} as a plain array; name it "
+                f"{featup_path(out).name} to open it with FeatUp (PCA layers)",
+                file=sys.stderr,
+            )
         print(f"{image_path} -> {out}")
     return EXIT_OK
 
@@ -258,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument(
         "--upsampler-weights",
         default=None,
-        help="upsampler weights file (e.g. a FeatUp .ckpt), or random (untrained)",
+        help="upsampler weights file (e.g. a FeatUp .ckpt), or random (untrained); "
+        "default: the upsampler's published weights where it has them (cached)",
     )
     ex.add_argument(
         "--upsampler-option",
@@ -319,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         "-o",
         default=None,
-        help="output file (.npz, .zarr, .tif, .npy) or, for several images, a folder",
+        help="output file (.npz, .zarr, .tif, .npy; name it x.featup.npz so napari opens "
+        "it with FeatUp) or, for several images, a folder (files <image>.featup.npz)",
     )
     from .cli_large import add_scale_arguments
 

@@ -18,11 +18,12 @@ from typing import Any
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QSizePolicy, QVBoxLayout, QWidget
 
 from .._associations import associate_feature_files
 from ..errors import ImageError, SettingsError
 from ..progress import Progress
+from ..session.estimate import estimate_text
 from ..session.geometry import Index, current_plane
 from ..session.messages import explain
 from ..session.request import PlannedRun, plan_run
@@ -30,7 +31,8 @@ from ..session.run import RunOutput, progress_text
 from ..session.stack import FeatureStack
 from . import query_layer as _query
 from .export_panel import ExportPanel
-from .runner import JobController
+from .runner import JobController, WarmUp
+from .sections import Section, scroll_area
 from .settings_panel import SettingsPanel
 from .similarity_panel import SimilarityPanel
 from .text_panel import TextPanel
@@ -47,7 +49,8 @@ from .viewer_layers import (
 #: panel controls also reachable on the dock (scripts, tests and the demo use them)
 _CONTROLS = {
     "settings_panel": (
-        "image_combo backbone_combo upsampler_combo upsampler_weights upsampler_options "
+        "image_combo backbone_combo upsampler_combo upsampler_weights upsampler_weights_combo "
+        "upsampler_options "
         "weights_combo weights_path random_warning device_combo precision_combo norm_combo "
         "channel_axis_combo channels_edit slices_combo follow_slider"
     ),
@@ -56,16 +59,25 @@ _CONTROLS = {
 }
 
 
+def _wrapped_label() -> QLabel:
+    label = QLabel("")
+    label.setWordWrap(True)
+    label.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Minimum)
+    return label
+
+
 class FeatUpWidget(QWidget):
     """Compute backbone features of an image layer; show PCA and similarity layers.
 
     Signals for scripts and tests: ``run_finished(status)`` after a run's layers are
     in the viewer (status ``done``, ``error`` or ``cancelled``), ``similarity_updated``
-    after the similarity layer changed.
+    after the similarity layer changed, ``warmed_up(result)`` after the warm-up
+    (:mod:`napari_featup.session.warmup`) that the widget starts when it opens.
     """
 
     run_finished = Signal(str)
     similarity_updated = Signal()
+    warmed_up = Signal(dict)
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
         super().__init__(parent)
@@ -80,23 +92,18 @@ class FeatUpWidget(QWidget):
         #: result layers hidden while the displayed slice has no features
         self._hidden: set = set()
 
-        self.settings_panel = SettingsPanel()
+        self.settings_panel = SettingsPanel(self)
         self.similarity_panel = SimilarityPanel(self.viewer, self._current, self.notify_error)
         self.export_panel = ExportPanel(self.viewer, self._current, self.notify_error)
         self.run_button = QPushButton("Run")
         self.cancel_button = QPushButton("Cancel")
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        outer = QVBoxLayout(self)
-        outer.addWidget(self.settings_panel)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
-        outer.addLayout(buttons)
-        outer.addWidget(self.status)
-        outer.addWidget(self.similarity_panel)
-        outer.addWidget(self.export_panel)
-        outer.addStretch(1)
+        self.status = _wrapped_label()
+        self.estimate_label = _wrapped_label()
+        self.estimate_label.setToolTip(
+            "Expected time and memory for the chosen settings on this machine (within "
+            "about a factor of two), timed against a backbone pass when the widget opened"
+        )
+        self.sections = self._build_layout()
         for panel, names in _CONTROLS.items():
             for name in names.split():
                 setattr(self, name, getattr(getattr(self, panel), name))
@@ -108,14 +115,75 @@ class FeatUpWidget(QWidget):
         self.settings_panel.changed.connect(self.text_panel.update_state)
         self.run_finished.connect(self.text_panel.on_run_finished)
 
+        self.warm_up = WarmUp(self)
+        self.warm_up.finished.connect(self._on_warmed_up)
         self.run_button.clicked.connect(lambda: self.run())
         self.cancel_button.clicked.connect(self.cancel)
         self.settings_panel.changed.connect(self._update_controls)
+        self.settings_panel.changed.connect(self.request_warm_up)
         self.similarity_panel.similarity_updated.connect(self.similarity_updated)
         self.jobs.started.connect(self._update_controls)
         self.jobs.progressed.connect(self._on_progress)
         self._connect_viewer()
         self._refresh_images()
+        self.request_warm_up()
+
+    def _build_layout(self) -> dict[str, Section]:
+        """Run, Similarity, Export and Advanced sections in a vertical scroll area, so
+        the dock fits napari's default window without squeezing anything."""
+        run_box = QWidget()
+        box = QVBoxLayout(run_box)
+        box.setContentsMargins(0, 0, 0, 0)
+        box.addWidget(self.settings_panel.run_form)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        box.addLayout(buttons)
+        box.addWidget(self.estimate_label)
+        box.addWidget(self.status)
+        sections = {
+            "Run": Section("Run", run_box, expanded=True),
+            "Similarity": Section("Similarity", self.similarity_panel, expanded=True),
+            "Export": Section("Export", self.export_panel, expanded=False),
+            "Advanced": Section("Advanced", self.settings_panel.advanced_form, expanded=False),
+        }
+        content = QWidget()
+        column = QVBoxLayout(content)
+        column.setContentsMargins(4, 4, 4, 4)
+        for section in sections.values():
+            column.addWidget(section)
+        column.addStretch(1)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll_area(content))
+        return sections
+
+    # ------------------------------------------------------ warm-up, estimate
+    def request_warm_up(self) -> None:
+        """Do the first run's one-time work for the current settings in a worker."""
+        try:
+            extract = self.settings_panel.run_settings().extract_kwargs()
+        except SettingsError:
+            return  # a typo in a field: warm up once it is fixed
+        self.warm_up.request(extract)
+
+    def _on_warmed_up(self, result: dict | None) -> None:
+        self._update_estimate()
+        self.warmed_up.emit(result or {})
+
+    def _update_estimate(self) -> None:
+        layer = self.image_layer()
+        text, long = "", False
+        if layer is not None:
+            try:
+                text, long = estimate_text(
+                    self.settings_panel.run_settings(), layer, self.viewer.dims.point
+                )
+            except Exception:  # noqa: BLE001 - the estimate must never break the widget
+                text = ""
+        self.estimate_label.setText(f"Estimate: {text}" if text else "")
+        self.estimate_label.setStyleSheet("color: #ffaa33" if long else "")
+        self.estimate_label.setVisible(bool(text))
 
     def _connect_viewer(self) -> None:
         ev = self.viewer.layers.events
@@ -130,6 +198,7 @@ class FeatUpWidget(QWidget):
     def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt name
         """Cancel a run and unhook the click callback when the dock closes."""
         self.cancel()
+        self.warm_up.quit()
         if self._click_cb in self.viewer.mouse_drag_callbacks:
             self.viewer.mouse_drag_callbacks.remove(self._click_cb)
         with contextlib.suppress(TypeError, ValueError, RuntimeError):
@@ -191,6 +260,7 @@ class FeatUpWidget(QWidget):
         self.run_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
         self.settings_panel.update_rows(self.image_layer())
+        self._update_estimate()
 
     def channel_axis(self) -> int | None:
         """The axis chosen under Channel axis (None: no channel axis)."""
@@ -265,7 +335,8 @@ class FeatUpWidget(QWidget):
                 self.status.setText("Cancelled: the viewer is unchanged.")
                 show_info("FeatUp run cancelled; no layers were changed.")
             elif status == "error":
-                self.notify_error(explain(out.error, f"computing features of {layer.name!r}"))
+                context = f"computing features of {layer.name!r}"
+                self.notify_error(explain(out.error, context, out.stage))
             elif not is_alive(self.viewer, layer):
                 status = "cancelled"
                 self.status.setText(f"Layer {layer.name!r} was removed; results dropped.")

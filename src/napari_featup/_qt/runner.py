@@ -8,6 +8,8 @@ results reach the widget on the GUI thread, through Qt signals.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Callable
 
 from napari.qt.threading import create_worker
@@ -16,6 +18,7 @@ from qtpy.QtCore import QObject, Signal
 
 from ..progress import Progress
 from ..session.run import RunOutput, RunRequest, iter_run, progress_text
+from ..session.warmup import iter_warm_up
 
 #: resolution of napari's progress bar: events carry fractions, the bar counts ticks
 BAR_TICKS = 1000
@@ -115,3 +118,82 @@ class JobController(QObject):
         if on_done is not None:
             on_done(status, out)
         self.finished.emit(status, out)
+
+
+class WarmUp(QObject):
+    """Runs :func:`~napari_featup.session.warmup.iter_warm_up` in a Python thread
+    (never on the GUI thread), one at a time: a request made while one runs is kept
+    and started after it (the latest settings win). ``finished(result)`` arrives on
+    the GUI thread (a queued signal).
+
+    Not a napari thread worker: those share Qt's global thread pool (as many threads
+    as cores), which Qt's own image scaling also waits on; a warm-up there plus a run
+    can leave the GUI thread waiting for a pool thread that waits for it.
+    """
+
+    finished = Signal(object)
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self._thread: threading.Thread | None = None
+        self._pending: dict | None = None
+        self._stop = threading.Event()
+        self._done: set[str] = set()
+        self.result: dict | None = None
+        self._delivered.connect(self._on_finished)
+
+    _delivered = Signal(object)
+
+    @property
+    def running(self) -> bool:
+        """Whether a warm-up is in progress."""
+        return self._thread is not None
+
+    def request(self, extract: dict) -> None:
+        """Warm up for runs with ``extract`` (once per distinct setting)."""
+        key = repr(sorted(extract.items()))
+        if key in self._done:
+            return
+        if self._thread is not None:
+            self._pending = extract
+            return
+        self._done.add(key)
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._work, args=(extract,), name="featup-warm-up", daemon=True
+        )
+        self._thread.start()
+
+    def _work(self, extract: dict) -> None:
+        gen = iter_warm_up(extract)
+        result: dict = {}
+        try:
+            while True:
+                next(gen)
+                if self._stop.is_set():
+                    result = {"stopped": True}
+                    break
+        except StopIteration as stop:
+            result = stop.value or {}
+        except Exception as exc:  # noqa: BLE001 - a warm-up failure only costs time later
+            result = {"error": repr(exc)}
+        finally:
+            gen.close()  # releases the warm-up lock when stopped early
+        with contextlib.suppress(RuntimeError):  # the dock was deleted meanwhile
+            self._delivered.emit(result)
+
+    def quit(self, wait_s: float = 30.0) -> None:
+        """Stop at the next step and wait for it (the dock is closing)."""
+        self._pending = None
+        self._stop.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(wait_s)
+
+    def _on_finished(self, result: dict) -> None:
+        self._thread = None
+        self.result = result
+        self.finished.emit(result)
+        pending, self._pending = self._pending, None
+        if pending is not None and not self._stop.is_set():
+            self.request(pending)

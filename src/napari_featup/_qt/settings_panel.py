@@ -1,6 +1,7 @@
-"""The settings form: image, backbone, upsampler, weights, device, preprocessing, slices.
+"""The settings forms: image, backbone, weights, upsampler and its weights, slices
+(the Run section), and options, device, precision and normalisation (Advanced).
 
-It shows a :class:`~napari_featup.session.request.RunSettings` and reads one back
+They show a :class:`~napari_featup.session.request.RunSettings` and read one back
 (:meth:`SettingsPanel.run_settings`); checking and parsing happen there, not here.
 """
 
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from qtpy.QtCore import Qt, Signal
+from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -18,19 +19,28 @@ from qtpy.QtWidgets import (
     QLabel,
     QLineEdit,
     QPushButton,
+    QSizePolicy,
     QWidget,
 )
 
 from ..backbones import get_spec, list_backbones
 from ..session.geometry import layer_shape
 from ..session.request import RunSettings, options_hint
-from ..upsamplers import describe_upsamplers, upsampler_options
+from ..upsamplers import describe_upsamplers, upsampler_info, upsampler_options
 
 WEIGHTS = {
     "pretrained": "pretrained (download / cache)",
     "file": "local file…",
     "random": "random (untrained: demo and tests only)",
 }
+UPSAMPLER_WEIGHTS = {
+    "published": "published (download / cache)",
+    "file": "file…",
+    "random": "random (untrained: demo and tests only)",
+}
+#: characters a combo box shows before eliding (keeps the dock narrow; the list
+#: itself shows the whole text)
+COMBO_CHARS = 16
 NORMALISATIONS = {
     "contrast_limits": "layer contrast limits",
     "percentile": "percentiles 0.5–99.5",
@@ -53,6 +63,8 @@ def _devices() -> list[str]:
 
 def _combo(items: dict[str, str] | list[str], tips: dict[str, str] | None = None) -> QComboBox:
     combo = QComboBox()
+    combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(COMBO_CHARS)
     for key in items:
         if isinstance(items, dict):
             combo.addItem(items[key], key)
@@ -63,19 +75,48 @@ def _combo(items: dict[str, str] | list[str], tips: dict[str, str] | None = None
     return combo
 
 
-class SettingsPanel(QWidget):
-    """The run settings form. ``changed`` fires when a choice that changes which rows
-    are shown (image, weights, channel axis) changes."""
+def _form(parent: QWidget | None = None) -> tuple[QWidget, QFormLayout]:
+    w = QWidget(parent)
+    form = QFormLayout(w)
+    form.setContentsMargins(0, 0, 0, 0)
+    form.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
+    return w, form
+
+
+def _file_row(edit: QLineEdit, button: QPushButton) -> QWidget:
+    row = QWidget()
+    box = QHBoxLayout(row)
+    box.setContentsMargins(0, 0, 0, 0)
+    box.addWidget(edit)
+    box.addWidget(button)
+    button.setMaximumWidth(30)
+    return row
+
+
+def _warning(text: str) -> QLabel:
+    label = QLabel(text)
+    label.setWordWrap(True)
+    label.setStyleSheet("color: #ffaa33; font-weight: bold")
+    # wrapped text needs its full height for the dock's width (never squeezed)
+    label.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Minimum)
+    return label
+
+
+class SettingsPanel(QObject):
+    """The run settings, as two forms for the dock to place: :attr:`run_form` (image,
+    backbone, weights, upsampler and its weights and options, channels, slices) and
+    :attr:`advanced_form` (device, precision, normalisation). ``changed`` fires when a
+    choice that changes which rows are shown, or the estimate, changes."""
 
     changed = Signal()
 
-    def __init__(self, parent: QWidget | None = None):
+    def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
-        form = QFormLayout(self)
-        form.setContentsMargins(0, 0, 0, 0)
+        self.run_form, form = _form()
+        self.advanced_form, adv = _form()
         defaults = RunSettings()
 
-        self.image_combo = QComboBox()
+        self.image_combo = _combo([])
         self.image_combo.setToolTip("Image layer to compute features of")
         form.addRow("Image", self.image_combo)
 
@@ -84,63 +125,58 @@ class SettingsPanel(QWidget):
         self.backbone_combo.setCurrentText(defaults.backbone)
         form.addRow("Backbone", self.backbone_combo)
 
+        self.weights_combo = _combo(WEIGHTS)
+        self.weights_combo.setToolTip("The backbone's weights")
+        self.weights_combo.setCurrentIndex(self.weights_combo.findData(defaults.weights))
+        self.weights_path = QLineEdit()
+        self.weights_path.setPlaceholderText("weights file (.safetensors, .pth, .bin)")
+        self.weights_browse = QPushButton("…")
+        self.weights_file_row = _file_row(self.weights_path, self.weights_browse)
+        form.addRow("Weights", self.weights_combo)
+        form.addRow("", self.weights_file_row)
+
         ups = describe_upsamplers()
         self.upsampler_combo = _combo(list(ups), ups)
         self.upsampler_combo.setCurrentText(defaults.upsampler)
         form.addRow("Upsampler", self.upsampler_combo)
-        self.upsampler_weights = QLineEdit()
-        self.upsampler_weights.setPlaceholderText("optional: upsampler checkpoint file")
-        self.upsampler_weights.setToolTip(
-            "A local checkpoint for upsamplers with weights (e.g. a FeatUp JBU .ckpt); "
-            "empty: the upsampler's default (its published checkpoint, cached)"
+        self.upsampler_weights_combo = _combo(UPSAMPLER_WEIGHTS)
+        self.upsampler_weights_combo.setToolTip(
+            "The upsampler's weights (for upsamplers that have them, e.g. featup-jbu): "
+            "the published checkpoint for the backbone (downloaded once, cached), a "
+            "local checkpoint file (.ckpt), or random (untrained, for trying the plugin)"
         )
-        form.addRow("", self.upsampler_weights)
+        self.upsampler_weights = QLineEdit()
+        self.upsampler_weights.setPlaceholderText("upsampler checkpoint (.ckpt)")
+        self.upsampler_weights_browse = QPushButton("…")
+        self.upsampler_weights_file_row = _file_row(
+            self.upsampler_weights, self.upsampler_weights_browse
+        )
+        self.upsampler_weights_label = QLabel("Upsampler weights")
+        self.upsampler_weights_label.setWordWrap(True)
+        form.addRow(self.upsampler_weights_label, self.upsampler_weights_combo)
+        form.addRow("", self.upsampler_weights_file_row)
         self.upsampler_options = QLineEdit()
         self.upsampler_options.setToolTip(
             "Options of the chosen upsampler: KEY=VALUE items separated by commas, e.g. "
-            "settings=featup, steps=1200 for featup-implicit. Empty: its defaults (shown "
-            "greyed). `napari-featup list` lists every upsampler's options."
+            "settings=preview (a quick look) or settings=featup, steps=1200 for "
+            "featup-implicit. Empty: its defaults (shown greyed). `napari-featup list` "
+            "lists every upsampler's options."
         )
         # each upsampler keeps the options typed for it
         self._option_texts: dict[str, str] = {}
         self._options_for = self.upsampler_combo.currentText()
         form.addRow("Options", self.upsampler_options)
-
-        self.weights_combo = _combo(WEIGHTS)
-        self.weights_combo.setCurrentIndex(self.weights_combo.findData(defaults.weights))
-        self.weights_path = QLineEdit()
-        self.weights_path.setPlaceholderText("weights file (.safetensors, .pth, .bin)")
-        self.weights_browse = QPushButton("…")
-        self.weights_browse.setMaximumWidth(30)
-        self.weights_file_row = QWidget()
-        row = QHBoxLayout(self.weights_file_row)
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(self.weights_path)
-        row.addWidget(self.weights_browse)
-        form.addRow("Weights", self.weights_combo)
-        form.addRow("", self.weights_file_row)
-        self.random_warning = QLabel(
+        self.random_warning = _warning(
             "⚠ Random weights: features are meaningless. For trying the plugin only."
         )
-        self.random_warning.setWordWrap(True)
-        self.random_warning.setStyleSheet("color: #ffaa33; font-weight: bold")
         form.addRow(self.random_warning)
 
-        self.device_combo = _combo(_devices())
-        form.addRow("Device", self.device_combo)
-        self.precision_combo = _combo(["float32", "bfloat16", "float16"])
-        self.precision_combo.setToolTip("float16 needs a GPU")
-        form.addRow("Precision", self.precision_combo)
-        self.norm_combo = _combo(NORMALISATIONS)
-        self.norm_combo.setToolTip("How intensities are mapped to [0, 1] before the backbone")
-        form.addRow("Normalisation", self.norm_combo)
-
-        self.channel_axis_combo = QComboBox()
+        self.channel_axis_combo = _combo([])
         self.channel_axis_combo.setToolTip(
             "For a multichannel layer: the axis holding channels (otherwise a stack axis)"
         )
         self.channels_edit = QLineEdit()
-        self.channels_edit.setPlaceholderText("e.g. 0,1,2 (R,G,B) or 1 (grey)")
+        self.channels_edit.setPlaceholderText("e.g. 0,1,2 or 1 (grey)")
         self.channels_edit.setToolTip(
             "Which channels feed the backbone's R, G and B inputs: three indices, or "
             "one index used as grey. Empty: RGB as is, grey repeated, other counts averaged."
@@ -157,11 +193,36 @@ class SettingsPanel(QWidget):
         form.addRow(self.slices_label, self.slices_combo)
         form.addRow("", self.follow_slider)
 
+        self.device_combo = _combo(_devices())
+        adv.addRow("Device", self.device_combo)
+        self.precision_combo = _combo(["float32", "bfloat16", "float16"])
+        self.precision_combo.setToolTip("float16 needs a GPU")
+        adv.addRow("Precision", self.precision_combo)
+        self.norm_combo = _combo(NORMALISATIONS)
+        self.norm_combo.setToolTip(
+            "How intensities are mapped to [0, 1] before the backbone; multichannel "
+            "images are scaled per channel with percentiles"
+        )
+        adv.addRow("Normalisation", self.norm_combo)
+
         self.upsampler_combo.currentIndexChanged.connect(self._upsampler_changed)
         self._upsampler_changed()
         self.weights_browse.clicked.connect(self._browse_weights)
-        for combo in (self.image_combo, self.weights_combo, self.channel_axis_combo):
+        self.upsampler_weights_browse.clicked.connect(self._browse_upsampler_weights)
+        # typing a checkpoint path means "use this file"
+        self.upsampler_weights.textChanged.connect(self._upsampler_path_typed)
+        for combo in (
+            self.image_combo,
+            self.weights_combo,
+            self.channel_axis_combo,
+            self.upsampler_combo,
+            self.upsampler_weights_combo,
+            self.backbone_combo,
+            self.device_combo,
+            self.slices_combo,
+        ):
             combo.currentIndexChanged.connect(self.changed)
+        self.upsampler_options.editingFinished.connect(self.changed)
 
     # -------------------------------------------------------------- the model
     def run_settings(self) -> RunSettings:
@@ -170,6 +231,7 @@ class SettingsPanel(QWidget):
             backbone=self.backbone_combo.currentText(),
             upsampler=self.upsampler_combo.currentText(),
             upsampler_weights=self.upsampler_weights.text(),
+            upsampler_weights_source=self.upsampler_weights_combo.currentData(),
             upsampler_options=self.upsampler_options.text(),
             weights=self.weights_combo.currentData(),
             weights_path=self.weights_path.text(),
@@ -208,11 +270,17 @@ class SettingsPanel(QWidget):
 
     # ------------------------------------------------------------- visibility
     def update_rows(self, layer: Any) -> None:
-        """Show the rows that apply: the weights file, the random-weights warning, and
-        for ``layer`` its channel-axis, channels and slices rows."""
+        """Show the rows that apply: the weights files, the random-weights warning, the
+        upsampler's weights (for upsamplers that have them), and for ``layer`` its
+        channel-axis, channels and slices rows."""
         weights = self.weights_combo.currentData()
         self.weights_file_row.setVisible(weights == "file")
-        self.random_warning.setVisible(weights == "random")
+        takes = upsampler_info(self.upsampler_combo.currentText()).takes_weights
+        up_weights = self.upsampler_weights_combo.currentData()
+        for w in (self.upsampler_weights_label, self.upsampler_weights_combo):
+            w.setVisible(takes)
+        self.upsampler_weights_file_row.setVisible(takes and up_weights == "file")
+        self.random_warning.setVisible(weights == "random" or (takes and up_weights == "random"))
         shape = layer_shape(layer) if layer is not None else ()
         ndim_lead = max(0, len(shape) - 2)
         # channel axis choices follow the layer's stack axes
@@ -240,9 +308,25 @@ class SettingsPanel(QWidget):
         self.upsampler_options.setEnabled(bool(upsampler_options(self._options_for)))
         self.upsampler_options.setPlaceholderText(options_hint(self._options_for))
 
+    def _upsampler_path_typed(self, text: str) -> None:
+        if text.strip():
+            self.upsampler_weights_combo.setCurrentIndex(
+                self.upsampler_weights_combo.findData("file")
+            )
+
     def _browse_weights(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
-            self, "Backbone weights", "", "Weights (*.safetensors *.pth *.pt *.bin);;All (*)"
+            self.run_form,
+            "Backbone weights",
+            "",
+            "Weights (*.safetensors *.pth *.pt *.bin);;All (*)",
         )
         if path:
             self.weights_path.setText(path)
+
+    def _browse_upsampler_weights(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self.run_form, "Upsampler checkpoint", "", "Checkpoints (*.ckpt *.pth *.pt);;All (*)"
+        )
+        if path:
+            self.upsampler_weights.setText(path)

@@ -16,7 +16,6 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QButtonGroup,
     QDoubleSpinBox,
-    QGroupBox,
     QHBoxLayout,
     QLabel,
     QPushButton,
@@ -32,7 +31,7 @@ from . import query_layer as _query
 from .viewer_layers import StackGetter, arrange_results, is_alive, upsert_layer
 
 
-class SimilarityPanel(QGroupBox):
+class SimilarityPanel(QWidget):
     """Query points -> similarity heatmap; ``similarity_updated`` after the heatmap
     layer changed. ``notify_error(message)`` reports failures."""
 
@@ -45,13 +44,14 @@ class SimilarityPanel(QGroupBox):
         notify_error: Callable[[str], None],
         parent: QWidget | None = None,
     ):
-        super().__init__("Similarity", parent)
+        super().__init__(parent)
         self.viewer = viewer
         self._current = current
         self._notify_error = notify_error
         self.query_layer: Any = None
 
         box = QVBoxLayout(self)
+        box.setContentsMargins(0, 0, 0, 0)
         hint = QLabel(
             "Ctrl-click the image for a positive point, Ctrl+Shift-click for a negative "
             "one, or add points to the “FeatUp query” layer. Points average; negatives "

@@ -27,9 +27,51 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
-def explain(exc: BaseException, context: str = "") -> str:
+#: how each audience sets the backbone's and the upsampler's weights
+CONTROLS = {
+    "widget": {
+        "backbone": ("choose Weights: local file… and pick a weights file", "Weights: random"),
+        "upsampler": (
+            "choose Upsampler weights: file… and pick a checkpoint (.ckpt)",
+            "Upsampler weights: random",
+        ),
+    },
+    "cli": {
+        "backbone": ("pass --weights PATH (a local weights file)", "--weights random"),
+        "upsampler": (
+            "pass --upsampler-weights PATH (a checkpoint, e.g. FeatUp's .ckpt)",
+            "--upsampler-weights random",
+        ),
+    },
+}
+
+
+def weights_part(stage: str) -> str:
+    """Whose weights a run was loading at ``stage`` (the stage of its last progress
+    event): ``"upsampler"`` or ``"backbone"``."""
+    return "upsampler" if stage in ("upsampler", "fit") else "backbone"
+
+
+def weights_advice(exc: BaseException, stage: str = "", audience: str = "widget") -> str:
+    """The message of a weights error, with the library's generic hint (``pass
+    weights=PATH``) replaced by the control (``audience="widget"``) or flag (``"cli"``)
+    that sets the weights that failed, and a "What to do" line naming it."""
+    part = weights_part(stage)
+    use_file, use_random = CONTROLS[audience][part]
+    text = str(exc).replace("pass weights=PATH", use_file).replace("weights=PATH", use_file)
+    whose = "The upsampler's weights" if part == "upsampler" else "Weights"
+    where = "put the file where the message says, " if "download" in text else ""
+    return (
+        f"{whose} are missing: {text}\nWhat to do: {where}{use_file}, or use "
+        f"{use_random} to try {'it' if audience == 'cli' else 'the plugin'} (random "
+        "weights mean nothing)."
+    )
+
+
+def explain(exc: BaseException, context: str = "", stage: str = "") -> str:
     """A one-paragraph message: what went wrong (``context``: while doing what) and
-    what to do about it."""
+    what to do about it. ``stage``: the stage the run was at (tells the backbone's
+    weights from the upsampler's)."""
     what = f" {context}" if context else ""
     if isinstance(exc, SettingsError):
         return str(exc)  # written for the widget: it names the field and the fix
@@ -41,11 +83,9 @@ def explain(exc: BaseException, context: str = "") -> str:
             "a GPU or the CPU (more memory), and close layers you do not need."
         )
     if isinstance(exc, WeightsUnavailableError):
-        return (
-            f"Weights are missing{what}: {exc}\nWhat to do: put the weights where the "
-            "message says, choose Weights: local file and pick a weights file, or choose "
-            "Weights: random to try the plugin (random features mean nothing)."
-        )
+        advice = weights_advice(exc, stage, "widget")
+        head, _, rest = advice.partition(": ")
+        return f"{head}{what}: {rest}"
     if isinstance(exc, WeightsFileError):
         return f"The weights file cannot be used{what}: {exc}\nWhat to do: pick another file."
     if isinstance(exc, BackboneError):
@@ -53,11 +93,20 @@ def explain(exc: BaseException, context: str = "") -> str:
     if isinstance(exc, UpsamplerError):
         return (
             f"The upsampler cannot be used{what}: {exc}\nWhat to do: check the Options field "
-            "(empty: the upsampler's defaults) and the upsampler checkpoint, or choose "
-            "another upsampler."
+            "(empty: the upsampler's defaults) and Upsampler weights, or choose another "
+            "upsampler."
         )
     if isinstance(exc, ImageError):
-        return f"This image cannot be used{what}: {exc}"
+        return f"This image cannot be used{what}: {for_widget(str(exc))}"
     if isinstance(exc, FeatureFileError):
         return f"The feature file cannot be used{what}: {exc}"
     return f"FeatUp failed{what}: {type(exc).__name__}: {exc}"
+
+
+def for_widget(text: str) -> str:
+    """Library advice reworded for a user of the widget (who has no Python prompt)."""
+    return text.replace(
+        "replace them (e.g. np.nan_to_num) before extracting features",
+        "fill or remove them before running FeatUp (e.g. napari's Process menu, or "
+        "Fiji's Process > Math > Remove NaNs), or crop to a region without them",
+    )

@@ -25,6 +25,7 @@ from .stack import FeatureStack
 #: choices of :attr:`RunSettings.weights`, :attr:`~RunSettings.scaling` and
 #: :attr:`~RunSettings.slices` (the settings panel labels them)
 WEIGHTS = ("pretrained", "file", "random")
+UPSAMPLER_WEIGHTS = ("published", "file", "random")
 SCALINGS = ("contrast_limits", "percentile", "minmax")
 SLICES = ("displayed", "all")
 
@@ -34,7 +35,11 @@ class RunSettings:
     """Everything the settings panel sets, as the user left it.
 
     ``weights`` is ``"pretrained"``, ``"file"`` (then ``weights_path``) or
-    ``"random"``; ``upsampler_options`` and ``channels`` are the text typed
+    ``"random"``, the backbone's; ``upsampler_weights_source`` the same for the
+    upsampler's: ``"published"`` (its published checkpoint, for upsamplers with
+    weights), ``"file"`` (then ``upsampler_weights``, a path) or ``"random"``; a path
+    given with ``"published"`` is used too. ``upsampler_options`` and ``channels`` are
+    the text typed
     (``"steps=40, seed=1"``, ``"0,1,2"``); ``channel_axis`` an axis of the layer's data
     holding channels, or None; ``slices`` ``"displayed"`` or ``"all"``.
     """
@@ -42,6 +47,7 @@ class RunSettings:
     backbone: str = "dinov2"
     upsampler: str = "bilinear"
     upsampler_weights: str = ""
+    upsampler_weights_source: str = "published"
     upsampler_options: str = ""
     weights: str = "pretrained"
     weights_path: str = ""
@@ -78,12 +84,30 @@ class RunSettings:
         options = parse_upsampler_options(self.upsampler, self.upsampler_options)
         if options:
             out["upsampler_options"] = options
-        if self.upsampler_weights.strip():
-            out["upsampler_weights"] = self.upsampler_weights.strip()
+        up_weights = self._upsampler_weights()
+        if up_weights is not None:
+            out["upsampler_weights"] = up_weights
         channels = parse_channels(self.channels)
         if channels is not None:
             out["channels"] = channels
         return out
+
+    def _upsampler_weights(self) -> str | None:
+        source = self.upsampler_weights_source
+        if source not in UPSAMPLER_WEIGHTS:
+            raise SettingsError(
+                f"upsampler weights must be one of {UPSAMPLER_WEIGHTS}, got {source!r}"
+            )
+        if source == "random":
+            return "random"
+        path = self.upsampler_weights.strip()
+        if source == "file" and not path:
+            raise SettingsError(
+                "Upsampler weights: file… is chosen but no file is given. What to do: "
+                "press … next to it and pick a checkpoint (.ckpt), or choose published "
+                "or random upsampler weights."
+            )
+        return path or None
 
 
 def options_hint(upsampler: str) -> str:

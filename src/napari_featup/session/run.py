@@ -21,10 +21,13 @@ import numpy as np
 
 from ..analysis import PCAProjection
 from ..compact import Basis
+from ..errors import WeightsUnavailableError
 from ..pipeline import FeatureResult, iter_extract
 from ..progress import Progress, relay
+from .availability import check_weights
 from .geometry import Index
 from .stack import fit_stack_basis, fit_stack_pca, plane_colours
+from .warmup import wait_for_warm_up
 
 # Share of the progress range each part of a plane takes, in units (the bar's total is
 # the sum over the run). Extraction dominates (backbone, fits), colours and norms are
@@ -103,7 +106,10 @@ def iter_run(request: RunRequest) -> Generator[Progress, None, RunOutput]:
     total = PLANE_UNITS * len(planes) + PCA_UNITS
     done = 0
     try:
+        # a warm-up is loading the same backbone: wait for it and reuse its work
+        yield from relay(wait_for_warm_up(), 0, 0, total)
         kwargs = dict(request.extract)
+        _check_weights(kwargs, out)  # offline: fail now, not after the hub's retries
         kwargs["highres"] = False
         if request.channel_axis is not None:
             kwargs["channel_axis"] = 0  # plane_array puts channels first
@@ -144,6 +150,24 @@ def iter_run(request: RunRequest) -> Generator[Progress, None, RunOutput]:
         # (MemoryError and torch's OutOfMemoryError are Exceptions too)
         out.error = exc
     return out
+
+
+def _check_weights(kwargs: dict, out: RunOutput) -> None:
+    backbone = kwargs.get("backbone", "dinov2")
+    if not isinstance(backbone, str):
+        return  # a loaded backbone object: nothing to fetch
+    out.stage = "backbone"
+    try:
+        check_weights(
+            backbone,
+            str(kwargs.get("weights", "pretrained")),
+            str(kwargs.get("upsampler", "bilinear")),
+            kwargs.get("upsampler_weights"),
+            kwargs.get("use_norm"),
+        )
+    except WeightsUnavailableError as exc:
+        out.stage = getattr(exc, "part", "backbone")  # "upsampler": its weights
+        raise
 
 
 def _staged(gen: Generator[Progress, None, Any], out: RunOutput) -> Generator[Progress, None, Any]:

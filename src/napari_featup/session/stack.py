@@ -41,6 +41,9 @@ from .layer_data import (
 )
 from .planes import plane_array
 
+#: colour of the similarity mask's label 1 (cyan: inferno has no blue-green)
+MASK_COLOUR = "#00e5ff"
+
 
 @dataclass
 class FeatureStack:
@@ -327,7 +330,10 @@ class FeatureStack:
                 scale=list(g.scale),
                 translate=list(g.translate),
                 metadata=meta,
-                opacity=0.5,
+                opacity=0.6,
+                # one bright colour that stands out on the inferno heatmap and on
+                # photos (napari's first label colour is a dark red)
+                colormap={None: "transparent", 0: "transparent", 1: MASK_COLOUR},
             ),
             "labels",
         )

@@ -1,0 +1,60 @@
+"""A collapsible section (a title button over its content) and the dock's scroll area.
+
+The dock stacks Run, Similarity, Export and Advanced sections in a vertical scroll area,
+so the widget fits napari's default window (1280 x 800) with nothing squeezed: a
+section that does not fit scrolls, its labels keep their full height.
+"""
+
+from __future__ import annotations
+
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy, QToolButton, QVBoxLayout, QWidget
+
+
+class Section(QWidget):
+    """``content`` under a title that folds it away; ``toggled(expanded)``."""
+
+    toggled = Signal(bool)
+
+    def __init__(self, title: str, content: QWidget, expanded: bool = True, parent=None):
+        super().__init__(parent)
+        self.content = content
+        self.button = QToolButton()
+        self.button.setText(title)
+        self.button.setCheckable(True)
+        self.button.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
+        self.button.setStyleSheet("QToolButton { border: none; font-weight: bold; }")
+        self.button.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
+        box = QVBoxLayout(self)
+        box.setContentsMargins(0, 0, 0, 0)
+        box.setSpacing(2)
+        box.addWidget(self.button)
+        box.addWidget(content)
+        self.button.toggled.connect(self.set_expanded)
+        self.button.setChecked(expanded)
+        self.set_expanded(expanded)
+
+    @property
+    def expanded(self) -> bool:
+        """Whether the content shows."""
+        return self.button.isChecked()
+
+    def set_expanded(self, expanded: bool) -> None:
+        """Show (True) or fold away (False) the content."""
+        if self.button.isChecked() != expanded:
+            self.button.setChecked(expanded)  # comes back here through `toggled`
+            return
+        self.button.setArrowType(Qt.DownArrow if expanded else Qt.RightArrow)
+        self.content.setVisible(expanded)
+        self.toggled.emit(expanded)
+
+
+def scroll_area(content: QWidget) -> QScrollArea:
+    """A frameless vertical scroll area around ``content`` (never scrolls sideways:
+    the content takes the dock's width)."""
+    area = QScrollArea()
+    area.setWidget(content)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+    return area

@@ -1,0 +1,244 @@
+"""How long a run will take and how much memory it needs, before it starts (no Qt).
+
+A rough model, good to a factor of about two: the backbone's arithmetic (ViT layers
+or ResNet-50) at the speed this machine showed (:func:`calibrate`, run by the widget's
+warm-up; otherwise a default per device), the upsampler's per-pixel cost, per-image
+fits from their settings (views and steps, as timed in docs/implicit.md on one CPU
+core), and the arrays a run keeps. The widget shows it under Run, the command line
+prints it before extracting.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ..backbones import get_spec
+from ..compact import COMPACT_BUDGET_BYTES
+from ..upsamplers import upsampler_info
+
+#: effective backbone GFLOP/s of one quiet CPU core of the machine the per-pixel costs
+#: below were timed on; a calibration rescales every CPU figure by this machine's speed
+REFERENCE_GFLOPS = 40.0
+#: speed-up of a GPU over that core (ViT-S inference, float32)
+DEVICE_SPEEDUP = {"cuda": 25.0, "mps": 5.0}
+#: seconds per channel per output pixel on the reference core (from the 1024 x 1024
+#: runs of benchmarks/bench_interaction.py, less the bilinear run); upsamplers not
+#: listed take the figure of their kind
+PER_CHANNEL_PIXEL_S = {
+    "bilinear": 5e-9,
+    "jbu-classic": 1.2e-7,
+    "featup-jbu": 1.4e-7,
+    "guided-fit": 2.5e-7,
+    "linear": 1.5e-7,
+    "other": 2.5e-7,
+}
+#: per-image implicit fit on the reference core at 224 x 224 (docs/implicit.md): a
+#: view costs VIEW_S, a step STEP_BASE_S + per scored view (a window or a whole view)
+VIEW_S = 0.16
+STEP_BASE_S = 0.3
+STEP_WINDOW_S = 0.045
+STEP_WHOLE_VIEW_S = 0.16
+RENDER_PIXEL_S = 6e-5  # the fitted model, per output pixel
+FIT_MEMORY_BYTES = 1300 << 20  # peak of a fit at its largest fit size (322 x 322)
+
+_calibrated_gflops: dict[str, float] = {}
+
+
+def backbone_gflop(backbone: str, size: Sequence[int]) -> float:
+    """Arithmetic of one backbone pass over an (H, W) image, in GFLOP."""
+    spec = get_spec(backbone)
+    h, w = (int(v) for v in size)
+    if spec.kind == "resnet":
+        return 8.2 * h * w / 224**2  # ResNet-50: 4.1 GMAC at 224 x 224
+    n = math.ceil(h / spec.stride) * math.ceil(w / spec.stride)
+    d = 768 if spec.dim >= 512 else spec.dim  # CLIP ViT-B projects 768 -> 512
+    layers = 12
+    return 2 * layers * (12 * n * d * d + 2 * n * n * d) / 1e9
+
+
+def calibrate(device: str, backbone: str, size: Sequence[int], seconds: float) -> float:
+    """Record that a backbone pass over ``size`` took ``seconds`` on ``device``; later
+    estimates for that device use this speed. Returns it (GFLOP/s)."""
+    gflops = backbone_gflop(backbone, size) / max(seconds, 1e-6)
+    _calibrated_gflops[_kind(device)] = gflops
+    return gflops
+
+
+def _kind(device: str) -> str:
+    d = str(device)
+    if d == "auto":
+        from ..devices import resolve_device
+
+        d = str(resolve_device("auto"))
+    return d.split(":")[0]
+
+
+def _speed(device: str, threads: int) -> tuple[float, bool]:
+    """(effective GFLOP/s, calibrated?) of ``device``."""
+    kind = _kind(device)
+    if kind in _calibrated_gflops:
+        return _calibrated_gflops[kind], True
+    base = REFERENCE_GFLOPS * max(1, min(threads, 8)) ** 0.7
+    return base * DEVICE_SPEEDUP.get(kind, 1.0), False
+
+
+@dataclass
+class Estimate:
+    """Expected seconds (``low``-``high``) and peak memory of a run."""
+
+    seconds: float
+    memory_bytes: int
+    device: str
+    calibrated: bool
+    tips: list[str] = field(default_factory=list)
+
+    @property
+    def low(self) -> float:
+        return self.seconds / 2
+
+    @property
+    def high(self) -> float:
+        return self.seconds * 2
+
+    @property
+    def long(self) -> bool:
+        """Over a minute: worth a warning before Run."""
+        return self.seconds > 60
+
+    def text(self) -> str:
+        """One line: "about 4 min (2-8 min), 1.3 GB on cpu" plus tips."""
+        mem = self.memory_bytes / 2**30
+        mem_text = f"{mem:.1f} GB" if mem >= 0.1 else f"{self.memory_bytes / 2**20:.0f} MB"
+        out = (
+            f"about {_duration(self.seconds)} ({_duration(self.low)}–"
+            f"{_duration(self.high)}), {mem_text} on {self.device}"
+        )
+        return " ".join([out + "."] + self.tips)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 1:
+        return "1 s"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def estimate_run(
+    backbone: str,
+    upsampler: str,
+    size: Sequence[int],
+    *,
+    planes: int = 1,
+    device: str = "cpu",
+    options: dict | None = None,
+    threads: int = 1,
+    flag: str = "Options: settings=preview",
+) -> Estimate:
+    """Estimate a run of ``planes`` (H, W) planes; ``flag`` names how a user asks for
+    the implicit preview (the widget's Options field, ``--upsampler-option`` on the
+    command line) in the tip offered on CPU."""
+    spec = get_spec(backbone)
+    h, w = (int(v) for v in size)
+    gflops, calibrated = _speed(device, threads)
+    kind = _kind(device)
+    slow = REFERENCE_GFLOPS / gflops  # reference-core seconds -> seconds here
+    info = upsampler_info(upsampler)
+    channels = spec.dim
+    seconds = backbone_gflop(backbone, (h, w)) / gflops
+    # the worker evaluates the C-channel field once (norms and compact field) and
+    # three channels for the PCA colours
+    per = PER_CHANNEL_PIXEL_S.get(
+        info.name, PER_CHANNEL_PIXEL_S["linear" if info.cls.linear else "other"]
+    )
+    seconds += per * (channels + 3) * h * w * slow
+    memory = _memory(spec, channels, (h, w), planes)
+    tips: list[str] = []
+    if info.name == "featup-implicit":  # its fit's cost follows its own settings
+        seconds += _implicit_seconds(options or {}, (h, w), slow)
+        seconds += RENDER_PIXEL_S * h * w * slow
+        memory += FIT_MEMORY_BYTES + _dense_bytes(128, h * w)
+        settings = str((options or {}).get("settings", "fast"))
+        if kind == "cpu" and settings != "preview":
+            preview = estimate_run(
+                backbone,
+                upsampler,
+                size,
+                planes=planes,
+                device=device,
+                options={"settings": "preview"},
+                threads=threads,
+            )
+            tips.append(f"On CPU, {flag} takes about {_duration(preview.seconds)}.")
+    elif not info.cls.linear:
+        memory += _dense_bytes(channels, h * w)  # a non-linear field is kept dense
+    return Estimate(seconds * planes, int(memory), kind, calibrated, tips)
+
+
+def _dense_bytes(channels: int, pixels: int) -> int:
+    """A kept dense field: float32 up to 512 MB, float16 beyond (FeatureField)."""
+    return 4 * channels * pixels if 4 * channels * pixels <= 512 << 20 else 2 * channels * pixels
+
+
+def _memory(spec, channels: int, size: tuple[int, int], planes: int) -> int:
+    h, w = size
+    n = math.ceil(h / spec.stride) * math.ceil(w / spec.stride)
+    d = 768 if spec.dim >= 512 else spec.dim
+    weights = (350 if spec.dim >= 512 else 90) << 20
+    # activations: tokens x width a few times over, and one layer's attention maps
+    backbone = 40 * n * d + (4 * n * n * d // 64 if spec.kind != "resnet" else 0)
+    tiles = min(256 << 20, 16 * channels * h * w)  # FeatureField's row tiles
+    rank = min(channels, max(8, COMPACT_BUDGET_BYTES // max(1, 4 * h * w)))
+    kept = (4 * rank + 8) * h * w + 7 * h * w  # compact field; PCA and similarity layers
+    return weights + max(backbone, tiles) + kept * planes
+
+
+def _implicit_seconds(options: dict, size: tuple[int, int], slow: float) -> float:
+    """Seconds of the fit ``options`` ask for, here."""
+    from ..implicit import resolve_config
+
+    fit_px = min(size[0] * size[1], 2 * 224 * 224) / 224**2
+
+    def seconds(settings: str, overrides: dict) -> float:
+        known = {k: v for k, v in overrides.items() if k not in ("settings", "seed")}
+        try:
+            cfg = resolve_config(settings, **known)
+        except Exception:  # noqa: BLE001 - bad options fail later, with their own message
+            cfg = resolve_config("fast")
+        per_view = STEP_WINDOW_S if cfg.cells else STEP_WHOLE_VIEW_S
+        step = STEP_BASE_S + per_view * cfg.batch
+        return (cfg.views * VIEW_S + cfg.steps * step) * fit_px * slow
+
+    return seconds(str(options.get("settings", "fast")), options)
+
+
+def estimate_text(settings, layer, world_point=()) -> tuple[str, bool]:
+    """The widget's estimate line for ``settings`` (a RunSettings) on image ``layer``:
+    (text, over a minute?). Settings that cannot be used give ("", False)."""
+    import torch
+
+    from ..upsamplers import parse_options
+    from .geometry import image_geometry
+
+    geometry = image_geometry(layer, settings.channel_axis)
+    planes = 1
+    if geometry.leading and settings.slices == "all":
+        planes = int(math.prod(geometry.leading))
+    try:
+        options = parse_options(settings.upsampler_options)
+    except Exception:  # noqa: BLE001 - reported when Run is pressed
+        options = {}
+    est = estimate_run(
+        settings.backbone,
+        settings.upsampler,
+        geometry.size,
+        planes=planes,
+        device=settings.device,
+        options=options,
+        threads=torch.get_num_threads(),
+    )
+    return est.text(), est.long
