@@ -37,10 +37,10 @@ def test_compact_similarity_is_within_its_stated_bound(upsampler, kwargs):
     """The compact form (coordinates in a basis smaller than C, exact norms and
     residuals) answers a query within the bound it states, and exactly with a
     complete basis: the materialised features are the reference."""
+    from skimage import data
+
     from napari_featup.analysis import similarity_to_points
     from napari_featup.compact import fit_basis, similarity
-
-    from skimage import data
 
     img = data.astronaut()[::4, ::4][:84, :98]  # 6 x 7 cells of 14 px
     res = nf.extract_features(img, "dinov2", upsampler, weights="random", device="cpu", **kwargs)

@@ -15,7 +15,6 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 from napari.utils.interactions import mouse_press_callbacks  # noqa: E402
-from napari.utils.notifications import notification_manager  # noqa: E402
 
 RUN_TIMEOUT_MS = 180_000  # the first run builds the backbone; the machine is shared
 
@@ -32,30 +31,6 @@ class Click:
     view_direction: tuple | None = None
     button: int = 1
     handled: bool = False
-
-
-@pytest.fixture
-def notes():
-    """Messages of the napari notifications shown during the test."""
-    seen: list[str] = []
-
-    def grab(n):
-        seen.append(str(n.message))
-
-    notification_manager.notification_ready.connect(grab)
-    yield seen
-    notification_manager.notification_ready.disconnect(grab)
-
-
-@pytest.fixture
-def viewer_widget(make_napari_viewer):
-    viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-featup", "FeatUp")
-    widget.weights_combo.setCurrentIndex(widget.weights_combo.findData("random"))
-    widget.device_combo.setCurrentText("cpu")
-    widget.backbone_combo.setCurrentText("dinov2")
-    widget.upsampler_combo.setCurrentText("bilinear")
-    return viewer, widget
 
 
 def two_region_rgb(h: int = 56, w: int = 70) -> np.ndarray:

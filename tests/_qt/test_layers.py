@@ -13,7 +13,7 @@ pytest.importorskip("pytestqt")
 
 from napari.utils.interactions import mouse_press_callbacks  # noqa: E402
 
-from .test_dock import Click, notes, run_and_wait, two_region_rgb, viewer_widget, world_edges  # noqa: E402, F401
+from .test_dock import Click, run_and_wait, two_region_rgb, world_edges  # noqa: E402
 
 
 def names(viewer) -> list[str]:

@@ -13,7 +13,7 @@ pytest.importorskip("pytestqt")
 
 from qtpy.QtWidgets import QLabel, QScrollArea  # noqa: E402
 
-from .test_dock import notes, run_and_wait, two_region_rgb, viewer_widget  # noqa: E402, F401
+from .test_dock import run_and_wait, two_region_rgb  # noqa: E402
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def test_dock_fits_the_default_window(qtbot, make_napari_viewer):
         assert w.isVisible()
         top = w.mapTo(viewport, w.rect().topLeft()).y()
         bottom = w.mapTo(viewport, w.rect().bottomLeft()).y()
-        assert 0 <= top and bottom <= viewport.height(), (w, top, bottom, viewport.height())
+        assert top >= 0 and bottom <= viewport.height(), (w, top, bottom, viewport.height())
     for label in widget.findChildren(QLabel):
         if not label.isVisible() or not label.text():
             continue
