@@ -63,10 +63,10 @@ def test_extract_several_images_to_folder(tmp_path, images):
         ]
     )
     assert code == 0
-    res = io.load_features(out / "cells.features.zarr")
+    res = io.load_features(out / "cells.featup.zarr")  # FeatUp's suffix (issue 17)
     assert res.highres.shape == (384, 36, 30) and res.highres.dtype == np.float16
     assert res.metadata["preprocessing"]["input_dtype"] == "uint16"
-    assert (out / "photo.features.zarr").is_dir()
+    assert (out / "photo.featup.zarr").is_dir()
 
 
 def test_exit_codes(tmp_path, images, capsys):
@@ -191,3 +191,67 @@ def test_upsampler_options(tmp_path, images, capsys):
     assert main(base + ["--overwrite", "--upsampler-option", "bogus=1"]) == 2
     assert "unknown option" in capsys.readouterr().err
     assert main(base + ["--overwrite", "--upsampler-option", "noequals"]) == 2
+
+
+def test_out_with_an_image_extension_is_refused(tmp_path, images, capsys):
+    """`--out x.png` used to make a folder named x.png/ and write into it."""
+    base = ["extract", str(images[0]), "-b", "dino16", "--weights", "random", "-q"]
+    assert main(base + ["-o", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert ".png is not a feature-file format" in err and "x.featup.npz" in err
+    assert not (tmp_path / "x.png").exists()
+    (tmp_path / "results.v2").mkdir()  # an existing folder with a dot is a folder
+    assert main(base + ["-o", str(tmp_path / "results.v2")]) == 0
+    assert (tmp_path / "results.v2" / "photo.featup.npz").is_file()
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """An empty Hugging Face cache and no hub to reach (a closed local port), without
+    HF_HUB_OFFLINE: the case where the hub used to be retried for about 48 s."""
+    import huggingface_hub.constants as hf
+
+    import napari_featup.upsamplers.featup_jbu.checkpoints as jbu
+
+    monkeypatch.setattr(hf, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(hf, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("NAPARI_FEATUP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(jbu, "_BASE_URL", "http://127.0.0.1:9/")
+
+
+def test_offline_pretrained_fails_fast_naming_the_flag(tmp_path, images, capsys, offline):
+    import time
+
+    t0 = time.perf_counter()
+    code = main(["extract", str(images[0]), "-q", "-b", "vit", "-o", str(tmp_path / "o.npz")])
+    elapsed = time.perf_counter() - t0
+    err = capsys.readouterr().err
+    assert code == 4, err
+    assert elapsed < 15, elapsed  # no retries of an unreachable hub
+    assert "napari-featup download vit" in err and "--weights PATH" in err
+    assert "--weights random" in err and "weights=PATH" not in err
+
+
+def test_offline_jbu_checkpoint_names_upsampler_weights(tmp_path, images, capsys, offline):
+    out = tmp_path / "o.npz"
+    args = ["extract", str(images[0]), "-q", "-b", "dino16", "--weights", "random"]
+    assert main(args + ["-u", "featup-jbu", "-o", str(out)]) == 4
+    err = capsys.readouterr().err
+    assert "--upsampler-weights PATH" in err and "--upsampler-weights random" in err, err
+    assert "pass weights=PATH" not in err and "--weights random" not in err.replace(
+        "--upsampler-weights random", ""
+    )
+    assert main(args + ["-u", "featup-jbu", "--upsampler-weights", "random", "-o", str(out)]) == 0
+
+
+def test_estimate_and_suffix_notes(tmp_path, images, capsys):
+    out = tmp_path / "o.npz"
+    assert (
+        main(["extract", str(images[0]), "-b", "dino16", "--weights", "random", "-o", str(out)])
+        == 0
+    )
+    err = capsys.readouterr().err
+    assert "estimate: about" in err and " on cpu" in err
+    assert "name it o.featup.npz" in err  # so napari opens it with FeatUp

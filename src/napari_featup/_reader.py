@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ._associations import associate_feature_files
+from ._reader_associations import associate_feature_files
 from .analysis import PCAProjection
 from .errors import FeatureFileError
 from .io import FEATUP_SUFFIX, FORMATS, META_KEY, feature_arrays, load_arrays, read_metadata

@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from . import __version__
-from ._associations import associate_feature_files
+from ._reader_associations import associate_feature_files
 from .io import META_KEY, save_arrays
 
 

@@ -19,7 +19,7 @@ from .test_dock import run_and_wait, two_region_rgb  # noqa: E402
 @pytest.fixture
 def offline_jbu(monkeypatch, tmp_path):
     """No cached FeatUp checkpoint and no server to fetch one from."""
-    import napari_featup.upsamplers.featup_jbu as jbu
+    import napari_featup.upsamplers.featup_jbu.checkpoints as jbu
 
     monkeypatch.setenv("NAPARI_FEATUP_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(jbu, "_BASE_URL", "http://127.0.0.1:9/")
@@ -98,7 +98,7 @@ def test_estimate_before_a_long_run(viewer_widget):
 
 
 def test_warm_up_runs_in_a_worker_when_the_widget_opens(qtbot, make_napari_viewer):
-    from napari_featup import backbones
+    from napari_featup.backbones import _core as backbones
 
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-featup", "FeatUp")

@@ -18,12 +18,11 @@ from typing import Any
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QSizePolicy, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QPushButton, QWidget
 
-from .._associations import associate_feature_files
+from .._reader_associations import associate_feature_files
 from ..errors import ImageError, SettingsError
 from ..progress import Progress
-from ..session.estimate import estimate_text
 from ..session.geometry import Index, current_plane
 from ..session.messages import explain
 from ..session.request import PlannedRun, plan_run
@@ -31,8 +30,9 @@ from ..session.run import RunOutput, progress_text
 from ..session.stack import FeatureStack
 from . import query_layer as _query
 from .export_panel import ExportPanel
-from .runner import JobController, WarmUp
-from .sections import Section, scroll_area
+from .prerun import PreRun, wrapped_label
+from .runner import JobController
+from .sections import dock_sections
 from .settings_panel import SettingsPanel
 from .similarity_panel import SimilarityPanel
 from .text_panel import TextPanel
@@ -57,13 +57,6 @@ _CONTROLS = {
     "similarity_panel": "threshold_spin positive_radio negative_radio",
     "export_panel": "export_button export_highres open_button",
 }
-
-
-def _wrapped_label() -> QLabel:
-    label = QLabel("")
-    label.setWordWrap(True)
-    label.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Minimum)
-    return label
 
 
 class FeatUpWidget(QWidget):
@@ -97,13 +90,22 @@ class FeatUpWidget(QWidget):
         self.export_panel = ExportPanel(self.viewer, self._current, self.notify_error)
         self.run_button = QPushButton("Run")
         self.cancel_button = QPushButton("Cancel")
-        self.status = _wrapped_label()
-        self.estimate_label = _wrapped_label()
-        self.estimate_label.setToolTip(
-            "Expected time and memory for the chosen settings on this machine (within "
-            "about a factor of two), timed against a backbone pass when the widget opened"
+        self.status = wrapped_label()
+        self.prerun = PreRun(
+            self.settings_panel, self.image_layer, lambda: self.viewer.dims.point, self
         )
-        self.sections = self._build_layout()
+        self.estimate_label, self.warm_up = self.prerun.label, self.prerun.warm_up
+        self.request_warm_up = self.prerun.request_warm_up
+        run_rows = [self.settings_panel.run_form, (self.run_button, self.cancel_button)]
+        self.sections = dock_sections(
+            self,
+            {
+                "Run": (run_rows + [self.estimate_label, self.status], True),
+                "Similarity": ([self.similarity_panel], True),
+                "Export": ([self.export_panel], False),
+                "Advanced": ([self.settings_panel.advanced_form], False),
+            },
+        )
         for panel, names in _CONTROLS.items():
             for name in names.split():
                 setattr(self, name, getattr(getattr(self, panel), name))
@@ -115,8 +117,7 @@ class FeatUpWidget(QWidget):
         self.settings_panel.changed.connect(self.text_panel.update_state)
         self.run_finished.connect(self.text_panel.on_run_finished)
 
-        self.warm_up = WarmUp(self)
-        self.warm_up.finished.connect(self._on_warmed_up)
+        self.prerun.warmed_up.connect(self.warmed_up)
         self.run_button.clicked.connect(lambda: self.run())
         self.cancel_button.clicked.connect(self.cancel)
         self.settings_panel.changed.connect(self._update_controls)
@@ -127,63 +128,6 @@ class FeatUpWidget(QWidget):
         self._connect_viewer()
         self._refresh_images()
         self.request_warm_up()
-
-    def _build_layout(self) -> dict[str, Section]:
-        """Run, Similarity, Export and Advanced sections in a vertical scroll area, so
-        the dock fits napari's default window without squeezing anything."""
-        run_box = QWidget()
-        box = QVBoxLayout(run_box)
-        box.setContentsMargins(0, 0, 0, 0)
-        box.addWidget(self.settings_panel.run_form)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
-        box.addLayout(buttons)
-        box.addWidget(self.estimate_label)
-        box.addWidget(self.status)
-        sections = {
-            "Run": Section("Run", run_box, expanded=True),
-            "Similarity": Section("Similarity", self.similarity_panel, expanded=True),
-            "Export": Section("Export", self.export_panel, expanded=False),
-            "Advanced": Section("Advanced", self.settings_panel.advanced_form, expanded=False),
-        }
-        content = QWidget()
-        column = QVBoxLayout(content)
-        column.setContentsMargins(4, 4, 4, 4)
-        for section in sections.values():
-            column.addWidget(section)
-        column.addStretch(1)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(scroll_area(content))
-        return sections
-
-    # ------------------------------------------------------ warm-up, estimate
-    def request_warm_up(self) -> None:
-        """Do the first run's one-time work for the current settings in a worker."""
-        try:
-            extract = self.settings_panel.run_settings().extract_kwargs()
-        except SettingsError:
-            return  # a typo in a field: warm up once it is fixed
-        self.warm_up.request(extract)
-
-    def _on_warmed_up(self, result: dict | None) -> None:
-        self._update_estimate()
-        self.warmed_up.emit(result or {})
-
-    def _update_estimate(self) -> None:
-        layer = self.image_layer()
-        text, long = "", False
-        if layer is not None:
-            try:
-                text, long = estimate_text(
-                    self.settings_panel.run_settings(), layer, self.viewer.dims.point
-                )
-            except Exception:  # noqa: BLE001 - the estimate must never break the widget
-                text = ""
-        self.estimate_label.setText(f"Estimate: {text}" if text else "")
-        self.estimate_label.setStyleSheet("color: #ffaa33" if long else "")
-        self.estimate_label.setVisible(bool(text))
 
     def _connect_viewer(self) -> None:
         ev = self.viewer.layers.events
@@ -260,7 +204,7 @@ class FeatUpWidget(QWidget):
         self.run_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
         self.settings_panel.update_rows(self.image_layer())
-        self._update_estimate()
+        self.prerun.update_estimate()
 
     def channel_axis(self) -> int | None:
         """The axis chosen under Channel axis (None: no channel axis)."""

@@ -15,7 +15,7 @@ from typing import Any
 from napari.utils.notifications import show_info
 from qtpy.QtWidgets import QCheckBox, QFileDialog, QMessageBox, QPushButton, QVBoxLayout, QWidget
 
-from .._associations import associate_feature_files
+from .._reader_associations import associate_feature_files
 from ..io import featup_path
 from ..session.export import export_stack, feature_file_from_choice
 from ..session.messages import explain

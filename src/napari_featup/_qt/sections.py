@@ -8,7 +8,15 @@ section that does not fit scrolls, its labels keep their full height.
 from __future__ import annotations
 
 from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy, QToolButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QFrame,
+    QHBoxLayout,
+    QScrollArea,
+    QSizePolicy,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 
 class Section(QWidget):
@@ -58,3 +66,34 @@ def scroll_area(content: QWidget) -> QScrollArea:
     area.setFrameShape(QFrame.NoFrame)
     area.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
     return area
+
+
+def dock_sections(dock: QWidget, sections: dict[str, tuple[list, bool]]) -> dict[str, Section]:
+    """Lay ``dock`` out as titled :class:`Section`s in a :func:`scroll_area`.
+
+    ``sections``: title -> (rows, expanded); a row is a widget, or a tuple of widgets
+    side by side (buttons). Returns the sections by title.
+    """
+    out: dict[str, Section] = {}
+    content = QWidget()
+    column = QVBoxLayout(content)
+    column.setContentsMargins(4, 4, 4, 4)
+    for title, (rows, expanded) in sections.items():
+        body = QWidget()
+        box = QVBoxLayout(body)
+        box.setContentsMargins(0, 0, 0, 0)
+        for row in rows:
+            if isinstance(row, tuple):
+                line = QHBoxLayout()
+                for w in row:
+                    line.addWidget(w)
+                box.addLayout(line)
+            else:
+                box.addWidget(row)
+        out[title] = Section(title, body, expanded=expanded)
+        column.addWidget(out[title])
+    column.addStretch(1)
+    outer = QVBoxLayout(dock)
+    outer.setContentsMargins(0, 0, 0, 0)
+    outer.addWidget(scroll_area(content))
+    return out

@@ -76,9 +76,21 @@ def _hub_endpoint() -> str:
 
 def backbone_cached(backbone: str) -> bool:
     """Whether timm's pretrained weights for ``backbone`` are in the Hugging Face cache
-    (any file of the model's repository there; timm falls back to it offline)."""
-    snapshots = _hub_cache() / f"models--timm--{get_spec(backbone).timm_name}" / "snapshots"
-    return snapshots.is_dir() and any(p.is_file() for p in snapshots.rglob("*"))
+    (timm falls back to them offline)."""
+    from ..backbones import pretrained_cached
+
+    return pretrained_cached(backbone)
+
+
+def _from_hub(backbone: str) -> bool:
+    """Whether ``backbone``'s pretrained weights come from the Hugging Face hub (the
+    only server the check knows how to reach)."""
+    try:
+        from ..backbones._timm import hf_repo
+
+        return hf_repo(get_spec(backbone).timm_name) is not None
+    except Exception:  # noqa: BLE001 - unknown: do not block the run
+        return False
 
 
 def _published_checkpoint(upsampler: str, backbone: str, use_norm: bool | None):
@@ -105,7 +117,8 @@ def check_weights(
     """Raise :class:`~napari_featup.errors.WeightsUnavailableError` at once when
     weights this run needs are neither cached nor reachable. Its ``part`` attribute
     says whose: ``"backbone"`` or ``"upsampler"``."""
-    if weights == "pretrained" and not hub_offline() and not backbone_cached(backbone):
+    needs_hub = weights == "pretrained" and not hub_offline()
+    if needs_hub and not backbone_cached(backbone) and _from_hub(backbone):
         why = unreachable(_hub_endpoint())
         if why is not None:
             spec = get_spec(backbone)

@@ -46,15 +46,34 @@ FIT_MEMORY_BYTES = 1300 << 20  # peak of a fit at its largest fit size (322 x 32
 _calibrated_gflops: dict[str, float] = {}
 
 
+#: GMAC at 224 x 224 of the convolutional backbones, by timm name prefix
+_CONV_GMAC = {"resnet50": 4.1, "convnext_tiny": 4.5, "convnext_small": 8.7, "convnext_base": 15.4}
+
+
+def _vit_shape(timm_name: str) -> tuple[int, int]:
+    """(width, layers) of a ViT from its timm name (ViT-S unless it says otherwise)."""
+    name = timm_name.lower()
+    for key, shape in (("large", (1024, 24)), ("base", (768, 12)), ("tiny", (192, 12))):
+        if key in name:
+            return shape
+    return 384, 12
+
+
+def _conv(timm_name: str) -> float | None:
+    name = timm_name.lower()
+    return next((g for k, g in _CONV_GMAC.items() if name.startswith(k)), None)
+
+
 def backbone_gflop(backbone: str, size: Sequence[int]) -> float:
-    """Arithmetic of one backbone pass over an (H, W) image, in GFLOP."""
+    """Arithmetic of one backbone pass over an (H, W) image, in GFLOP (from the timm
+    model's family and size: ViT layers, or a convolutional net's cost at 224 px)."""
     spec = get_spec(backbone)
     h, w = (int(v) for v in size)
-    if spec.kind == "resnet":
-        return 8.2 * h * w / 224**2  # ResNet-50: 4.1 GMAC at 224 x 224
+    conv = _conv(spec.timm_name)
+    if conv is not None:
+        return 2 * conv * h * w / 224**2
     n = math.ceil(h / spec.stride) * math.ceil(w / spec.stride)
-    d = 768 if spec.dim >= 512 else spec.dim  # CLIP ViT-B projects 768 -> 512
-    layers = 12
+    d, layers = _vit_shape(spec.timm_name)
     return 2 * layers * (12 * n * d * d + 2 * n * n * d) / 1e9
 
 
@@ -187,10 +206,11 @@ def _dense_bytes(channels: int, pixels: int) -> int:
 def _memory(spec, channels: int, size: tuple[int, int], planes: int) -> int:
     h, w = size
     n = math.ceil(h / spec.stride) * math.ceil(w / spec.stride)
-    d = 768 if spec.dim >= 512 else spec.dim
-    weights = (350 if spec.dim >= 512 else 90) << 20
+    d, layers = _vit_shape(spec.timm_name)
+    conv = _conv(spec.timm_name) is not None
+    weights = 4 * 12 * layers * d * d if not conv else 100 << 20
     # activations: tokens x width a few times over, and one layer's attention maps
-    backbone = 40 * n * d + (4 * n * n * d // 64 if spec.kind != "resnet" else 0)
+    backbone = 40 * n * d + (4 * n * n * d // 64 if not conv else 64 * h * w * 4)
     tiles = min(256 << 20, 16 * channels * h * w)  # FeatureField's row tiles
     rank = min(channels, max(8, COMPACT_BUDGET_BYTES // max(1, 4 * h * w)))
     kept = (4 * rank + 8) * h * w + 7 * h * w  # compact field; PCA and similarity layers
