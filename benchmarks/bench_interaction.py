@@ -12,10 +12,17 @@
 2. A 2048 x 2048 uint16 grey image end to end on CPU with bilinear (the widget's
    worker: backbone, PCA, colours, norms; then the layers' arrays and one click),
    in a fresh process; prints its peak RSS, target <= 8 GB.
+3. With --first-run: Run -> layers' data for the 512 px astronaut (dinov2, bilinear,
+   CPU, the widget's worker), in fresh processes: the first run, the second, and the
+   first after the widget's warm-up (session/warmup.py, done when the dock opens).
+
+Clicks are answered from each plane's compact field (napari_featup.compact: at most
+128 MB of coordinates per plane, exact norms); ``error_bound_median`` is the largest
+error a click's map can have, as each map states it.
 
 Usage: python benchmarks/bench_interaction.py [--clicks 30] [--all-upsamplers]
        [--upsamplers NAME ...] [--option KEY=VALUE ...] [--large-upsampler NAME]
-       [--viewer] [--skip-large]
+       [--viewer] [--skip-large] [--first-run]
 
 ``--option`` passes upsampler options (e.g. steps=5 for featup-implicit: a click's
 cost does not depend on how long the fit ran, only on what it keeps).
@@ -24,6 +31,7 @@ cost does not depend on how long the fit ran, only on what it keeps).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -49,7 +57,7 @@ def _stack(image, upsampler: str, device: str = "cpu", options: dict | None = No
     from napari_featup.session.run import RunRequest
 
     opts = dict(backbone="dinov2", upsampler=upsampler, weights="random", device=device)
-    if options and upsampler != "bilinear":
+    if options:
         opts["upsampler_options"] = options
     if upsampler == "featup-jbu":
         # No downloads here; the cost of a JBU stack does not depend on its weights.
@@ -169,6 +177,42 @@ def large_image_child(upsampler: str, options: dict) -> None:
     )
 
 
+def first_run_child(warm: bool) -> None:
+    """In a fresh process: seconds of the first run (after a warm-up when ``warm``)
+    and of a second one; print JSON."""
+    from skimage import data
+
+    from napari_featup.session.run import RunRequest
+    from napari_featup.session.warmup import iter_warm_up
+
+    image = data.astronaut()
+    extract = dict(backbone="dinov2", upsampler="bilinear", weights="random", device="cpu")
+    out: dict = {"warm_up": warm}
+    if warm:
+        t0 = time.perf_counter()
+        gen = iter_warm_up(dict(extract, scaling="auto"))
+        for _ in gen:
+            pass
+        out["warm_up_s"] = round(time.perf_counter() - t0, 2)
+    for key in ("first_run_s", "second_run_s"):
+        t0 = time.perf_counter()
+        _run(RunRequest(image, [()], dict(extract, scaling="auto"), rgb=True))
+        out[key] = round(time.perf_counter() - t0, 2)
+    print(json.dumps(out))
+
+
+def bench_first_run() -> None:
+    for warm in (False, True):
+        cmd = [sys.executable, __file__, "--first-run-child"] + (["--warm"] if warm else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        line = (proc.stdout.strip().splitlines() or [""])[-1]
+        if proc.returncode != 0 or not line.startswith("{"):
+            print(f"first run ({'warm' if warm else 'cold'}) failed: {proc.stderr[-2000:]}")
+            continue
+        label = "after the warm-up" if warm else "without a warm-up"
+        print(f"Run -> layers, 512 px astronaut, {label}: {line}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clicks", type=int, default=30)
@@ -185,7 +229,13 @@ def main() -> None:
     )
     ap.add_argument("--large-upsampler", default="bilinear")
     ap.add_argument("--large-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--first-run", action="store_true", help="time the first Run")
+    ap.add_argument("--first-run-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--warm", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.first_run_child:
+        first_run_child(args.warm)
+        return
     from napari_featup.upsamplers import parse_options
 
     options = parse_options(args.option)
@@ -196,21 +246,28 @@ def main() -> None:
 
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     from napari_featup import list_upsamplers
+    from napari_featup.upsamplers import upsampler_info
 
     names = list_upsamplers() if args.all_upsamplers else ["bilinear", "featup-jbu"]
-    names = args.upsamplers or names
+    names = args.upsamplers or ([] if args.first_run and not args.all_upsamplers else names)
     print(
         header("bench_interaction (dinov2 backbone)")
         + (f" | upsampler options {options}" if options else "")
     )
     for n in names:
+        # each upsampler gets the options it takes (a click's cost does not depend on
+        # how long a fit ran, only on what it keeps)
+        fields = {f.name for f in dataclasses.fields(upsampler_info(n).options)}
+        own = {k: v for k, v in options.items() if k in fields}
         try:
-            res = bench_clicks(n, args.clicks, options=options)
+            res = bench_clicks(n, args.clicks, options=own)
         except Exception as exc:  # noqa: BLE001
             print(f"{n}: failed: {type(exc).__name__}: {exc}")
             continue
         ok = "OK" if res["median_ms"] < 50 else "MISSED"
         print(f"click -> heatmap [{ok} target < 50 ms]: {json.dumps(res)}", flush=True)
+    if args.first_run:
+        bench_first_run()
     if args.viewer:
         res = bench_viewer_clicks(args.clicks)
         print(f"click -> heatmap in a viewer: {json.dumps(res)}")

@@ -2,11 +2,13 @@
 
 Run under a virtual display::
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshots.py
+    xvfb-run -a -s "-screen 0 1400x1000x24" python docs/make_screenshots.py
 
-Writes PNGs to docs/images/. The backbone uses RANDOM weights unless
-``--weights pretrained`` is given and the weights are in the local cache: the
-screenshots then show the interface, not meaningful features, and say so.
+Writes PNGs to docs/images/, in napari's default window size (1280 x 800, where the
+dock must fit) and one larger (``widget_large.png``, ``--large``). The backbone uses
+RANDOM weights unless ``--weights pretrained`` is given and the weights are in the
+local cache: the screenshots then show the interface, not meaningful features, and
+say so.
 """
 
 from __future__ import annotations
@@ -53,7 +55,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", default="random", choices=["random", "pretrained"])
     ap.add_argument("--backbone", default="dinov2")
+    ap.add_argument("--size", default="1280x800", help="window size of the screenshots")
+    ap.add_argument("--large", default="1400x960", help="window size of widget_large.png")
     args = ap.parse_args()
+    size = [int(v) for v in args.size.split("x")]
+    large = [int(v) for v in args.large.split("x")]
 
     import napari
     from napari.settings import get_settings
@@ -65,7 +71,7 @@ def main() -> None:
 
     OUT.mkdir(parents=True, exist_ok=True)
     viewer = napari.Viewer(title="napari-featup", show=True)
-    viewer.window.resize(1500, 950)
+    viewer.window.resize(*size)
     app = QApplication.instance()
     (image,) = viewer.open_sample("napari-featup", "astronaut")
     _, widget = viewer.window.add_plugin_dock_widget("napari-featup", "FeatUp")
@@ -75,6 +81,8 @@ def main() -> None:
     settle(app)
     viewer.window.screenshot(str(OUT / "widget.png"), canvas_only=False, flash=False)
 
+    while widget.warm_up.running:  # (a run would wait for it too)
+        settle(app, 0.2)
     widget.run()
     settle(app, 1.0)
     viewer.window.screenshot(str(OUT / "running.png"), canvas_only=False, flash=False)
@@ -130,6 +138,13 @@ def main() -> None:
     viewer.reset_view()
     settle(app)
     viewer.window.screenshot(str(OUT / "microscopy.png"), canvas_only=False, flash=False)
+
+    # a larger window, every section open
+    viewer.window.resize(*large)
+    for section in widget.sections.values():
+        section.set_expanded(True)
+    settle(app)
+    viewer.window.screenshot(str(OUT / "widget_large.png"), canvas_only=False, flash=False)
     viewer.close()
     print("wrote", sorted(p.name for p in OUT.glob("*.png")))
 

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from qtpy.QtWidgets import QLabel, QScrollArea  # noqa: E402
+from qtpy.QtWidgets import QLabel, QScrollArea, QWidget  # noqa: E402
 
 from .test_dock import run_and_wait, two_region_rgb  # noqa: E402
 
@@ -47,6 +47,11 @@ def test_dock_fits_the_default_window(qtbot, make_napari_viewer):
         top = w.mapTo(viewport, w.rect().topLeft()).y()
         bottom = w.mapTo(viewport, w.rect().bottomLeft()).y()
         assert top >= 0 and bottom <= viewport.height(), (w, top, bottom, viewport.height())
+    assert area.widget().width() <= viewport.width()  # nothing cut at the right edge
+    for child in area.widget().findChildren(QWidget):
+        if child.isVisible() and child.width() > 0:
+            right = child.mapTo(viewport, child.rect().topRight()).x()
+            assert right <= viewport.width(), (type(child).__name__, right, viewport.width())
     for label in widget.findChildren(QLabel):
         if not label.isVisible() or not label.text():
             continue

@@ -18,7 +18,7 @@ from typing import Any
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QPushButton, QWidget
+from qtpy.QtWidgets import QPushButton, QScrollArea, QWidget
 
 from .._reader_associations import associate_feature_files
 from ..errors import ImageError, SettingsError
@@ -32,7 +32,7 @@ from . import query_layer as _query
 from .export_panel import ExportPanel
 from .prerun import PreRun, wrapped_label
 from .runner import JobController
-from .sections import dock_sections
+from .sections import dock_sections, fit_width
 from .settings_panel import SettingsPanel
 from .similarity_panel import SimilarityPanel
 from .text_panel import TextPanel
@@ -84,6 +84,7 @@ class FeatUpWidget(QWidget):
         self._warned_random: set[str] = set()
         #: result layers hidden while the displayed slice has no features
         self._hidden: set = set()
+        self._shown_similarity = False
 
         self.settings_panel = SettingsPanel(self)
         self.similarity_panel = SimilarityPanel(self.viewer, self._current, self.notify_error)
@@ -101,7 +102,8 @@ class FeatUpWidget(QWidget):
             self,
             {
                 "Run": (run_rows + [self.estimate_label, self.status], True),
-                "Similarity": ([self.similarity_panel], True),
+                # opens with the first results, so the four titles fit at first
+                "Similarity": ([self.similarity_panel], False),
                 "Export": ([self.export_panel], False),
                 "Advanced": ([self.settings_panel.advanced_form], False),
             },
@@ -116,6 +118,7 @@ class FeatUpWidget(QWidget):
         self.backbone_combo.currentIndexChanged.connect(self.text_panel.update_state)
         self.settings_panel.changed.connect(self.text_panel.update_state)
         self.run_finished.connect(self.text_panel.on_run_finished)
+        fit_width(self.findChild(QScrollArea))  # with every row in place
 
         self.prerun.warmed_up.connect(self.warmed_up)
         self.run_button.clicked.connect(lambda: self.run())
@@ -138,6 +141,11 @@ class FeatUpWidget(QWidget):
         self.viewer.dims.events.current_step.connect(self._on_slider)
         self._click_cb = _query.ctrl_click_callback(self.similarity_panel.query_layer_for_click)
         self.viewer.mouse_drag_callbacks.append(self._click_cb)
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt name
+        """Size the dock to its content once styled (nothing cut at the right edge)."""
+        super().showEvent(event)
+        fit_width(self.findChild(QScrollArea))
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt name
         """Cancel a run and unhook the click callback when the dock closes."""
@@ -325,6 +333,9 @@ class FeatUpWidget(QWidget):
             self.update_similarity()
         arrange_results(self.viewer, layer, stack, self.similarity_panel.query_layer)
         self._show_displayed_plane(stack, layer)
+        if not self._shown_similarity:  # the first results: time to query them
+            self._shown_similarity = True
+            self.sections["Similarity"].set_expanded(True)
         self.viewer.layers.selection.active = layer
 
     # ------------------------------------------------- similarity and export

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
+    QComboBox,
     QFrame,
     QHBoxLayout,
     QScrollArea,
@@ -95,5 +96,26 @@ def dock_sections(dock: QWidget, sections: dict[str, tuple[list, bool]]) -> dict
     column.addStretch(1)
     outer = QVBoxLayout(dock)
     outer.setContentsMargins(0, 0, 0, 0)
-    outer.addWidget(scroll_area(content))
+    area = scroll_area(content)
+    outer.addWidget(area)
+    for section in out.values():  # a section opened later may need more width
+        section.toggled.connect(lambda *_: fit_width(area))
     return out
+
+
+def fit_width(area: QScrollArea, chars: int = 12) -> int:
+    """Keep ``area``'s content from being cut at the right edge: combo boxes elide at
+    ``chars`` characters (their lists show the whole text), and the area is at least
+    as wide as the widest section needs, folded or not. Returns that width."""
+    content = area.widget()
+    for combo in content.findChildren(QComboBox):
+        if combo.sizeAdjustPolicy() != QComboBox.AdjustToMinimumContentsLengthWithIcon:
+            combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(chars)
+    need = max(
+        (s.content.minimumSizeHint().width() for s in content.findChildren(Section)), default=0
+    )
+    margins = content.layout().contentsMargins()
+    width = need + margins.left() + margins.right() + area.verticalScrollBar().sizeHint().width()
+    area.setMinimumWidth(width)
+    return width

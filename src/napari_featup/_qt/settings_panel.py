@@ -40,7 +40,7 @@ UPSAMPLER_WEIGHTS = {
 }
 #: characters a combo box shows before eliding (keeps the dock narrow; the list
 #: itself shows the whole text)
-COMBO_CHARS = 16
+COMBO_CHARS = 12
 NORMALISATIONS = {
     "contrast_limits": "layer contrast limits",
     "percentile": "percentiles 0.5–99.5",

@@ -111,7 +111,7 @@ class TextPanel(QWidget):
         self.threshold_spin.setToolTip(
             "Label map: pixels whose best similarity is below this are 'none of these' (0)"
         )
-        opts.addWidget(self.templates_combo, 1)
+        box.addWidget(self.templates_combo)  # a row of its own: the dock stays narrow
         opts.addWidget(self.label_button)
         opts.addWidget(QLabel("none below"))
         opts.addWidget(self.threshold_spin)
