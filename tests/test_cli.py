@@ -246,12 +246,13 @@ def test_offline_jbu_checkpoint_names_upsampler_weights(tmp_path, images, capsys
     assert main(args + ["-u", "featup-jbu", "--upsampler-weights", "random", "-o", str(out)]) == 0
 
 
-def test_estimate_and_suffix_notes(tmp_path, images, capsys):
+def test_fit_estimate_and_suffix_notes(tmp_path, images, capsys):
     out = tmp_path / "o.npz"
-    assert (
-        main(["extract", str(images[0]), "-b", "dino16", "--weights", "random", "-o", str(out)])
-        == 0
-    )
+    base = ["extract", str(images[0]), "-b", "dino16", "--weights", "random"]
+    assert main(base + ["-o", str(out)]) == 0
+    assert "name it o.featup.npz" in capsys.readouterr().err  # so napari opens it with FeatUp
+    # a per-image fit: how long it takes here, and the preview offered on a CPU
+    assert main(base + ["-u", "featup-implicit", "--estimate", "-o", str(tmp_path / "i.npz")]) == 0
     err = capsys.readouterr().err
-    assert "estimate: about" in err and " on cpu" in err
-    assert "name it o.featup.npz" in err  # so napari opens it with FeatUp
+    assert "featup-implicit fits to each image: about" in err and " on cpu" in err
+    assert "--upsampler-option settings=preview takes about" in err
