@@ -97,9 +97,9 @@ class TrainConfig:
 
 #: settings a resumed run must share with the run it continues
 _SAME_ON_RESUME = (
-    "batch_size n_jitters size lr max_pad max_zoom flips crf_weight crf_samples "
-    "crf_on_jittered clip_steps clip_norm seed crop dropout"
-).split()  # fmt: skip
+    "batch_size", "n_jitters", "size", "lr", "max_pad", "max_zoom", "flips", "crf_weight",
+    "crf_samples", "crf_on_jittered", "clip_steps", "clip_norm", "seed", "crop", "dropout",
+)  # fmt: skip
 
 
 class TrainedJBU(FeatUpJBU):
@@ -161,7 +161,7 @@ def _metadata(bb, data, cfg, use_norm, steps, losses, init, elapsed, cpu, device
     return {
         "format": "napari-featup trained JBU 1",
         "version": __version__,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a TorchVersion would not load weights_only
         "backbone": str(getattr(bb, "name", type(bb).__name__)),
         "timm_name": getattr(spec, "timm_name", None) or "",
         "backbone_weights": str(getattr(bb, "weights", "")),
@@ -344,7 +344,7 @@ def iter_train_jbu(
             gen_state = gen.get_state()
             if checkpoint is not None and (step + 1) % cfg.checkpoint_every == 0:
                 ckpt.save_atomic(snapshot(step + 1, gen_state), checkpoint)
-            yield Progress(step + 1, cfg.steps, f"step {step + 1}/{cfg.steps}", "train", losses[-1])
+            yield Progress(step + 1, cfg.steps, "training the JBU", "train", losses[-1])
         finished = True
     finally:
         if not finished and checkpoint is not None:
