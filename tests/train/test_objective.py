@@ -1,83 +1,26 @@
-"""The 31-channel training objective equals FeatUp's full-channel one (written here as
-FeatUp's train_jbu_upsampler.py, downsamplers.py and losses.py compute it)."""
+"""The 31-channel training objective equals FeatUp's full-channel one (train_reference.py:
+as FeatUp's train_jbu_upsampler.py, downsamplers.py and losses.py compute it)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from napari_featup.ops import gaussian_blur5
-from napari_featup.upsamplers.featup_jbu import FeatUpJBU, reference_forward
+from napari_featup.upsamplers.featup_jbu import FeatUpJBU
 from napari_featup.upsamplers.featup_jbu.train_objective import (
     AttentionDownsampler,
     ScaleNet,
     crf_loss,
     draw,
+    jitter,
     step_loss,
 )
-from napari_featup.upsamplers.implicit.views import Jitter, JitterTaps
-
-
-def featup_apply_jitter(img, max_pad, j: Jitter):
-    """FeatUp's datasets/JitteredImage.apply_jitter."""
-    h, w = img.shape[2:]
-    padded = F.pad(img, [max_pad] * 4, mode="reflect")
-    zoomed = F.interpolate(padded, scale_factor=j.zoom, mode="bilinear") if j.zoom > 1 else padded
-    cropped = zoomed[:, :, j.dy : h + j.dy, j.dx : w + j.dx]
-    return torch.flip(cropped, [3]) if j.flip else cropped
-
-
-def featup_downsample(down: AttentionDownsampler, hr, keep):
-    """FeatUp's AttentionDownsampler.forward (blur_attn=True), eval-mode attention net,
-    with the per-patch logit dropout given."""
-    b, c, h, w = hr.shape
-    k = down.kernel_size
-    final = h // k
-    inputs = gaussian_blur5(hr)
-    stride = (h - k) // (final - 1)
-    patches = (
-        torch.nn.Unfold(k, stride=stride)(inputs)
-        .reshape(b, c, k * k, final, final * int(w / h))
-        .permute(0, 3, 4, 2, 1)
-    )
-    logits = down.attention_net[1](patches).squeeze(-1)
-    logits = (logits * keep[..., None]) * down.w.flatten() + down.b.flatten()
-    attn = F.softmax(logits, dim=-1)
-    return torch.einsum("bhwpc,bhwp->bchw", patches, attn)
-
-
-def featup_crf(guidance, features, coords, alpha=0.1, beta=0.15, gamma=0.005, w1=10, w2=3):
-    h, w = guidance.shape[2:]
-    norm = coords / torch.tensor([h, w]).unsqueeze(-1)
-    g = guidance[:, :, coords[0], coords[1]]
-    cd = (norm.unsqueeze(-1) - norm.unsqueeze(-2)).square().sum(0).unsqueeze(0)
-    gd = (g.unsqueeze(-1) - g.unsqueeze(-2)).square().sum(1)
-    sim = w1 * torch.exp(-cd / (2 * alpha) - gd / (2 * beta)) + w2 * torch.exp(-cd / (2 * gamma))
-    f = features[:, :, coords[0], coords[1]]
-    return ((f.unsqueeze(-1) - f.unsqueeze(-2)).square().sum(1) * sim).mean()
-
-
-def featup_loss(jbu, down, scale_net, img, lr, jit_imgs, lr_jit, d, max_pad, crf_weight):
-    total = 0.0
-    n_j = len(d.jitters)
-    for i, j in enumerate(d.jitters):
-        hr = reference_forward(jbu, lr, img)
-        if hr.shape[2] != img.shape[2]:
-            hr = F.interpolate(hr, img.shape[2:], mode="bilinear")
-        hr_jit = featup_apply_jitter(hr, max_pad, j)
-        proj = d.proj[i]
-        proj_hr = torch.einsum("bchw,bcd->bdhw", hr_jit, proj)
-        down_jit = torch.einsum(
-            "bchw,bcd->bdhw", featup_downsample(down, hr_jit, d.patch_keep[i]), proj
-        )
-        s = scale_net(lr_jit[i])
-        mse = (down_jit - torch.einsum("bchw,bcd->bdhw", lr_jit[i], proj)).square()
-        loss = ((1 / (2 * s**2)) * mse + s.log()).mean() / n_j
-        if i == 0:
-            loss = loss + crf_weight * featup_crf(jit_imgs[0], proj_hr, d.crf_coords)
-        total = total + loss
-    return total
+from napari_featup.upsamplers.featup_jbu.train_reference import (
+    featup_apply_jitter,
+    featup_crf,
+    featup_loss,
+)
+from napari_featup.upsamplers.implicit.views import Jitter
 
 
 @pytest.mark.parametrize("grid,patch", [((3, 3), 16), ((4, 4), 12)])
@@ -98,9 +41,7 @@ def test_fast_objective_equals_featup_full_channel(grid, patch):
     jits = [Jitter(1.0, 3, 5, True), Jitter(1.37, 11, 2, False)]
     d = draw(g, bsz, dim, (size, size), grid, jits, dropout=False, crf_samples=40)
     d.patch_keep[1][0, 1, 2] = False  # FeatUp's per-patch logit dropout, one patch
-    jit_imgs = [JitterTaps(j, (size, size), max_pad, "cpu")(img) for j in jits]
-    for j, ji in zip(jits, jit_imgs):
-        assert torch.allclose(ji, featup_apply_jitter(img, max_pad, j), atol=1e-5)
+    jit_imgs = [jitter(img, j, max_pad) for j in jits]
     lr_jit = [torch.randn(bsz, dim, *grid, generator=g) for _ in jits]
     mods = [jbu, down, sn]
 
@@ -129,3 +70,19 @@ def test_crf_expansion_equals_featup():
     assert float(crf_loss(guide, feats, coords)) == pytest.approx(
         float(featup_crf(guide, feats, coords)), rel=1e-5
     )
+
+
+@pytest.mark.parametrize(
+    "j", [Jitter(1.0, 0, 40, False), Jitter(1.0, 17, 3, True), Jitter(1.999, 88, 87, True),
+          Jitter(1.5, 0, 0, False), Jitter(1.23, 31, 60, False)]
+)  # fmt: skip
+def test_jitter_equals_featup_apply_jitter(j):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, 48, 56, generator=g, requires_grad=True)
+    ours, ref = jitter(x, j, 20), featup_apply_jitter(x, 20, j)
+    # float32 sampling coordinates: ~1e-5 of a pixel at 150 px
+    assert (ours - ref).abs().max() < 1e-4
+    w = torch.randn(ours.shape, generator=g)
+    ga = torch.autograd.grad((ours * w).sum(), x)[0]
+    gb = torch.autograd.grad((ref * w).sum(), x)[0]
+    assert (ga - gb).abs().max() < 1e-4

@@ -59,8 +59,10 @@ def _geometry(n: int, m: int, k: int, itemsize: int) -> tuple[int, int, int, int
 def _tile_values(kf: torch.Tensor, rt: int, mt: int) -> torch.Tensor:
     """One image's folded kernels (n, m, 2, 2, 7, 7) as per-tile rows (rt*mt, 3136)."""
     n, m = kf.shape[:2]
-    kp = kf.new_zeros(rt * _TH, mt * _TH, 2, 2, DIAMETER, DIAMETER)
-    kp[:n, :m] = kf
+    kp = kf
+    if (n, m) != (rt * _TH, mt * _TH):
+        kp = kf.new_zeros(rt * _TH, mt * _TH, 2, 2, DIAMETER, DIAMETER)
+        kp[:n, :m] = kf
     return kp.view(rt, _TH, mt, _TH, -1).transpose(1, 2).reshape(rt * mt, -1)
 
 
@@ -74,11 +76,17 @@ def _windows(pad: torch.Tensor, r0: int, r1: int, mt: int) -> torch.Tensor:
     ).reshape((r1 - r0) * mt, _WIN * _WIN, k)
 
 
-def _matrices(vals: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """(tiles, 64, 100) tile matrices holding the 49 taps of each output."""
-    mat = vals.new_zeros(vals.shape[0], 4 * _TH * _TH * _WIN * _WIN)
+def _matrices(vals: torch.Tensor, idx: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
+    """(tiles, 64, 100) tile matrices holding the 49 taps of each output, written into
+    the zero buffer ``buf`` (every call writes the same positions, so the rest stays
+    zero and the buffer is filled once per pass, not once per chunk)."""
+    mat = buf[: vals.shape[0]]
     mat.index_copy_(1, idx, vals)
     return mat.view(vals.shape[0], 4 * _TH * _TH, _WIN * _WIN)
+
+
+def _buffer(like: torch.Tensor, rt: int, mt: int, step: int) -> torch.Tensor:
+    return like.new_zeros(min(rt, step) * mt, 4 * _TH * _TH * _WIN * _WIN)
 
 
 def _padded(src: torch.Tensor, rt: int, pw: int) -> torch.Tensor:
@@ -97,12 +105,13 @@ def folded_apply_forward(kf: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
     rt, mt, pw, step = _geometry(n, m, k, src.element_size())
     idx = _tile_scatter_index(_TH, _TH, src.device)
     out = src.new_empty(bsz, 2 * n, 2 * m, k)
+    buf = _buffer(src, rt, mt, step)
     for b in range(bsz):
         vals = _tile_values(kf[b], rt, mt)
         pad = _padded(src[b], rt, pw)
         for r0 in range(0, rt, step):
             r1 = min(rt, r0 + step)
-            mat = _matrices(vals[r0 * mt : r1 * mt], idx)
+            mat = _matrices(vals[r0 * mt : r1 * mt], idx, buf)
             res = torch.bmm(mat, _windows(pad, r0, r1, mt))  # (tiles, 64, K)
             res = res.view(r1 - r0, mt, 2 * _TH, 2 * _TH, k).transpose(1, 2)
             res = res.reshape((r1 - r0) * 2 * _TH, mt * 2 * _TH, k)
@@ -120,13 +129,17 @@ def folded_apply_backward(
     idx = _tile_scatter_index(_TH, _TH, src.device)
     gk = kf.new_empty(kf.shape) if need[0] else None
     gs = src.new_empty(src.shape) if need[1] else None
+    buf = _buffer(src, rt, mt, step) if need[1] else None
+    blocks = [(0, _TH), (_TH, 2 * _TH), (2 * _TH, _WIN)]  # a 10-wide window in 4-blocks
     for b in range(bsz):
         vals = _tile_values(kf[b], rt, mt)
         pad = _padded(src[b], rt, pw)
         gpad = src.new_zeros(rt + 2, _TH, mt + 2, _TH, k) if need[1] else None
         gvals = vals.new_empty(vals.shape) if need[0] else None
-        gout = grad.new_zeros(rt * 2 * _TH, mt * 2 * _TH, k)
-        gout[: 2 * n, : 2 * m] = grad[b]
+        gout = grad[b]
+        if (n, m) != (rt * _TH, mt * _TH):
+            gout = grad.new_zeros(rt * 2 * _TH, mt * 2 * _TH, k)
+            gout[: 2 * n, : 2 * m] = grad[b]
         for r0 in range(0, rt, step):
             r1 = min(rt, r0 + step)
             nt = (r1 - r0) * mt
@@ -138,19 +151,16 @@ def folded_apply_backward(
                 gvals[r0 * mt : r1 * mt] = gmat.index_select(1, idx)
                 del gmat
             if need[1]:
-                mat = _matrices(vals[r0 * mt : r1 * mt], idx)
+                mat = _matrices(vals[r0 * mt : r1 * mt], idx, buf)
                 gwin = torch.bmm(mat.transpose(1, 2), g).view(r1 - r0, mt, _WIN, _WIN, k)
-                # windows overlap by 6: split each 10-wide window into 3 blocks of 4 (the
-                # last padded), so the scatter is 9 block adds instead of 100 strided ones
-                g12 = gwin.new_zeros(r1 - r0, mt, 3 * _TH, 3 * _TH, k)
-                g12[:, :, :_WIN, :_WIN] = gwin
-                g12 = g12.view(r1 - r0, mt, 3, _TH, 3, _TH, k)
-                for qa in range(3):
-                    for qb in range(3):
-                        gpad[r0 + qa : r1 + qa, :, qb : qb + mt] += g12[:, :, qa, :, qb].permute(
-                            0, 2, 1, 3, 4
-                        )
-                del mat, gwin, g12
+                # windows overlap by 6: split each 10-wide window into blocks of 4, 4 and
+                # 2, so the scatter is 9 block adds instead of 100 strided ones
+                for qa, (a0, a1) in enumerate(blocks):
+                    for qb, (b0, b1) in enumerate(blocks):
+                        gpad[r0 + qa : r1 + qa, : a1 - a0, qb : qb + mt, : b1 - b0] += gwin[
+                            :, :, a0:a1, b0:b1
+                        ].permute(0, 2, 1, 3, 4)
+                del mat, gwin
         if need[0]:
             kv = gvals.view(rt, mt, _TH, _TH, -1).transpose(1, 2).reshape(rt * _TH, mt * _TH, -1)
             gk[b] = kv[:n, :m].view(n, m, 2, 2, DIAMETER, DIAMETER)

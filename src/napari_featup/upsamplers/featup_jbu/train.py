@@ -29,11 +29,11 @@ from ...devices import resolve_device
 from ...errors import BackboneError, UpsamplerError, WeightsFileError
 from ...ops import channel_norm
 from ...progress import Progress, drive
-from ..implicit.views import JitterTaps, sample_jitter
+from ..implicit.views import sample_jitter
 from . import train_checkpoint as ckpt
 from .stack import FeatUpJBU
 from .train_data import ImageSet, batch_indices
-from .train_objective import AttentionDownsampler, ScaleNet, draw, step_loss
+from .train_objective import AttentionDownsampler, ScaleNet, draw, jitter, step_loss
 
 
 @dataclass(frozen=True)
@@ -310,7 +310,7 @@ def iter_train_jbu(
             d = draw(
                 gen, len(idx), dim, (size, size), (grid, grid), jit, cfg.dropout, cfg.crf_samples
             ).to(dev)
-            jit_imgs = [JitterTaps(j, (size, size), cfg.max_pad, dev)(img) for j in jit]
+            jit_imgs = [jitter(img, j, cfg.max_pad) for j in jit]
             feats = _features(bb, torch.cat([img, *jit_imgs]), cfg, use_norm, grid)
             lr, lr_jit = feats[: len(idx)], list(feats[len(idx) :].split(len(idx)))
             yield Progress(

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...ops import gaussian_blur5
-from ..implicit.views import Jitter, JitterTaps
+from ..implicit.views import Jitter
 from .autograd import stack_linear
 from .stack import FeatUpJBU
 
@@ -175,6 +175,33 @@ def crf_loss(
     return (sqdist(f) * sim).mean()
 
 
+def jitter(x: torch.Tensor, j: Jitter, max_pad: int) -> torch.Tensor:
+    """FeatUp's ``apply_jitter`` on (B, C, H, W): reflect pad, bilinear zoom, crop, flip.
+
+    The zoom and crop are one ``grid_sample`` of the padded map at the crop's pixels
+    (the coordinates ``F.interpolate(scale_factor=zoom)`` uses), so the zoomed map
+    (up to 2x the padded size) is never formed and the backward is one native pass.
+    """
+    h, w = x.shape[-2:]
+    pad = F.pad(x, [max_pad] * 4, mode="reflect")
+    if j.zoom == 1.0:
+        out = pad[:, :, j.dy : j.dy + h, j.dx : j.dx + w]
+        return out.flip(3) if j.flip else out
+    ph, pw = pad.shape[-2:]
+    dt = x.dtype
+    ys = (torch.arange(h, device=x.device, dtype=torch.float64) + j.dy + 0.5) / j.zoom - 0.5
+    xs = (torch.arange(w, device=x.device, dtype=torch.float64) + j.dx + 0.5) / j.zoom - 0.5
+    if j.flip:
+        xs = xs.flip(0)
+    # pixel coordinates -> grid_sample's [-1, 1] (align_corners=False); F.interpolate
+    # clamps negative source positions to 0, as padding_mode="border" does
+    gy = ((2 * ys.clamp(min=0) + 1) / ph - 1).to(dt)
+    gx = ((2 * xs.clamp(min=0) + 1) / pw - 1).to(dt)
+    grid = torch.stack(torch.broadcast_tensors(gx[None, :], gy[:, None]), -1)
+    grid = grid[None].expand(x.shape[0], h, w, 2)
+    return F.grid_sample(pad, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def attention_pool(
     x: torch.Tensor, logit: torch.Tensor, down: AttentionDownsampler, keep: torch.Tensor
 ) -> torch.Tensor:
@@ -251,22 +278,20 @@ def step_loss(
     if tuple(hr.shape[-2:]) != size:  # FeatUp: bilinear to the image when not 16x
         hr = F.interpolate(hr, size, mode="bilinear", align_corners=False)
     hr = hr + torch.cat(biases, 1)[:, :, None, None]
-    k = PROJ_DIM + 1
     rec = hr.new_zeros(())
     crf = hr.new_zeros(())
-    for j in range(n_j):
-        taps = JitterTaps(d.jitters[j], size, max_pad, hr.device)
-        u = taps(hr[:, j * k : (j + 1) * k])  # (B, 31, H, W): projections, logit
-        blurred = gaussian_blur5(u)
-        logit = blurred[:, PROJ_DIM] + att.bias
-        pooled = attention_pool(blurred[:, :PROJ_DIM], logit, down, d.patch_keep[j])
+    # split, not slices: a slice's backward writes a zero map of the whole input per use
+    for j, part in enumerate(hr.split(PROJ_DIM + 1, 1)):
+        u = jitter(part, d.jitters[j], max_pad)  # (B, 31, H, W): projections, logit
+        proj_b, logit_b = gaussian_blur5(u).split([PROJ_DIM, 1], 1)
+        pooled = attention_pool(proj_b, logit_b[:, 0] + att.bias, down, d.patch_keep[j])
         target = torch.einsum("bchw,bcd->bdhw", lr_jit[j], d.proj[j])
         s = scale_net(lr_jit[j])
         mse = (pooled - target).square()
         rec = rec + ((1 / (2 * s**2)) * mse + s.log()).mean() / n_j
         if j == 0 and crf_weight > 0:
             guide = jit_imgs[0] if crf_on_jittered else img
-            crf = crf_loss(guide, u[:, :PROJ_DIM], d.crf_coords)
+            crf = crf_loss(guide, u.split([PROJ_DIM, 1], 1)[0], d.crf_coords)
     loss = rec + crf_weight * crf
     return loss, {"rec": float(rec.detach()), "crf": float(crf.detach())}
 
@@ -279,5 +304,6 @@ __all__ = [
     "attention_pool",
     "crf_loss",
     "draw",
+    "jitter",
     "step_loss",
 ]
