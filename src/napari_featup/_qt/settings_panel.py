@@ -25,6 +25,7 @@ from ..backbones import get_spec, list_backbones
 from ..session.geometry import layer_shape
 from ..session.request import RunSettings, options_hint
 from ..upsamplers import describe_upsamplers, upsampler_options
+from .train_widget import attach_recent_menu
 
 WEIGHTS = {
     "pretrained": "pretrained (download / cache)",
@@ -94,7 +95,13 @@ class SettingsPanel(QWidget):
             "A local checkpoint for upsamplers with weights (e.g. a FeatUp JBU .ckpt); "
             "empty: the upsampler's default (its published checkpoint, cached)"
         )
-        form.addRow("", self.upsampler_weights)
+        # trained checkpoints (Train JBU widget) are offered by the button beside it
+        self.recent_button = attach_recent_menu(self.upsampler_weights, self.upsampler_combo)
+        weights_row = QWidget()
+        QHBoxLayout(weights_row).setContentsMargins(0, 0, 0, 0)
+        weights_row.layout().addWidget(self.upsampler_weights)
+        weights_row.layout().addWidget(self.recent_button)
+        form.addRow("", weights_row)
         self.upsampler_options = QLineEdit()
         self.upsampler_options.setToolTip(
             "Options of the chosen upsampler: KEY=VALUE items separated by commas, e.g. "
