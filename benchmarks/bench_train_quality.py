@@ -12,10 +12,10 @@ bilinear, jbu-classic and guided-fit given the same low-res grid.
 
 The run trains on scenes with seeds 0..N-1 and scores seeds 100..103 (224 px), so no
 held-out scene is seen in training. Training stops at ``--steps`` or when the process
-has used ``--cpu-budget`` CPU seconds (the sum over threads: 1200 s on 2 threads is 10
-minutes of both cores; wall time is printed too: the machine is shared, so it is longer).
+has used ``--cpu-budget`` CPU seconds (default 600 on 1 thread: at most 10 minutes of
+this 2-core machine; wall time is printed too: the machine is shared, so it is longer).
 
-Run:  PYTHONPATH=src python benchmarks/bench_train_quality.py [--cpu-budget 1200]
+Run:  PYTHONPATH=src python benchmarks/bench_train_quality.py [--cpu-budget 600]
 """
 
 from __future__ import annotations
