@@ -71,6 +71,40 @@ def parts(bb, bsz: int, n_j: int, size: int, reference: bool):
     return bw, bc, lw, lc
 
 
+def jbu_paths(grid: int = 16, channels: int = 155, bsz: int = 4) -> None:
+    """The JBU stack alone on the step's 155 channels: the inference path (no autograd)
+    against the differentiable one, forward and forward + backward."""
+    from napari_featup.upsamplers.featup_jbu.autograd import stack_linear
+
+    torch.manual_seed(0)
+    up = FeatUpJBU(384).eval()
+    g = torch.Generator().manual_seed(0)
+    img = torch.randn(bsz, 3, 16 * grid, 16 * grid, generator=g)
+    vals = torch.randn(bsz, channels, grid, grid, generator=g)
+
+    def inference():
+        with torch.inference_mode():
+            up.kernels(img, (grid, grid), cache=False).native_rows(vals, 0, 16 * grid)
+
+    def forward():
+        with torch.no_grad():
+            stack_linear(up, vals, img)
+
+    def both():
+        v = vals.clone().requires_grad_(True)
+        stack_linear(up, v, img).square().sum().backward()
+
+    print(f"JBU stack alone: batch {bsz}, {grid}x{grid} grid -> {16 * grid} px, {channels} "
+          "channels (seconds, wall / CPU, best of 2):")  # fmt: skip
+    for label, fn in (("inference path (kernels.py), forward", inference),
+                      ("differentiable path, forward", forward),
+                      ("differentiable path, forward + backward", both)):  # fmt: skip
+        fn()
+        runs = [clock(fn)[1:] for _ in range(2)]
+        w, c = min(r[0] for r in runs), min(r[1] for r in runs)
+        print(f"  {label:42s} {w:6.2f} / {c:6.2f}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=1)
@@ -78,9 +112,13 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--steps", type=int, default=3, help="whole train_jbu steps to time")
     ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument("--jbu-only", action="store_true", help="only the JBU paths")
     args = ap.parse_args(argv)
     set_threads(args.threads)
     print(header("bench_train_step: JBU training step on CPU", RANDOM_WEIGHTS))
+    jbu_paths()
+    if args.jbu_only:
+        return 0
     print(f"{args.size} px, batch 4, 5 jitters, FeatUp's loss (random projection 30, CRF 1000 "
           "samples); seconds per step, wall / CPU")  # fmt: skip
     for name in args.backbones:
@@ -93,7 +131,9 @@ def main(argv=None) -> int:
         imgs = [rng.integers(0, 255, (args.size, args.size, 3), dtype=np.uint8) for _ in range(8)]
         stamps: list[tuple[float, float, float]] = []
 
-        def note(e, stamps=stamps, c0=time.process_time()):
+        c0 = time.process_time()
+
+        def note(e, stamps=stamps, c0=c0):
             if e.done == int(e.done) and e.done >= 1:  # the end of a step
                 stamps.append((e.done, time.perf_counter(), time.process_time() - c0))
 
