@@ -138,9 +138,8 @@ def main(argv=None) -> int:
     rows = {"trained featup-jbu (this run)": up}
     for name in ("bilinear", "jbu-classic", "guided-fit"):
         rows[name] = load_upsampler(name, use_norm=False, device="cpu")
-    print(
-        f"\n{'upsampler':32s} {'cos':>7s} {'bnd_err':>8s} {'thin_iou':>8s} {'miou':>7s} {'lowres_err':>10s}"
-    )
+    cols = f"{'cos':>7s} {'bnd_err':>8s} {'thin_iou':>8s} {'miou':>7s} {'lowres_err':>10s}"
+    print(f"\n{'upsampler':32s} {cols}")
     res = {}
     for label, u in rows.items():
         scores = []
