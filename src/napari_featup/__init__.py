@@ -9,6 +9,7 @@ The public interface (docs/library.md has the whole of it)::
     res = nf.extract_features(image, backbone="dinov2", upsampler="bilinear")
     q = nf.encode_text(["nucleus"], backbone="clip")   # text queries (CLIP family)
     store = nf.extract_many("folder/*.tif", "features.zarr", downsample=2, workers=2)
+    up = nf.train_jbu(images, backbone="dinov2", steps=500, out="mine.ckpt")
 """
 
 __version__ = "0.1.0"
@@ -34,6 +35,9 @@ from .upsamplers.featup_jbu import (  # noqa: E402
     download_featup_checkpoint,
     load_featup_checkpoint,
 )
+
+# after the upsampler registry is complete (the trainer imports the implicit package)
+from .upsamplers.featup_jbu.train import iter_train_jbu, train_jbu  # noqa: E402
 from .weights import WeightsFileError, WeightsUnavailableError  # noqa: E402
 
 __all__ = [
@@ -67,6 +71,7 @@ __all__ = [
     "iter_extract",
     "label_map",
     "iter_extract_many",
+    "iter_train_jbu",
     "list_backbones",
     "list_upsamplers",
     "load_backbone",
@@ -78,4 +83,5 @@ __all__ = [
     "prepare_image",
     "relay",
     "text_backbones",
+    "train_jbu",
 ]

@@ -1,4 +1,4 @@
-"""The ``napari-featup`` command: extract, download, demo, list.
+"""The ``napari-featup`` command: extract, train-jbu, download, demo, list.
 
 Exit codes: 0 success, 1 unexpected error (including an output that cannot be written),
 2 bad arguments or unknown names, 3 a missing or unreadable input file, 4 weights
@@ -357,6 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--overwrite", action="store_true", help="replace existing output files")
     ex.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     ex.set_defaults(func=_cmd_extract)
+
+    from .cli_train import add_train_parser
+
+    add_train_parser(sub)
 
     dl = sub.add_parser("download", help="fetch pretrained weights ahead of going offline")
     dl.add_argument(

@@ -27,6 +27,7 @@ from ..backbones import get_spec, list_backbones
 from ..session.geometry import layer_shape
 from ..session.request import RunSettings, options_hint
 from ..upsamplers import describe_upsamplers, upsampler_info, upsampler_options
+from .train_widget import attach_recent_menu
 
 WEIGHTS = {
     "pretrained": "pretrained (download / cache)",
@@ -153,7 +154,14 @@ class SettingsPanel(QObject):
         )
         self.upsampler_weights_label = QLabel("Upsampler weights")
         self.upsampler_weights_label.setWordWrap(True)
-        form.addRow(self.upsampler_weights_label, self.upsampler_weights_combo)
+        # trained checkpoints (Train JBU widget) are offered by the button beside it
+        self.recent_button = attach_recent_menu(self.upsampler_weights, self.upsampler_combo)
+        self.upsampler_weights_row = QWidget()
+        box = QHBoxLayout(self.upsampler_weights_row)
+        box.setContentsMargins(0, 0, 0, 0)
+        box.addWidget(self.upsampler_weights_combo)
+        box.addWidget(self.recent_button)
+        form.addRow(self.upsampler_weights_label, self.upsampler_weights_row)
         form.addRow("", self.upsampler_weights_file_row)
         self.upsampler_options = QLineEdit()
         self.upsampler_options.setToolTip(
@@ -277,7 +285,7 @@ class SettingsPanel(QObject):
         self.weights_file_row.setVisible(weights == "file")
         takes = upsampler_info(self.upsampler_combo.currentText()).takes_weights
         up_weights = self.upsampler_weights_combo.currentData()
-        for w in (self.upsampler_weights_label, self.upsampler_weights_combo):
+        for w in (self.upsampler_weights_label, self.upsampler_weights_row):
             w.setVisible(takes)
         self.upsampler_weights_file_row.setVisible(takes and up_weights == "file")
         self.random_warning.setVisible(weights == "random" or (takes and up_weights == "random"))
