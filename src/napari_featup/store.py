@@ -199,6 +199,11 @@ class FeatureStore:
             shutil.rmtree(self.partial_dir, ignore_errors=True)
         clean_stale_temporaries(self.path)  # of a killed creation of the store
 
+    def drop_empty_partial(self) -> None:
+        """Remove the folder of partial images when nothing is being written there."""
+        with contextlib.suppress(OSError):
+            self.partial_dir.rmdir()
+
     @contextlib.contextmanager
     def writing(self, name: str):
         """Context manager giving a fresh zarr group for ``name``; on success it replaces
