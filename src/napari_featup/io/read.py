@@ -283,5 +283,72 @@ def load_features(path: str | os.PathLike) -> Any:
     from ..pipeline import FeatureResult
 
     arrays, meta = load_arrays(path)
+    if meta.get("plane_index") is not None:
+        raise FeatureFileError(
+            f"{str(path)!r} is a stack's export ({len(meta['plane_index'])} planes of a stack "
+            f"of shape {meta.get('stack_shape')!r}); read it with "
+            "napari_featup.io.load_feature_stack(path), which returns one result per plane"
+        )
     lowres, highres, pca = feature_arrays(path, arrays, meta)
     return FeatureResult(lowres=lowres, highres=highres, metadata=meta, pca=pca)
+
+
+def load_feature_stack(path: str | os.PathLike) -> dict[tuple[int, ...], Any]:
+    """Read a stack's export (the widget's Export of a z-stack or time series) into
+    ``{plane index: FeatureResult}``, in the file's order.
+
+    The plane index is the position along the stack's leading axes
+    (``metadata["stack_shape"]``); each result's maps are (C, h, w) and its metadata is
+    the file's, with ``plane_index`` set to that plane's index. A single image's file
+    is returned as one entry under the key ``()``.
+    """
+    from ..pipeline import FeatureResult
+
+    arrays, meta = load_arrays(path)
+    planes = meta.get("plane_index")
+    if planes is None:
+        return {(): load_features(path)}
+    check_planes(path, arrays, meta)
+    out = {}
+    for i, index in enumerate(planes):
+        plane = {k: v[i] for k, v in arrays.items() if k in ("lowres", "highres")}
+        lowres, highres, pca = feature_arrays(path, plane, meta)
+        out[tuple(index)] = FeatureResult(
+            lowres=lowres, highres=highres, metadata={**meta, "plane_index": list(index)}, pca=pca
+        )
+    return out
+
+
+def check_planes(p: str | os.PathLike, arrays: dict, meta: dict) -> None:
+    """Check a stack's export: ``plane_index`` lists one index into ``stack_shape`` per
+    entry of every array's first axis; else a :class:`FeatureFileError` naming it."""
+    planes, shape = meta.get("plane_index"), meta.get("stack_shape")
+    ok = (
+        isinstance(shape, list)
+        and len(shape) >= 1
+        and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
+        and isinstance(planes, list)
+        and len(planes) >= 1
+        and all(
+            isinstance(i, list)
+            and len(i) == len(shape)
+            and all(
+                isinstance(v, int) and not isinstance(v, bool) and 0 <= v < n
+                for v, n in zip(i, shape)
+            )
+            for i in planes
+        )
+    )
+    if not ok:
+        raise FeatureFileError(
+            f"{str(p)!r}: metadata 'plane_index' {planes!r} does not index a stack of shape "
+            f"{shape!r}"
+        )
+    for key, arr in arrays.items():
+        if key in ("lowres", "highres", "pca", "similarity") and (
+            arr.ndim < 1 or arr.shape[0] != len(planes)
+        ):
+            raise FeatureFileError(
+                f"{str(p)!r}: {key!r} has shape {arr.shape}; its first axis should hold the "
+                f"{len(planes)} planes of 'plane_index'"
+            )
