@@ -60,14 +60,30 @@ def halo_cells(up: Upsampler) -> int:
 class LazyField:
     """PCA colours, similarity and features of any pixel block of one image.
 
-    ``lowres``: (C, h, w) array-like (numpy, zarr, dask; any float dtype), already
-    channel-normed when the upsampler uses the norm. ``prepared``: the image and its
-    intensity mapping; ``pixels_per_patch``: image px per cell. ``size``: the image
-    (H, W) (default: the source's). Blocks are in image pixels, rows ``[r0, r1)`` x
-    cols ``[c0, c1)``. The last ``cache_blocks`` blocks keep their crops and kernels
-    (clicks on a shown block are then one small upsample); ``reuse_kernels=False`` asks
-    upsamplers that can not to keep their kernels within a block (a block computed once,
-    e.g. when writing colours, then needs a fraction of the memory).
+    Blocks are in image pixels, rows ``[r0, r1)`` x cols ``[c0, c1)``; the last
+    ``cache_blocks`` blocks keep their crops and kernels, so a click on a shown block
+    is one small upsample.
+
+    Parameters
+    ----------
+    lowres : array-like
+        (C, h, w) features (numpy, zarr or dask; any float dtype), already channel-normed
+        when the upsampler uses the norm.
+    prepared : Prepared
+        The image and its intensity mapping (the upsampler's guidance).
+    upsampler : Upsampler
+        Lifts a block's cells to its pixels.
+    pixels_per_patch : int
+        Image pixels per feature cell.
+    device : str or torch.device
+        Where blocks are computed.
+    halo : int or None
+        Cells of context around a block (None: the upsampler's own halo).
+    cache_blocks : int
+        Blocks kept with their crops and kernels.
+    reuse_kernels : bool
+        False asks upsamplers that can not to keep their kernels within a block (a block
+        computed once, e.g. when writing colours, then needs a fraction of the memory).
     """
 
     def __init__(

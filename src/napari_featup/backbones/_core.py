@@ -44,10 +44,29 @@ def pad_to_stride(x: torch.Tensor, stride: int) -> torch.Tensor:
 class Backbone(nn.Module):
     """A feature extractor: ``bb(x)`` maps (B, 3, H, W) to (B, dim, ceil(H/s), ceil(W/s)).
 
-    Attributes: ``name``, ``dim`` (channels), ``patch_size`` (stride in pixels),
-    ``weights`` (where the weights came from; ``"random"`` for untrained ones),
-    ``spec`` and ``device``/``dtype`` of the parameters. Inputs are ImageNet-normalised
-    for every backbone; one trained with another normalisation (``spec.mean``) converts.
+    Made by :func:`~napari_featup.backbones.load_backbone`; inputs are
+    ImageNet-normalised for every backbone (one trained with another normalisation,
+    ``spec.mean``, converts inside).
+
+    Parameters
+    ----------
+    spec : BackboneSpec
+        The registered description (name, timm name, dim, stride, licence, ...).
+    model : torch.nn.Module
+        The network, in eval mode.
+    weights : str
+        Where the weights came from: ``"pretrained"``, ``"random"`` or a file path.
+
+    Attributes
+    ----------
+    name : str
+        The registered name.
+    dim : int
+        Feature channels C.
+    patch_size : int
+        Stride s in input pixels per feature cell.
+    device, dtype
+        Those of the parameters.
     """
 
     def __init__(self, spec: BackboneSpec, model: nn.Module, weights: str):

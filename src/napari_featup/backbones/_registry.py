@@ -216,9 +216,19 @@ def get_spec(name: str) -> BackboneSpec:
 
 
 def list_backbones(group: str | None = None) -> list[str]:
-    """Registered backbone names (``group``: only ``"featup"``, ``"modern"`` ...).
+    """Registered backbone names, in listing order.
 
     ``timm:<model name>`` is accepted too and is not listed.
+
+    Parameters
+    ----------
+    group : str, optional
+        Only this group's names (``"featup"``, ``"modern"``, ...; see
+        :func:`describe_backbones`).
+
+    Returns
+    -------
+    list of str
     """
     if group is not None and group not in GROUPS:
         raise BackboneError(f"unknown backbone group {group!r}; choose one of {GROUPS}")

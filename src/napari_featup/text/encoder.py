@@ -54,7 +54,12 @@ TEXT_TOWERS: dict[str, TowerSpec] = {"clip": _OPENAI_B16, "maskclip": _OPENAI_B1
 
 
 def text_backbones() -> list[str]:
-    """Backbones whose text tower napari-featup can load, in listing order."""
+    """Backbones whose text tower napari-featup can load, in listing order.
+
+    Returns
+    -------
+    list of str
+    """
     return [n for n in list_backbones() if n in TEXT_TOWERS]
 
 
@@ -310,11 +315,29 @@ def load_text_encoder(
 ) -> TextEncoder:
     """The text tower paired with ``backbone``'s image tower (cached).
 
-    ``backbone``: a name or a loaded :class:`~napari_featup.backbones.Backbone`, whose
-    weights are then used (``weights`` may be omitted; if given it must match).
-    ``weights``: ``"pretrained"`` (default), ``"random"`` or the path of the checkpoint
-    the image tower was read from. Raises BackboneError for backbones without a text
-    tower, WeightsUnavailableError / WeightsFileError for missing or unusable weights.
+    Parameters
+    ----------
+    backbone : str or Backbone
+        A name from :func:`text_backbones`, or a loaded backbone, whose weights are then
+        used.
+    weights : str or os.PathLike, optional
+        ``"pretrained"`` (the default), ``"random"`` or the path of the checkpoint the
+        image tower was read from; with a loaded backbone it may be omitted, and if given
+        must match.
+    device : str or torch.device
+        Where the text tower runs.
+
+    Returns
+    -------
+    TextEncoder
+        ``encoder(prompts)`` gives (N, C) unit embeddings in the image features' space.
+
+    Raises
+    ------
+    BackboneError
+        The backbone has no text tower.
+    WeightsUnavailableError, WeightsFileError
+        Missing or unusable weights.
     """
     if isinstance(backbone, Backbone):
         name, bb_weights = backbone.name, str(backbone.weights)
@@ -405,6 +428,11 @@ def encode_text(
         ``"maskclip"`` (default: MaskCLIP's 85 sentences, averaged), ``"imagenet"``
         (CLIP's 80), ``"plain"`` / None (the prompt as typed), or a list of sentences
         with ``{}``.
+
+    Returns
+    -------
+    numpy.ndarray
+        (N, D) float32 unit vectors, one per prompt.
     """
     return load_text_encoder(backbone, weights, device).encode(texts, templates)
 

@@ -37,7 +37,12 @@ from .base import Kernels, Upsampler, channel_norm, resize_bilinear
 
 
 def list_upsamplers() -> list[str]:
-    """Names accepted by :func:`load_upsampler`, in registration order."""
+    """Names accepted by :func:`load_upsampler`, in registration order.
+
+    Returns
+    -------
+    list of str
+    """
     return list(registered())
 
 
@@ -74,8 +79,14 @@ def load_upsampler(
         upsampler's default.
     weights
         A local weights file (or ``"random"``) where the upsampler takes weights.
+    device
+        ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda:N"`` or ``"mps"``.
     **options
         The upsampler's options (:func:`upsampler_options`); values may be strings.
+
+    Returns
+    -------
+    Upsampler
 
     Raises
     ------
