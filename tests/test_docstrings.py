@@ -1,22 +1,35 @@
 """The public API's docstrings are numpydoc-style: a summary line, a Parameters section
-naming every parameter, and Returns (or Yields) for functions that return something."""
+(Attributes for a class) naming every parameter, and Returns (or Yields) for functions
+that return something. The public API: ``napari_featup.__all__`` and the ``__all__`` of
+its library subpackages (io, upsamplers, backbones)."""
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import re
 
 import pytest
 
-import napari_featup as nf
+PACKAGES = (
+    "napari_featup",
+    "napari_featup.io",
+    "napari_featup.upsamplers",
+    "napari_featup.backbones",
+)
 
 
 def _public() -> list[tuple[str, object]]:
-    out = []
-    for name in nf.__all__:
-        obj = getattr(nf, name)
-        if inspect.isfunction(obj) or (inspect.isclass(obj) and not issubclass(obj, Exception)):
-            out.append((name, obj))
+    out, seen = [], set()
+    for package in PACKAGES:
+        module = importlib.import_module(package)
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if name.startswith("_") or id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            if inspect.isfunction(obj) or (inspect.isclass(obj) and not issubclass(obj, Exception)):
+                out.append((f"{package}.{name}", obj))
     return out
 
 
@@ -51,6 +64,8 @@ def test_numpydoc(name, obj):
         params = []  # nn.Module-style (*args, **kwargs) constructors
     if params:
         section = _section(doc, "Parameters")
+        if section is None and inspect.isclass(obj):
+            section = _section(doc, "Attributes")  # a dataclass's fields
         assert section is not None, f"{name}: no Parameters section"
         missing = set(params) - _documented(section)
         assert not missing, f"{name}: parameters not documented: {sorted(missing)}"

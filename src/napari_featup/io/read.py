@@ -106,8 +106,18 @@ def _tif_metadata(path: Path) -> dict:
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
-    """The metadata written by :func:`save_arrays`, without reading the arrays
-    (``{}`` for a file of a supported format that carries none)."""
+    """The metadata written by :func:`save_arrays`, without reading the arrays.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A ``.npz``, ``.zarr``, ``.tif`` or ``.npy`` feature file.
+
+    Returns
+    -------
+    dict
+        ``{}`` for a file of a supported format that carries none.
+    """
     path, suffix = _checked(path)
     if suffix == ".npz":
         return _library_call(path, lambda: _npz_metadata(path))
@@ -138,7 +148,25 @@ def _array_names(path: Path, meta: dict) -> list[str] | None:
 
 
 def load_arrays(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
-    """Read the named arrays and metadata written by :func:`save_arrays`."""
+    """Read the named arrays and metadata written by :func:`save_arrays`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A ``.npz``, ``.zarr``, ``.tif`` or ``.npy`` feature file.
+
+    Returns
+    -------
+    arrays : dict of str to numpy.ndarray
+    metadata : dict
+
+    Raises
+    ------
+    FileNotFoundError
+        No file at ``path``.
+    FeatureFileError
+        Truncated, damaged or mislabelled files, or metadata that is not a dict.
+    """
     path, suffix = _checked(path)
     meta = read_metadata(path)
     names = _array_names(path, meta)
@@ -221,10 +249,28 @@ def _version_note(meta: dict) -> str:
 def feature_arrays(
     path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict
 ) -> tuple[np.ndarray | None, np.ndarray | None, Any]:
-    """Check and return ``(lowres, highres, pca)`` of a file's arrays and metadata.
+    """Check and return the feature maps and PCA of a file's arrays and metadata.
 
-    Both maps must be real (C, h, w) arrays with the same C; a stored PCA must be one
-    fitted on C channels. Anything else is a :class:`FeatureFileError` naming it.
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file, for messages.
+    arrays : dict of str to numpy.ndarray
+        As :func:`load_arrays` returns them.
+    meta : dict
+        The file's metadata.
+
+    Returns
+    -------
+    lowres, highres : numpy.ndarray or None
+        Real (C, h, w) arrays with the same C.
+    pca : PCAProjection or None
+        The stored projection, fitted on C channels.
+
+    Raises
+    ------
+    FeatureFileError
+        Anything else, named.
     """
     from ..analysis import PCAProjection
 
@@ -279,7 +325,23 @@ def feature_arrays(
 
 
 def load_features(path: str | os.PathLike) -> Any:
-    """Read a file written by :func:`save_features` back into a ``FeatureResult``."""
+    """Read a file written by :func:`save_features` back into a ``FeatureResult``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A ``.npz``, ``.zarr``, ``.tif`` or ``.npy`` feature file.
+
+    Returns
+    -------
+    FeatureResult
+
+    Raises
+    ------
+    FeatureFileError
+        Not a feature file (or damaged), or a stack's export (read it with
+        :func:`load_feature_stack`).
+    """
     from ..pipeline import FeatureResult
 
     arrays, meta = load_arrays(path)
@@ -294,13 +356,26 @@ def load_features(path: str | os.PathLike) -> Any:
 
 
 def load_feature_stack(path: str | os.PathLike) -> dict[tuple[int, ...], Any]:
-    """Read a stack's export (the widget's Export of a z-stack or time series) into
-    ``{plane index: FeatureResult}``, in the file's order.
+    """Read a stack's export (the widget's Export of a z-stack or time series) plane by
+    plane.
 
-    The plane index is the position along the stack's leading axes
-    (``metadata["stack_shape"]``); each result's maps are (C, h, w) and its metadata is
-    the file's, with ``plane_index`` set to that plane's index. A single image's file
-    is returned as one entry under the key ``()``.
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A ``.npz``, ``.zarr``, ``.tif`` or ``.npy`` feature file.
+
+    Returns
+    -------
+    dict of tuple of int to FeatureResult
+        ``{plane index: result}`` in the file's order; the index is the position along
+        the stack's leading axes (``metadata["stack_shape"]``), each result's maps are
+        (C, h, w) and its metadata is the file's with ``plane_index`` set. A single
+        image's file gives one entry under the key ``()``.
+
+    Raises
+    ------
+    FeatureFileError
+        A file that is not a feature file, or planes that do not match the metadata.
     """
     from ..pipeline import FeatureResult
 
@@ -321,7 +396,22 @@ def load_feature_stack(path: str | os.PathLike) -> dict[tuple[int, ...], Any]:
 
 def check_planes(p: str | os.PathLike, arrays: dict, meta: dict) -> None:
     """Check a stack's export: ``plane_index`` lists one index into ``stack_shape`` per
-    entry of every array's first axis; else a :class:`FeatureFileError` naming it."""
+    entry of every array's first axis.
+
+    Parameters
+    ----------
+    p : str or os.PathLike
+        The file, for messages.
+    arrays : dict
+        Its arrays.
+    meta : dict
+        Its metadata.
+
+    Raises
+    ------
+    FeatureFileError
+        Naming what does not match.
+    """
     planes, shape = meta.get("plane_index"), meta.get("stack_shape")
     ok = (
         isinstance(shape, list)

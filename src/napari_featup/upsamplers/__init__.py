@@ -47,12 +47,29 @@ def list_upsamplers() -> list[str]:
 
 
 def describe_upsamplers() -> dict[str, str]:
-    """Name -> one-line description."""
+    """Each registered upsampler's one-line description.
+
+    Returns
+    -------
+    dict of str to str
+        Name -> description, in registration order.
+    """
     return {name: info.description for name, info in registered().items()}
 
 
 def upsampler_options(name: str) -> dict[str, Any]:
-    """Option name -> default of upsampler ``name`` ({} when it takes none)."""
+    """The options upsampler ``name`` takes, with their defaults.
+
+    Parameters
+    ----------
+    name : str
+        A registered upsampler.
+
+    Returns
+    -------
+    dict of str to object
+        Option name -> default ({} when it takes none).
+    """
     return upsampler_info(name).defaults()
 
 
