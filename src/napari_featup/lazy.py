@@ -222,7 +222,7 @@ class LazyField:
 
     # -- overview levels and dask --------------------------------------------------------
 
-    def _coarse(self, fn, factor: int, r0: int, r1: int, c0: int, c1: int, k: int) -> np.ndarray:
+    def _coarse(self, fn, factor: int, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         """``fn(values (1, C, h', w')) -> (K, h', w')`` on the low-res cells under a block
         of a level ``factor`` times coarser, bilinearly interpolated to it (an overview:
         coarse levels skip the upsampler)."""
@@ -283,7 +283,6 @@ class LazyField:
                         r1,
                         c0,
                         c1,
-                        len(wt),
                     )
                     rgb = pca.colorize(proj)
                 return np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
@@ -302,7 +301,7 @@ class LazyField:
                     dots = torch.einsum("c,bchw->bhw", torch.from_numpy(q[0]), v)
                     return (dots / torch.linalg.vector_norm(v, dim=1).clamp(min=1e-12))[:, None]
 
-                return self._coarse(sim, factor, r0, r1, c0, c1, 1)[0]
+                return self._coarse(sim, factor, r0, r1, c0, c1)[0]
 
             extra = {"dtype": np.float32}
         else:
