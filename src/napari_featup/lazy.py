@@ -38,6 +38,8 @@ HALO_CELLS = {"bilinear": 2, "featup-jbu": 6}
 IMAGE_BLIND = {"bilinear"}
 #: reach assumed for a linear upsampler that declares none and has no ``radius``
 DEFAULT_HALO = 16
+#: :meth:`LazyField.pyramid` adds coarser levels until the image fits in this many px
+OVERVIEW_PX = 1024
 
 
 def blockwise(up: Upsampler) -> bool:
@@ -201,9 +203,19 @@ class LazyField:
     def similarity(self, query: np.ndarray, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         """(r, c) cosine similarity of the block's pixels to a (C,) query."""
         q = unit_queries(query, self.channels)
-        feats = self.features(r0, r1, c0, c1)
-        dots = np.tensordot(q[0], feats, axes=(0, 0))
-        return cosine_from_dots(dots, np.linalg.norm(feats, axis=0))
+        self._check(r0, r1, c0, c1)
+        f, (y, x) = self.field(r0, r1, c0, c1)
+        out = np.empty((r1 - r0, c1 - c0), np.float32)
+        # rows in bands, so a 512 px chunk of 384 channels holds ~64 MB, not 400 MB
+        band = max(1, (64 << 20) // (4 * self.channels * max(1, f.size[1])))
+        for b0 in range(r0, r1, band):
+            b1 = min(r1, b0 + band)
+            with torch.inference_mode():
+                t = f.highres_rows(slice(b0 - y, b1 - y))[:, :, c0 - x : c1 - x]
+            feats = t.float().cpu().numpy()
+            dots = np.tensordot(q[0], feats, axes=(0, 0))
+            out[b0 - r0 : b1 - r0] = cosine_from_dots(dots, np.linalg.norm(feats, axis=0))
+        return out
 
     def features_at(self, points) -> np.ndarray:
         """(N, C) full-resolution features at (row, col) pixels."""
@@ -314,9 +326,9 @@ class LazyField:
         return base.map_blocks(make, meta=np.empty((0,) * (3 if kind == "pca" else 2)), **extra)
 
     def pyramid(self, kind: str = "pca", levels: int | None = None, **kwargs) -> list:
-        """``to_dask`` at levels 0, 1, ... until the image fits in about 1024 px."""
+        """``to_dask`` at levels 0, 1, ... until the image fits in :data:`OVERVIEW_PX`."""
         if levels is None:
-            levels = max(1, int(np.ceil(np.log2(max(self.size) / 1024))) + 1)
+            levels = max(1, int(np.ceil(np.log2(max(self.size) / OVERVIEW_PX))) + 1)
         return [self.to_dask(kind, level=lv, **kwargs) for lv in range(levels)]
 
 

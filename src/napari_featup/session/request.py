@@ -19,6 +19,7 @@ from ..backbones import get_spec
 from ..errors import SettingsError
 from ..upsamplers import UpsamplerError, parse_options, upsampler_options
 from .geometry import Index, PlaneGeometry, current_plane, image_geometry
+from .large import use_large_path
 from .run import RunRequest
 from .stack import FeatureStack
 
@@ -226,5 +227,6 @@ def plan_run(
         channel_axis=settings.channel_axis,
         pca=stack.pca if reuse else None,
         basis=stack.basis if reuse else None,
+        large=use_large_path(geometry.size, extract["upsampler"], geometry.leading),
     )
     return PlannedRun(request, geometry, config, stack if reuse else None)
