@@ -38,6 +38,9 @@ HALO_CELLS = {"bilinear": 2, "featup-jbu": 6}
 IMAGE_BLIND = {"bilinear"}
 #: reach assumed for a linear upsampler that declares none and has no ``radius``
 DEFAULT_HALO = 16
+#: computed chunks of :meth:`LazyField.to_dask` arrays kept for reuse (napari asks for
+#: every visible chunk again at each pan; dask keeps nothing between computes)
+CHUNK_CACHE_BYTES = 256 << 20
 #: :meth:`LazyField.pyramid` adds coarser levels until the image fits in this many px
 OVERVIEW_PX = 1024
 
@@ -118,6 +121,8 @@ class LazyField:
         self._cache_blocks = int(cache_blocks)
         self._reuse = bool(reuse_kernels)
         self._lock = threading.Lock()
+        self._chunks: OrderedDict[tuple, np.ndarray] = OrderedDict()  # computed dask chunks
+        self._chunk_bytes = 0
 
     @classmethod
     def from_field(cls, field: FeatureField, pixels_per_patch: int, **kwargs) -> LazyField:
@@ -319,9 +324,22 @@ class LazyField:
         else:
             raise ValueError(f"kind must be 'pca' or 'similarity', got {kind!r}")
 
+        token = (kind, level, chunk, _digest(query if kind == "similarity" else pca))
+
         def make(x, block_info=None):
             (r0, r1), (c0, c1) = block_info[0]["array-location"][:2]
-            return block(r0, r1, c0, c1)
+            key = token + (r0, c0)
+            with self._lock:
+                if key in self._chunks:  # shown before (napari re-slices on every pan)
+                    self._chunks.move_to_end(key)
+                    return self._chunks[key]
+            out = block(r0, r1, c0, c1)
+            with self._lock:
+                self._chunks[key] = out
+                self._chunk_bytes += out.nbytes
+                while self._chunk_bytes > CHUNK_CACHE_BYTES and len(self._chunks) > 1:
+                    self._chunk_bytes -= self._chunks.popitem(last=False)[1].nbytes
+            return out
 
         return base.map_blocks(make, meta=np.empty((0,) * (3 if kind == "pca" else 2)), **extra)
 
@@ -330,6 +348,17 @@ class LazyField:
         if levels is None:
             levels = max(1, int(np.ceil(np.log2(max(self.size) / OVERVIEW_PX))) + 1)
         return [self.to_dask(kind, level=lv, **kwargs) for lv in range(levels)]
+
+
+def _digest(obj: Any) -> str:
+    """A key for a query vector or a PCA projection (chunks differ with them)."""
+    import hashlib
+
+    if obj is None:
+        return ""
+    if isinstance(obj, PCAProjection):  # components, mean and colour ranges
+        return hashlib.sha1(repr(obj.to_dict()).encode()).hexdigest()
+    return hashlib.sha1(np.ascontiguousarray(obj, np.float32).tobytes()).hexdigest()
 
 
 class _TensorGuide:

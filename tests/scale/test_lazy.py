@@ -80,3 +80,21 @@ def test_from_field_wraps_an_in_memory_result(grey16):
     arr = lazy.to_dask("pca", pca=pca, chunk=64).compute()
     ref = np.clip(np.rint(res.field.pca_rgb(pca) * 255), 0, 255).astype(np.uint8)
     assert np.abs(arr.astype(int) - ref).max() <= 1
+
+
+def test_chunks_shown_again_are_not_recomputed(rng, monkeypatch):
+    """napari asks for every visible chunk again at each pan: a chunk computed for the
+    same query is reused, one for another query is not."""
+    img, prepared, up, low, field = _setup("bilinear", 14, rng)
+    lazy = LazyField(low[0].numpy(), prepared, up, 14)
+    calls = []
+    real = lazy.similarity
+    monkeypatch.setattr(lazy, "similarity", lambda *a: calls.append(a[1:]) or real(*a))
+    q = low[0, :, 3, 4].numpy()
+    sim = lazy.to_dask("similarity", query=q, chunk=64)
+    first = sim[:64, :100].compute()
+    assert len(calls) == 2  # two chunks
+    again = lazy.to_dask("similarity", query=q, chunk=64)[:64, 50:150].compute()
+    assert len(calls) == 3 and np.array_equal(again[:, :50], first[:, 50:])
+    other = lazy.to_dask("similarity", query=-q, chunk=64)[:64, :64].compute()
+    assert len(calls) == 4 and np.allclose(other, -first[:, :64], atol=1e-6)
