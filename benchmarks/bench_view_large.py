@@ -46,7 +46,9 @@ def pyramid(path: Path, levels: int = 6) -> list:
         p = path.with_name(f"{path.stem}_level{k}.zarr")
         if not p.exists():
             shape = tuple(-(-n // 2) for n in prev.shape)
-            z = zarr.open_array(str(p), mode="w", shape=shape, chunks=(1024, 1024), dtype=prev.dtype)
+            z = zarr.open_array(
+                str(p), mode="w", shape=shape, chunks=(1024, 1024), dtype=prev.dtype
+            )
             for r0 in range(0, prev.shape[0], 2048):
                 z[r0 // 2 : (r0 + 2048) // 2] = prev[r0 : r0 + 2048][::2, ::2]
         prev = zarr.open_array(str(p), mode="r")
