@@ -88,3 +88,27 @@ def test_large_image_layers_are_dask_per_chunk(qtbot, viewer_widget, monkeypatch
     first = stack.directory
     assert run_and_wait(qtbot, widget) == "done"  # a new run replaces the old store
     assert widget.current_stack() is not stack and not first.exists()
+
+
+def test_working_scale_and_tiles(qtbot, viewer_widget):
+    """Advanced: the working scale (shown in image px and µm) and the tiling reach the
+    run; the estimate follows them."""
+    viewer, widget = viewer_widget
+    image = viewer.add_image(grey(), name="img", scale=(0.325, 0.325))
+    panel = widget.settings_panel
+    native = estimate.estimate_for(panel.run_settings(), image)
+    panel.scale_combo.setCurrentIndex(panel.scale_combo.findData(2))
+    panel.update_rows(image)
+    assert panel.scale_info.text() == "= 28 px per patch (downsample 2x; 9.1 µm per patch)"
+    coarse = estimate.estimate_for(panel.run_settings(), image)
+    assert coarse.seconds < native.seconds and coarse.memory_bytes < native.memory_bytes
+    assert run_and_wait(qtbot, widget) == "done"
+    meta = widget.current_stack().metadata
+    assert meta["stride"] == 28 and meta["grid"] == [6, 7]
+    low = viewer.layers["img PCA low-res"]  # 28 px cells cut to the image in 2 px squares
+    assert low.data.shape[:2] == (75, 85)
+    np.testing.assert_allclose(low.scale, [0.325 * 2] * 2)
+    panel.tiles_combo.setCurrentIndex(panel.tiles_combo.findData("whole"))
+    assert panel.run_settings().extract_kwargs()["tile_size"] is None
+    panel.scale_combo.setCurrentIndex(panel.scale_combo.findData(1))
+    assert "downsample" not in panel.run_settings().extract_kwargs()

@@ -189,6 +189,8 @@ def estimate_run(
     threads: int = 1,
     flag: str = "Options: settings=preview",
     large: bool | None = None,
+    downsample: float = 1.0,
+    tiled: bool = True,
 ) -> Estimate:
     """Estimate a run of ``planes`` (H, W) planes; ``flag`` names how a user asks for
     the implicit preview (the widget's Options field, ``--upsampler-option`` on the
@@ -200,7 +202,12 @@ def estimate_run(
     slow = REFERENCE_GFLOPS / gflops  # reference-core seconds -> seconds here
     info = upsampler_info(upsampler)
     channels = spec.dim
-    gflop, n_tiles, tile = tiled_gflop(backbone, (h, w))
+    k = float(downsample or 1.0)  # the backbone sees the image k times smaller
+    work = (max(1, round(h / k)), max(1, round(w / k)))
+    if tiled:
+        gflop, n_tiles, tile = tiled_gflop(backbone, work)
+    else:
+        gflop, n_tiles, tile = backbone_gflop(backbone, work), 1, work
     seconds = gflop / gflops
     if large is None:
         from .large import use_large_path
@@ -216,10 +223,17 @@ def estimate_run(
     if large:
         from ..estimate import estimate_run as core_estimate
 
-        memory = core_estimate((h, w), backbone, upsampler, to_store=True, calibrate=False)
-        memory = memory.peak_bytes
+        memory = core_estimate(
+            (h, w),
+            backbone,
+            upsampler,
+            to_store=True,
+            calibrate=False,
+            downsample=k if k != 1 else None,
+            tile_size="auto" if tiled else None,
+        ).peak_bytes
     else:
-        memory = _memory(spec, channels, (h, w), planes, tile)
+        memory = _memory(spec, channels, (h, w), planes, tile, k)
     tips: list[str] = []
     if large:
         tips.append(
@@ -253,9 +267,9 @@ def _dense_bytes(channels: int, pixels: int) -> int:
     return 4 * channels * pixels if 4 * channels * pixels <= 512 << 20 else 2 * channels * pixels
 
 
-def _memory(spec, channels: int, size: tuple[int, int], planes: int, tile: tuple) -> int:
+def _memory(spec, channels: int, size: tuple, planes: int, tile: tuple, k: float = 1.0) -> int:
     h, w = size
-    th, tw = (min(a, b) for a, b in zip(tile, size))
+    th, tw = tile
     n = math.ceil(th / spec.stride) * math.ceil(tw / spec.stride)  # tokens of one tile
     d, layers = _vit_shape(spec.timm_name)
     conv = _conv(spec.timm_name) is not None
@@ -267,7 +281,8 @@ def _memory(spec, channels: int, size: tuple[int, int], planes: int, tile: tuple
     # per pixel: the plane read (up to float32 x 3), the normalised guidance (float32 x
     # 3), compact field; PCA and similarity layers
     kept = (12 + 12 + 4 * rank + 8) * h * w + 7 * h * w
-    grid = channels * math.ceil(h / spec.stride) * math.ceil(w / spec.stride) * 4 * 2
+    cell = spec.stride * k
+    grid = channels * math.ceil(h / cell) * math.ceil(w / cell) * 4 * 2
     return weights + max(backbone, tiles) + (kept + grid) * planes
 
 
@@ -315,6 +330,8 @@ def estimate_for(settings, layer) -> Estimate:
         options=options,
         threads=torch.get_num_threads(),
         large=use_large_path(geometry.size, settings.upsampler, geometry.leading),
+        downsample=float(settings.downsample),
+        tiled=settings.tiles != "whole",
     )
 
 
