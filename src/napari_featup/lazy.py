@@ -25,7 +25,7 @@ import torch
 
 from .analysis import PCAProjection, cosine_from_dots, unit_queries
 from .field import FeatureField
-from .ops import channel_norm, resize_bilinear
+from .ops import channel_norm, linear_taps, resize_bilinear
 from .source import Prepared
 from .upsamplers import Upsampler
 
@@ -210,6 +210,11 @@ class LazyField:
         q = unit_queries(query, self.channels)
         self._check(r0, r1, c0, c1)
         f, (y, x) = self.field(r0, r1, c0, c1)
+        if self.upsampler.name == "bilinear":  # 4 taps: from the grid's 2 x 2 Gram maps
+            qt = torch.from_numpy(q[0]).to(f.lowres.device)
+            return bilinear_cosine(
+                f.lowres[0], qt, f.size, slice(r0 - y, r1 - y), slice(c0 - x, c1 - x)
+            )
         out = np.empty((r1 - r0, c1 - c0), np.float32)
         # rows in bands, so a 512 px chunk of 384 channels holds ~64 MB, not 400 MB
         band = max(1, (64 << 20) // (4 * self.channels * max(1, f.size[1])))
@@ -348,6 +353,50 @@ class LazyField:
         if levels is None:
             levels = max(1, int(np.ceil(np.log2(max(self.size) / OVERVIEW_PX))) + 1)
         return [self.to_dask(kind, level=lv, **kwargs) for lv in range(levels)]
+
+
+@torch.inference_mode()
+def bilinear_cosine(
+    low: torch.Tensor, q: torch.Tensor, size: tuple[int, int], rows: slice, cols: slice
+) -> np.ndarray:
+    """Cosine similarity to the unit query ``q`` (C,) of ``low`` (C, h, w) resized
+    bilinearly to ``size``, at ``rows`` x ``cols``, without upsampling C channels.
+
+    Each output pixel is ``a c F00 + a d F01 + b c F10 + b d F11`` of its 2 x 2 cells, so
+    its dot with ``q`` interpolates the grid's dots and its squared norm combines the
+    cells' Gram terms (norms, and products with the right, lower and diagonal
+    neighbours), computed once on the grid: exact up to rounding.
+    """
+    c, h, w = low.shape
+    f = torch.nn.functional.pad(low[None].float(), (0, 1, 0, 1), mode="replicate")[0]
+    maps = {
+        "q": torch.einsum("c,chw->hw", q.float(), f),
+        "n": (f * f).sum(0),
+        "h": (f[:, :, :-1] * f[:, :, 1:]).sum(0),  # (i, j).(i, j+1)
+        "v": (f[:, :-1] * f[:, 1:]).sum(0),  # (i, j).(i+1, j)
+        "d1": (f[:, :-1, :-1] * f[:, 1:, 1:]).sum(0),  # (i, j).(i+1, j+1)
+        "d2": (f[:, :-1, 1:] * f[:, 1:, :-1]).sum(0),  # (i, j+1).(i+1, j)
+    }
+    maps = {k: v.double().cpu() for k, v in maps.items()}
+    i0, _, fy = linear_taps(h, size[0])
+    j0, _, fx = linear_taps(w, size[1])
+    # the replicated last row/column makes (i0 + 1) the clamped tap at the far edge
+    ii, jj = i0[rows][:, None], j0[cols][None]
+    b, d = fy[rows][:, None], fx[cols][None]
+    a, cc = 1 - b, 1 - d
+
+    def g(key: str, di: int, dj: int) -> torch.Tensor:
+        return maps[key][ii + di, jj + dj]
+
+    dot = a * (cc * g("q", 0, 0) + d * g("q", 0, 1)) + b * (cc * g("q", 1, 0) + d * g("q", 1, 1))
+    n2 = (
+        a * a * (cc * cc * g("n", 0, 0) + 2 * cc * d * g("h", 0, 0) + d * d * g("n", 0, 1))
+        + b * b * (cc * cc * g("n", 1, 0) + 2 * cc * d * g("h", 1, 0) + d * d * g("n", 1, 1))
+        + 2 * a * b * (cc * cc * g("v", 0, 0) + d * d * g("v", 0, 1))
+        + 2 * a * b * cc * d * (g("d1", 0, 0) + g("d2", 0, 0))
+    )
+    norm = n2.clamp(min=0).sqrt().clamp(min=1e-12)
+    return (dot / norm).float().numpy()
 
 
 def _digest(obj: Any) -> str:
