@@ -19,6 +19,7 @@ from ..backbones import get_spec
 from ..errors import SettingsError
 from ..upsamplers import UpsamplerError, parse_options, upsampler_options
 from .geometry import Index, PlaneGeometry, current_plane, image_geometry
+from .large import use_large_path
 from .run import RunRequest
 from .stack import FeatureStack
 
@@ -28,6 +29,9 @@ WEIGHTS = ("pretrained", "file", "random")
 UPSAMPLER_WEIGHTS = ("published", "file", "random")
 SCALINGS = ("contrast_limits", "percentile", "minmax")
 SLICES = ("displayed", "all")
+TILES = ("auto", "whole")
+#: the working scales the widget offers ("downsample by k")
+DOWNSAMPLES = (1, 2, 4, 8)
 
 
 @dataclass
@@ -58,6 +62,10 @@ class RunSettings:
     channels: str = ""
     slices: str = "displayed"
     follow_slider: bool = True
+    #: working scale: "downsample by k" (k x the patch size image px per feature cell)
+    downsample: float = 1.0
+    #: backbone tiles: "auto" (the backbone's native input size) or "whole" (one pass)
+    tiles: str = "auto"
 
     def extract_kwargs(self) -> dict:
         """The settings as :func:`~napari_featup.pipeline.iter_extract` keywords
@@ -90,6 +98,15 @@ class RunSettings:
         channels = parse_channels(self.channels)
         if channels is not None:
             out["channels"] = channels
+        if float(self.downsample) != 1.0:
+            from ..tiling import resolve_scale
+
+            resolve_scale(get_spec(self.backbone).stride, float(self.downsample))  # whole px?
+            out["downsample"] = float(self.downsample)
+        if self.tiles not in TILES:
+            raise SettingsError(f"tiles must be one of {TILES}, got {self.tiles!r}")
+        if self.tiles == "whole":
+            out["tile_size"] = None
         return out
 
     def _upsampler_weights(self) -> str | None:
@@ -226,5 +243,6 @@ def plan_run(
         channel_axis=settings.channel_axis,
         pca=stack.pca if reuse else None,
         basis=stack.basis if reuse else None,
+        large=use_large_path(geometry.size, extract["upsampler"], geometry.leading),
     )
     return PlannedRun(request, geometry, config, stack if reuse else None)
