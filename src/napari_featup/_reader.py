@@ -44,8 +44,9 @@ def get_reader(path: Any) -> Callable[[Any], list] | None:
 
 def read_features(path: Any) -> list[tuple[np.ndarray, dict, str]]:
     """Layers of a feature file: PCA colours (low-res and full-res, aligned with the
-    source layer's scale/translate when recorded), the similarity map when stored,
-    or the layers a File > Save wrote. Nothing is recomputed.
+    source layer's scale/translate when recorded), the similarity map and the text-query
+    heatmaps and label map (``extract --text``) when stored, or the layers a File > Save
+    wrote. Nothing is recomputed.
 
     A damaged file, or metadata that cannot place the layers, raises
     :class:`FeatureFileError` naming what is wrong (napari shows the message)."""
@@ -84,7 +85,19 @@ def read_features(path: Any) -> list[tuple[np.ndarray, dict, str]]:
             f"{str(p)!r}: metadata 'stride' is {stride!r}, not a whole number >= 1"
         )
     extra = {}
-    for key, ndims in (("pca", (3,)), ("similarity", (2,))):
+    #: stored layers and the array shapes they need (text_*: written by extract --text)
+    shapes = {
+        "pca": "(H, W, 3) colours",
+        "similarity": "(H, W)",
+        "text_similarity": "(N, H, W) heatmaps, one per prompt",
+        "text_labels": "(H, W) labels",
+    }
+    for key, ndims in (
+        ("pca", (3,)),
+        ("similarity", (2,)),
+        ("text_similarity", (3,)),
+        ("text_labels", (2,)),
+    ):
         arr = arrays.get(key)
         if arr is None:
             continue
@@ -97,7 +110,7 @@ def read_features(path: Any) -> list[tuple[np.ndarray, dict, str]]:
         ):
             raise FeatureFileError(
                 f"{str(p)!r}: the stored {key!r} layer is a {arr.dtype} array of shape "
-                f"{arr.shape}; expected " + ("(H, W, 3) colours" if key == "pca" else "(H, W)")
+                f"{arr.shape}; expected {shapes[key]}"
             )
         extra[key] = arr
     source = meta.get("source_layer")
@@ -131,7 +144,7 @@ def _check_planes(p: Path, arrays: dict, meta: dict) -> None:
             f"{shape!r}"
         )
     for key, arr in arrays.items():
-        if key in ("lowres", "highres", "pca", "similarity") and (
+        if key in ("lowres", "highres", "pca", "similarity", "text_similarity", "text_labels") and (
             arr.ndim < 1 or arr.shape[0] != len(planes)
         ):
             raise FeatureFileError(
