@@ -46,10 +46,20 @@ def backbone_tooltip(info: dict[str, Any]) -> str:
         f"{info['name']}: {info['description']}",
         f"{info['dim']}-d, stride {info['stride']} px; timm {info['timm_name']}",
         f"licence of the weights: {info['licence'] or 'see the model card'}",
-        "text queries: yes" if info.get("text_tower") else "text queries: no",
+        _text_line(info),
         learned_upsampler_text(info["name"]),
     ]
     return "\n".join(lines)
+
+
+def _text_line(info: dict[str, Any]) -> str:
+    from ..text import has_text_tower
+
+    if has_text_tower(info["name"]):
+        return "text queries: yes (Similarity > Text)"
+    if info.get("text_tower"):
+        return "text queries: not yet (its text tower is not wired in napari-featup)"
+    return "text queries: no"
 
 
 def normalise_custom(text: str) -> str:
