@@ -219,6 +219,21 @@ def vector_query(basis: Basis, vector: np.ndarray) -> CompactQuery:
 
 
 @torch.inference_mode()
+def vector_similarities(
+    field: CompactField, queries: Sequence[CompactQuery]
+) -> tuple[np.ndarray, list[float]]:
+    """(N, H, W) cosine maps of exact vector queries (:func:`vector_query`: unit norm)
+    from one pass over the coordinates (a GEMM), and each map's largest error."""
+    p = field.coeffs.shape[0]
+    coords = np.stack([q.coords for q in queries]).astype(np.float32)
+    qt = torch.as_tensor(coords, device=field.coeffs.device)
+    sims = (qt @ field.coeffs.view(p, -1)).view((len(queries),) + field.size).cpu().numpy()
+    sims *= field.inverse_norms()[None]
+    bounds = [0.0 if field.basis.exact else q.residual * field.max_residual for q in queries]
+    return sims, bounds
+
+
+@torch.inference_mode()
 def similarity(field: CompactField, query: CompactQuery | None) -> tuple[np.ndarray, float]:
     """Cosine similarity (H, W) of every pixel to ``query`` and the largest error it
     can have (0 when exact); zeros for no query."""

@@ -171,21 +171,24 @@ def test_stack_text_keeps_maps_of_unchanged_prompts(stack, encoder, monkeypatch)
     assert third.done == [set()]
 
 
-@pytest.mark.parametrize("use_norm", [False, True])
-def test_stack_text_answers_from_the_compact_field(encoder, use_norm, monkeypatch):
+@pytest.mark.parametrize(
+    "upsampler,use_norm", [("featup-jbu", False), ("featup-jbu", True), ("bilinear", False)]
+)
+def test_stack_text_answers_from_the_compact_field(encoder, upsampler, use_norm, monkeypatch):
     """A text query in the plugin costs a click: no upsampler pass once the plane's compact
     field exists, and with a basis smaller than the channels each map stays within the
-    error it records of the exact (materialised) cosine."""
+    error it records of the exact (materialised) cosine. Bilinear features, whose exact
+    projection is a resize, are answered exactly instead."""
     from napari_featup.compact import fit_basis
     from napari_featup.field import FeatureField
     from napari_featup.session import FeatureStack, PlaneGeometry
 
     rng = np.random.default_rng(4)
     img = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    extra = {"upsampler_weights": "random"} if upsampler == "featup-jbu" else {}
     res = nf.extract_features(
-        img, "clip", "featup-jbu", weights="random", device="cpu", use_norm=use_norm,
-        upsampler_weights="random",
-    )  # fmt: skip
+        img, "clip", upsampler, weights="random", device="cpu", use_norm=use_norm, **extra
+    )
     st = FeatureStack("cells", PlaneGeometry((), (48, 64), [1.0, 1.0], [0.0, 0.0]), {})
     st.add_planes({(): res}, basis=fit_basis([res.field.moment()], 8))
     st.compact(())  # made by the run's first click or text query
@@ -193,13 +196,17 @@ def test_stack_text_answers_from_the_compact_field(encoder, use_norm, monkeypatc
     def no_pass(*_, **__):
         raise AssertionError("the upsampler ran for a text query")
 
-    monkeypatch.setattr(FeatureField, "project", no_pass)
+    if upsampler == "featup-jbu":
+        monkeypatch.setattr(FeatureField, "project", no_pass)
     text = StackText.build(st, PROMPTS, encoder, "plain")
     maps = text.update(())
     q = query_vectors(text.embeddings, bool(res.metadata["use_norm"]))
     for i in range(3):
         bound = text.bounds[i][()]
         err = np.abs(maps[i] - cosine_similarity(res.highres, q[i])).max()
-        assert 0 < err <= bound + 1e-5, (err, bound)
+        if upsampler == "bilinear":
+            assert bound == 0.0 and err < 2e-5, err
+        else:
+            assert 0 < err <= bound + 1e-5, (err, bound)
         meta = text.layer_data(())[i][1]["metadata"]["napari_featup"]
         assert meta["similarity_error_bound"] == bound

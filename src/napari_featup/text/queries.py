@@ -5,10 +5,11 @@ clicked pixels. The library and the command line answer it exactly:
 ``FeatureField.query_similarity`` answers N prompts with one N-channel projection (for
 linear upsamplers a low-res projection upsampled with the cached kernels) over the
 per-pixel norms. The plugin (:class:`StackText`) answers it as it answers clicks, from
-the plane's compact field (:mod:`napari_featup.compact`): one GEMV per prompt whatever
-the upsampler, with the largest error it can have recorded per map (0 when the basis
-is complete; else the text vector's part outside the basis times the plane's largest
-relative residual).
+the plane's compact field (:mod:`napari_featup.compact`): one pass over its coordinates
+for all prompts whatever the upsampler, with the largest error it can have recorded per
+map (0 when the basis is complete; else the text vector's part outside the basis times
+the plane's largest relative residual); bilinear features, whose exact projection is a
+1-channel resize, are answered exactly.
 
 Features made with FeatUp's channel norm (``use_norm``) are centred per pixel, so their
 mean direction is gone; a text vector is centred the same way before the cosine
@@ -26,8 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..compact import similarity as compact_similarity
-from ..compact import vector_query
+from ..compact import vector_query, vector_similarities
 from ..errors import SettingsError
 from ..io import META_KEY
 from .encoder import TextEncoder, load_text_encoder
@@ -90,16 +90,17 @@ def stack_text_similarity(
     stack: Any, index: tuple[int, ...], embeddings: np.ndarray
 ) -> tuple[np.ndarray, list[float]]:
     """(N, H, W) cosine maps of plane ``index`` of a FeatureStack to N text embeddings,
-    from the plane's compact field (a click's cost per prompt), and each map's largest
-    possible error."""
+    and each map's largest possible error.
+
+    From the plane's compact field (one pass over its coordinates for all N, whatever
+    the upsampler), unless the upsampler's projection is as cheap (bilinear: a 1-channel
+    resize), which is then taken, exactly."""
+    result = stack.results[index]
+    if result.field is not None and getattr(result.field.upsampler, "cheap_projection", False):
+        return text_similarity(result, embeddings), [0.0] * len(embeddings)
     compact = stack.compact(index)
-    q = query_vectors(embeddings, bool(stack.results[index].metadata.get("use_norm")))
-    maps, bounds = [], []
-    for vec in q:
-        sims, bound = compact_similarity(compact, vector_query(compact.basis, vec))
-        maps.append(sims)
-        bounds.append(bound)
-    return np.stack(maps), bounds
+    q = query_vectors(embeddings, bool(result.metadata.get("use_norm")))
+    return vector_similarities(compact, [vector_query(compact.basis, v) for v in q])
 
 
 def text_record(
