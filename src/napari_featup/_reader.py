@@ -52,8 +52,9 @@ def get_reader(path: Any) -> Callable[[Any], list] | None:
 
 def read_features(path: Any) -> list[tuple[np.ndarray, dict, str]]:
     """Layers of a feature file: PCA colours (low-res and full-res, aligned with the
-    source layer's scale/translate when recorded), the similarity map when stored,
-    or the layers a File > Save wrote. Nothing is recomputed.
+    source layer's scale/translate when recorded), the similarity map and the text-query
+    heatmaps and label map (``extract --text``) when stored, or the layers a File > Save
+    wrote. Nothing is recomputed.
 
     A damaged file, or metadata that cannot place the layers, raises
     :class:`FeatureFileError` naming what is wrong (napari shows the message)."""
@@ -92,7 +93,19 @@ def read_features(path: Any) -> list[tuple[np.ndarray, dict, str]]:
             f"{str(p)!r}: metadata 'stride' is {stride!r}, not a whole number >= 1"
         )
     extra = {}
-    for key, ndims in (("pca", (3,)), ("similarity", (2,))):
+    #: stored layers and the array shapes they need (text_*: written by extract --text)
+    shapes = {
+        "pca": "(H, W, 3) colours",
+        "similarity": "(H, W)",
+        "text_similarity": "(N, H, W) heatmaps, one per prompt",
+        "text_labels": "(H, W) labels",
+    }
+    for key, ndims in (
+        ("pca", (3,)),
+        ("similarity", (2,)),
+        ("text_similarity", (3,)),
+        ("text_labels", (2,)),
+    ):
         arr = arrays.get(key)
         if arr is None:
             continue
@@ -105,7 +118,7 @@ def read_features(path: Any) -> list[tuple[np.ndarray, dict, str]]:
         ):
             raise FeatureFileError(
                 f"{str(p)!r}: the stored {key!r} layer is a {arr.dtype} array of shape "
-                f"{arr.shape}; expected " + ("(H, W, 3) colours" if key == "pca" else "(H, W)")
+                f"{arr.shape}; expected {shapes[key]}"
             )
         extra[key] = arr
     source = meta.get("source_layer")

@@ -114,7 +114,7 @@ class FeatUpWidget(QWidget):
             for name in names.split():
                 setattr(self, name, getattr(getattr(self, panel), name))
         self.text_panel = TextPanel(  # the Text row of the Similarity section
-            self.viewer, self._current, self.notify_error, self.backbone_combo.currentText
+            self.viewer, self._current, self.notify_error, self.settings_panel.backbone
         )
         self.similarity_panel.layout().addWidget(self.text_panel)
         self.backbone_combo.currentIndexChanged.connect(self.text_panel.update_state)

@@ -23,10 +23,11 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..backbones import get_spec, list_backbones
+from ..backbones import get_spec
 from ..session.geometry import layer_shape
 from ..session.request import DOWNSAMPLES, RunSettings, options_hint
 from ..upsamplers import describe_upsamplers, upsampler_info, upsampler_options
+from .backbone_picker import BackbonePicker
 from .train_widget import attach_recent_menu
 
 WEIGHTS = {
@@ -140,10 +141,14 @@ class SettingsPanel(QObject):
         self.image_combo.setToolTip("Image layer to compute features of")
         form.addRow("Image", self.image_combo)
 
-        names = list_backbones()
-        self.backbone_combo = _combo(names, {n: get_spec(n).description for n in names})
-        self.backbone_combo.setCurrentText(defaults.backbone)
+        # grouped: FeatUp's six, modern, a custom timm / hf-hub name typed below
+        self.backbone_combo = _combo([])
+        self.backbone_picker = BackbonePicker(self.backbone_combo, self)
+        self.backbone_custom = self.backbone_picker.custom_edit
         form.addRow("Backbone", self.backbone_combo)
+        form.addRow("", self.backbone_custom)
+        form.addRow(self.backbone_picker.message)
+        self.backbone_picker.set_name(defaults.backbone)
 
         self.weights_combo = _combo(WEIGHTS)
         self.weights_combo.setToolTip("The backbone's weights")
@@ -263,7 +268,6 @@ class SettingsPanel(QObject):
             self.channel_axis_combo,
             self.upsampler_combo,
             self.upsampler_weights_combo,
-            self.backbone_combo,
             self.device_combo,
             self.slices_combo,
             self.scale_combo,
@@ -271,12 +275,13 @@ class SettingsPanel(QObject):
         ):
             combo.currentIndexChanged.connect(self.changed)
         self.upsampler_options.editingFinished.connect(self.changed)
+        self.backbone_picker.changed.connect(self.changed)
 
     # -------------------------------------------------------------- the model
     def run_settings(self) -> RunSettings:
         """The settings as shown (text fields as typed, not yet parsed)."""
         return RunSettings(
-            backbone=self.backbone_combo.currentText(),
+            backbone=self.backbone(),
             upsampler=self.upsampler_combo.currentText(),
             upsampler_weights=self.upsampler_weights.text(),
             upsampler_weights_source=self.upsampler_weights_combo.currentData(),
@@ -293,6 +298,10 @@ class SettingsPanel(QObject):
             downsample=float(self.scale_combo.currentData()),
             tiles=self.tiles_combo.currentData(),
         )
+
+    def backbone(self) -> str:
+        """The chosen backbone's name (a custom ``timm:`` name as typed, normalised)."""
+        return self.backbone_picker.name()
 
     def channel_axis(self) -> int | None:
         """The axis chosen under Channel axis (None: no channel axis)."""
@@ -349,9 +358,7 @@ class SettingsPanel(QObject):
         stack = ndim_lead - (1 if self.channel_axis() is not None else 0) > 0
         for w in (self.slices_label, self.slices_combo, self.follow_slider):
             w.setVisible(stack)
-        self.scale_info.setText(
-            scale_text(self.backbone_combo.currentText(), self.scale_combo.currentData(), layer)
-        )
+        self.scale_info.setText(scale_text(self.backbone(), self.scale_combo.currentData(), layer))
 
     def _upsampler_changed(self, *_: Any) -> None:
         # each upsampler keeps the options typed for it; its defaults show greyed

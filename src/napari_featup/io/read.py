@@ -435,7 +435,7 @@ def check_planes(p: str | os.PathLike, arrays: dict, meta: dict) -> None:
             f"{shape!r}"
         )
     for key, arr in arrays.items():
-        if key in ("lowres", "highres", "pca", "similarity") and (
+        if key in ("lowres", "highres", "pca", "similarity", "text_similarity", "text_labels") and (
             arr.ndim < 1 or arr.shape[0] != len(planes)
         ):
             raise FeatureFileError(

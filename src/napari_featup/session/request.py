@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..backbones import get_spec
-from ..errors import SettingsError
+from ..backbones import get_spec, is_backbone_name
+from ..errors import BackboneError, SettingsError, WeightsUnavailableError
 from ..upsamplers import UpsamplerError, parse_options, upsampler_options
 from .geometry import Index, PlaneGeometry, current_plane, image_geometry
 from .large import use_large_path
@@ -71,6 +71,18 @@ class RunSettings:
         """The settings as :func:`~napari_featup.pipeline.iter_extract` keywords
         (without the image-specific contrast limits); SettingsError when one cannot
         be used."""
+        backbone = self.backbone.strip()
+        if not backbone:
+            raise SettingsError(
+                "Backbone: a custom name is chosen but none is typed. What to do: type "
+                "timm:<model name> or hf-hub:<repository> below Backbone, or choose a "
+                "listed backbone."
+            )
+        if not is_backbone_name(backbone):
+            raise SettingsError(
+                f"Backbone: {backbone!r} is not a backbone name. What to do: choose a listed "
+                "backbone, or type timm:<model name> (any timm model) or hf-hub:<repository>."
+            )
         if self.weights not in WEIGHTS:
             raise SettingsError(f"weights must be one of {WEIGHTS}, got {self.weights!r}")
         weights = self.weights
@@ -82,7 +94,7 @@ class RunSettings:
                     "… and pick a weights file, or choose pretrained or random weights."
                 )
         out: dict[str, Any] = dict(
-            backbone=self.backbone,
+            backbone=backbone,
             upsampler=self.upsampler,
             weights=weights,
             device=self.device,
@@ -213,7 +225,13 @@ def plan_run(
         raise SettingsError(no_image_message(labels_name))
     extract = settings.extract_kwargs()
     geometry = image_geometry(layer, settings.channel_axis)
-    spec = get_spec(extract["backbone"])
+    try:  # a custom timm: name is resolved here (its model built on the meta device)
+        spec = get_spec(extract["backbone"])
+    except (BackboneError, WeightsUnavailableError) as exc:
+        raise SettingsError(
+            f"Backbone: {exc}. What to do: check the name (timm.list_models() lists timm's "
+            "models), or choose a listed backbone."
+        ) from exc
     h, w = geometry.size
     if h < spec.stride or w < spec.stride:
         raise SettingsError(

@@ -49,6 +49,10 @@ class TowerSpec:
 _OPENAI_B16 = TowerSpec(
     "ViT-B-16", "openai", True, "OpenAI CLIP ViT-B/16 text transformer (open_clip, QuickGELU)"
 )
+#: open_clip's model with the image tower of ``siglip2-b`` (timm
+#: ``vit_base_patch16_siglip_224``, MAP head), pretrained tag ``webli`` in the Hugging Face
+#: repository ``timm/ViT-B-16-SigLIP2``; not wired (see tower_spec)
+SIGLIP2_OPEN_CLIP = "ViT-B-16-SigLIP2"
 #: backbones whose text tower napari-featup loads (the image tower's twin)
 TEXT_TOWERS: dict[str, TowerSpec] = {"clip": _OPENAI_B16, "maskclip": _OPENAI_B16}
 
@@ -76,9 +80,10 @@ def tower_spec(backbone: str) -> TowerSpec:
     supported = ", ".join(text_backbones())
     if getattr(spec, "text_tower", False):  # its published model has one we do not load
         why = (
-            " (SigLIP aligns text with its attention-pooled image embedding, not with the "
-            "patch tokens this backbone outputs, and its Gemma tokenizer is not shipped "
-            "offline)"
+            f" (its twin is open_clip's {SIGLIP2_OPEN_CLIP}, whose text transformer builds "
+            "offline, but whose Gemma tokenizer needs `transformers` and files from the "
+            "Hugging Face Hub; and SigLIP aligns text with its attention-pooled image "
+            "embedding, not with the patch tokens this backbone outputs)"
             if "siglip" in spec.name or "siglip" in spec.timm_name
             else ""
         )

@@ -110,11 +110,14 @@ class Upsampler(nn.Module):
     #: ``linear`` -- channel-linear, with reusable :meth:`kernels`;
     #: ``tileable`` -- :meth:`upsample` evaluates a band of rows exactly (own halo);
     #: ``fits_per_image`` -- :meth:`iter_fit` does real work before upsampling;
-    #: ``factored`` -- :meth:`factors` gives fewer per-pixel factors than channels.
+    #: ``factored`` -- :meth:`factors` gives fewer per-pixel factors than channels;
+    #: ``cheap_projection`` -- a 1-channel projection through the kernels costs no more
+    #: than a compact-field query (bilinear: one resize), so text queries take it exactly.
     linear: ClassVar[bool] = False
     tileable: ClassVar[bool] = False
     fits_per_image: ClassVar[bool] = False
     factored: ClassVar[bool] = False
+    cheap_projection: ClassVar[bool] = False
     use_norm: bool = False
 
     @classmethod
