@@ -4,7 +4,8 @@ Each (backbone, size) runs in a fresh subprocess so peak memory is its own:
 "peak +MB" is the process's peak RSS (VmHWM) minus its RSS just before the first
 forward, i.e. the extra memory the forward needs on top of the loaded model ("model MB"
 is the RSS the built model added). On CUDA it is torch's peak allocated memory during
-the forwards instead. Time is the median of --repeat forwards after one warm-up.
+the forwards instead. Time is the median of --repeat forwards after one warm-up;
+"load" is the 1-minute load average when the row finished (other jobs slow it).
 RANDOM weights (no downloads here); timings do not depend on weight values.
 
     python benchmarks/bench_backbones.py [--sizes 224 448 896] [--backbones dinov2 ...]
@@ -95,7 +96,7 @@ def main() -> None:
     wn = max(18, *(len(n) for n in names))
     print(
         f"{'backbone':<{wn}} {'size':>5} {'grid':>7} {'dim':>5} {'build s':>8} {'model MB':>9} "
-        f"{'median s':>9} {mem:>9}"
+        f"{'median s':>9} {mem:>9} {'load':>5}"
     )
     for name in names:
         for size in a.sizes:
@@ -111,7 +112,8 @@ def main() -> None:
             grid = "x".join(map(str, r["grid"]))
             print(
                 f"{name:<{wn}} {size:>5} {grid:>7} {r['dim']:>5} {r['build_s']:>8.1f} "
-                f"{r['model_mb']:>9.0f} {r['median_s']:>9.3f} {r['peak_extra_mb']:>9.0f}",
+                f"{r['model_mb']:>9.0f} {r['median_s']:>9.3f} {r['peak_extra_mb']:>9.0f} "
+                f"{os.getloadavg()[0]:>5.1f}",
                 flush=True,
             )
 

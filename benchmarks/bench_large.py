@@ -26,6 +26,7 @@ visible chunk) and a whole overview level, from the stored grid.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -200,6 +201,12 @@ def main() -> None:
     ap.add_argument("--no-cancel", action="store_true")
     ap.add_argument("--zarr", action="store_true", help="read the image lazily from zarr")
     ap.add_argument("--downsample", type=float, default=None)
+    ap.add_argument(
+        "--workdir",
+        default=None,
+        help="keep the zarr image and the stores here (bench_view_large.py opens them); "
+        "default: a temporary folder, removed after",
+    )
     ap.add_argument("--worker", default=None)
     args = ap.parse_args()
     if args.worker:
@@ -209,7 +216,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     print(header(f"bench_large: {args.size}^2 uint16 grey, dinov2 native tiles"))
-    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+    keep = contextlib.nullcontext(args.workdir) if args.workdir else None
+    with keep or tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+        Path(tmp).mkdir(parents=True, exist_ok=True)
         base = {"size": args.size, "threads": args.threads, "downsample": args.downsample}
         if args.zarr:
             t = time.perf_counter()

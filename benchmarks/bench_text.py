@@ -18,8 +18,13 @@
    "median" over ``--repeat`` later ones. Target: median < 50 ms. Also printed: the
    time to encode one prompt with 85 templates (the worker's part), and a click on the
    same features (``FeatureStack.set_query`` + ``update_similarity``, what
-   bench_interaction times) for comparison. On a CPU other jobs load, ``--threads 1``
-   gives steadier (and there, faster) figures than oversubscribed threads.
+   bench_interaction times) for comparison. Both answer from the plane's compact
+   field, so each row also gives the compact basis rank, the largest error of the
+   3 maps against the exact cosine (``FeatureField.query_similarity``, one projection
+   through the upsampler: the library's and the CLI's path, timed as "exact_ms"), the
+   error bound the maps record, and the maps' value range for scale. On a CPU other
+   jobs load, ``--threads 1`` gives steadier (and there, faster) figures than
+   oversubscribed threads.
 
 Usage: python benchmarks/bench_text.py [--clip-pt FILE] [--skip-exactness]
        [--skip-timing] [--upsamplers NAME ...] [--size 1024] [--repeat 10] [--threads N]
@@ -51,7 +56,10 @@ SENTENCES = [
     " ".join(["very"] * 90) + " long",
 ]
 #: a few fit steps for the fitted upsamplers: a query's cost does not depend on them
-FIT_OPTIONS = {"guided-fit": {"steps": 5}, "featup-implicit": {"steps": 5}}
+FIT_OPTIONS = {
+    "guided-fit": {"steps": 5},
+    "featup-implicit": {"settings": "preview", "steps": 3, "views": 8},
+}
 
 
 def _fixture_file(out_dir: str) -> str:
@@ -115,7 +123,7 @@ def _features(size: int, upsampler: str):
         raise out.error
     t_run = time.perf_counter() - t0
     stack = FeatureStack("bench", PlaneGeometry((), (size, size), [1.0, 1.0], [0.0, 0.0]), {})
-    stack.add_planes(out.results, out.pca, out.colours)
+    stack.add_planes(out.results, out.pca, out.colours, out.basis)  # as the dock does
     return stack, t_run
 
 
@@ -149,6 +157,22 @@ def enter_to_heatmap(upsampler: str, size: int, repeat: int, encoder) -> dict:
         stack.update_similarity(())
 
     row["click_median_ms"] = round(1000 * timed(click, repeat=repeat, warmup=1)["median_s"], 1)
+    # the compact answer against the exact one (the library's path: one projection
+    # through the upsampler), and what that exact path costs per prompt
+    from napari_featup.text import query_vectors
+
+    text = StackText.build(stack, PROMPTS, encoder, "maskclip")
+    maps = text.update(())
+    res = stack.results[()]
+    q = query_vectors(text.embeddings, bool(res.metadata.get("use_norm")))
+    t0 = time.perf_counter()
+    exact = res.field.query_similarity(q[:1])
+    row["exact_ms_1_prompt"] = round(1000 * (time.perf_counter() - t0), 1)
+    exact = np.concatenate([exact, res.field.query_similarity(q[1:])])
+    row["basis_rank"] = stack.basis.rank
+    row["max_abs_err"] = float(f"{np.abs(maps - exact).max():.2e}")
+    row["error_bound"] = float(f"{max(max(b.values()) for b in text.bounds):.2e}")
+    row["map_range"] = float(f"{float(exact.max() - exact.min()):.3f}")
     return row
 
 

@@ -97,6 +97,16 @@ def test_list(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "maskclip" in out and "bilinear" in out
+    lines = out.splitlines()
+    featup, modern = lines.index(" FeatUp's six:"), lines.index(" modern:")
+    from napari_featup import list_backbones
+
+    assert featup < modern and lines[modern + 1].split()[0] == list_backbones("modern")[0]
+    row = {ln.split()[0]: ln for ln in lines if ln.startswith("  ")}
+    assert "jbu norm+no_norm" in row["dinov2"] and "jbu no_norm " in row["maskclip"]
+    assert "jbu - " in row["dinov3-s"] and "(text queries)" in row["clip"]
+    assert "text" not in row["siglip2-b"].split("stride")[1].split("SigLIP")[0]
+    assert any(ln.startswith(" custom: timm:<model name>") for ln in lines)
 
 
 def test_offline_pretrained_exit_code(tmp_path, images):

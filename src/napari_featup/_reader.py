@@ -12,7 +12,15 @@ import numpy as np
 from ._reader_associations import associate_feature_files
 from .analysis import PCAProjection
 from .errors import FeatureFileError
-from .io import FEATUP_SUFFIX, FORMATS, META_KEY, feature_arrays, load_arrays, read_metadata
+from .io import (
+    FEATUP_SUFFIX,
+    FORMATS,
+    META_KEY,
+    check_planes,
+    feature_arrays,
+    load_arrays,
+    read_metadata,
+)
 from .session.layer_data import result_layer_data
 
 
@@ -44,8 +52,9 @@ def get_reader(path: Any) -> Callable[[Any], list] | None:
 
 def read_features(path: Any) -> list[tuple[np.ndarray, dict, str]]:
     """Layers of a feature file: PCA colours (low-res and full-res, aligned with the
-    source layer's scale/translate when recorded), the similarity map when stored,
-    or the layers a File > Save wrote. Nothing is recomputed.
+    source layer's scale/translate when recorded), the similarity map and the text-query
+    heatmaps and label map (``extract --text``) when stored, or the layers a File > Save
+    wrote. Nothing is recomputed.
 
     A damaged file, or metadata that cannot place the layers, raises
     :class:`FeatureFileError` naming what is wrong (napari shows the message)."""
@@ -63,7 +72,7 @@ def read_features(path: Any) -> list[tuple[np.ndarray, dict, str]]:
         return _saved_layers(p, arrays, meta["layers"])
     stacked = meta.get("plane_index") is not None  # a stack's export: a leading plane axis
     if stacked:
-        _check_planes(p, arrays, meta)
+        check_planes(p, arrays, meta)
         plane0 = {k: v[0] for k, v in arrays.items() if k in ("lowres", "highres")}
         _, _, pca = feature_arrays(p, plane0, meta)  # each plane checked as one file's
         lowres, highres = arrays.get("lowres"), arrays.get("highres")
@@ -84,7 +93,19 @@ def read_features(path: Any) -> list[tuple[np.ndarray, dict, str]]:
             f"{str(p)!r}: metadata 'stride' is {stride!r}, not a whole number >= 1"
         )
     extra = {}
-    for key, ndims in (("pca", (3,)), ("similarity", (2,))):
+    #: stored layers and the array shapes they need (text_*: written by extract --text)
+    shapes = {
+        "pca": "(H, W, 3) colours",
+        "similarity": "(H, W)",
+        "text_similarity": "(N, H, W) heatmaps, one per prompt",
+        "text_labels": "(H, W) labels",
+    }
+    for key, ndims in (
+        ("pca", (3,)),
+        ("similarity", (2,)),
+        ("text_similarity", (3,)),
+        ("text_labels", (2,)),
+    ):
         arr = arrays.get(key)
         if arr is None:
             continue
@@ -97,47 +118,12 @@ def read_features(path: Any) -> list[tuple[np.ndarray, dict, str]]:
         ):
             raise FeatureFileError(
                 f"{str(p)!r}: the stored {key!r} layer is a {arr.dtype} array of shape "
-                f"{arr.shape}; expected " + ("(H, W, 3) colours" if key == "pca" else "(H, W)")
+                f"{arr.shape}; expected {shapes[key]}"
             )
         extra[key] = arr
     source = meta.get("source_layer")
     name = source if isinstance(source, str) and source else p.stem.removesuffix(FEATUP_SUFFIX)
     return result_layer_data(lowres, meta, pca, name, highres=highres, extra=extra)
-
-
-def _check_planes(p: Path, arrays: dict, meta: dict) -> None:
-    """A stack's export: ``plane_index`` lists one index into ``stack_shape`` per entry
-    of every array's first axis."""
-    planes, shape = meta.get("plane_index"), meta.get("stack_shape")
-    ok = (
-        isinstance(shape, list)
-        and len(shape) >= 1
-        and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
-        and isinstance(planes, list)
-        and len(planes) >= 1
-        and all(
-            isinstance(i, list)
-            and len(i) == len(shape)
-            and all(
-                isinstance(v, int) and not isinstance(v, bool) and 0 <= v < n
-                for v, n in zip(i, shape)
-            )
-            for i in planes
-        )
-    )
-    if not ok:
-        raise FeatureFileError(
-            f"{str(p)!r}: metadata 'plane_index' {planes!r} does not index a stack of shape "
-            f"{shape!r}"
-        )
-    for key, arr in arrays.items():
-        if key in ("lowres", "highres", "pca", "similarity") and (
-            arr.ndim < 1 or arr.shape[0] != len(planes)
-        ):
-            raise FeatureFileError(
-                f"{str(p)!r}: {key!r} has shape {arr.shape}; its first axis should hold the "
-                f"{len(planes)} planes of 'plane_index'"
-            )
 
 
 def _three_components(pca: PCAProjection) -> PCAProjection:

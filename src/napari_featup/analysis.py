@@ -17,8 +17,16 @@ import numpy as np
 class PCAProjection:
     """A fitted projection of C-d features to K components, with colour limits.
 
-    ``components`` (K, C), ``mean`` (C,), ``low``/``high`` (K,) map each component to
-    [0, 1] for display, ``explained_variance_ratio`` (K,).
+    Parameters
+    ----------
+    components : numpy.ndarray
+        (K, C) unit principal directions.
+    mean : numpy.ndarray
+        (C,) mean feature.
+    low, high : numpy.ndarray
+        (K,) projection values mapped to 0 and 1 for display.
+    explained_variance_ratio : numpy.ndarray
+        (K,) share of the variance along each component.
     """
 
     components: np.ndarray
@@ -80,9 +88,23 @@ def fit_pca(
 ) -> PCAProjection:
     """Fit a PCA to (C, h, w) or (N, C) features.
 
-    At most ``max_samples`` feature vectors (chosen at random with ``seed``) are used
-    for the fit; colour limits are ``percentiles`` of the fitted samples' projections,
-    robust to a few extreme pixels.
+    Parameters
+    ----------
+    features : numpy.ndarray
+        (C, h, w) map or (N, C) feature vectors.
+    n_components : int
+        K components kept (padded with zero components when C < K).
+    max_samples : int
+        At most this many feature vectors, chosen at random with ``seed``, are fitted.
+    percentiles : tuple of float
+        Colour limits: these percentiles of the fitted samples' projections (robust to a
+        few extreme pixels).
+    seed : int
+        Seed of the sample choice.
+
+    Returns
+    -------
+    PCAProjection
     """
     from sklearn.decomposition import PCA
 
@@ -137,10 +159,22 @@ def fit_pca(
 
 
 def make_query(positives: np.ndarray, negatives: np.ndarray | None = None) -> np.ndarray:
-    """A query direction from (N, C) positive and optional (M, C) negative features.
+    """A query direction from positive and optional negative features.
 
     Each feature is unit-normalised; the query is the mean positive direction minus
     the mean negative one, so negatives push their look-alikes down the similarity.
+
+    Parameters
+    ----------
+    positives : numpy.ndarray
+        (N, C) features of the clicked points.
+    negatives : numpy.ndarray, optional
+        (M, C) features of points to push down.
+
+    Returns
+    -------
+    numpy.ndarray
+        (C,) float32 query.
     """
     pos = _unit(np.atleast_2d(np.asarray(positives, dtype=np.float32)))
     if pos.shape[0] == 0:
@@ -176,10 +210,21 @@ def cosine_from_dots(dots: np.ndarray, norms: np.ndarray) -> np.ndarray:
 def cosine_similarity(
     features: np.ndarray, query: np.ndarray, norms: np.ndarray | None = None
 ) -> np.ndarray:
-    """Cosine similarity of every pixel of (C, ...) features to a (C,) query -> (...).
+    """Cosine similarity of every pixel of (C, ...) features to a (C,) query.
 
-    ``norms`` (the per-pixel feature norms, shape (...)) may be passed when known.
-    Pixels with zero features (and a zero query) get similarity 0.
+    Parameters
+    ----------
+    features : numpy.ndarray
+        (C, ...) features, channels first.
+    query : numpy.ndarray
+        (C,) query direction (need not be unit length).
+    norms : numpy.ndarray, optional
+        (...) per-pixel feature norms, when already known.
+
+    Returns
+    -------
+    numpy.ndarray
+        (...) float32 similarity in [-1, 1]; 0 where a feature (or the query) is zero.
     """
     features = np.asarray(features, dtype=np.float32)
     q = np.asarray(query, dtype=np.float32).ravel()

@@ -218,7 +218,49 @@ def iter_extract_many(
     overwrite: bool = False,
     **kwargs: Any,
 ) -> Generator[Progress, None, FeatureStore]:
-    """Generator version of :func:`extract_many` (same arguments)."""
+    """Extract features of many images into one zarr store, as a generator of
+    :class:`~napari_featup.progress.Progress` events.
+
+    Each image is written atomically under a signature of its input, model, scale and
+    version: images already stored with a current signature are skipped, so a killed
+    run resumes where it stopped.
+
+    Parameters
+    ----------
+    inputs : path, array, list or dict
+        A path, folder, glob, array, a list of them, or a dict name -> array; stacks
+        (leading axes, or OME-Zarr ``t``/``z`` axes) are batches over their planes.
+    store : str or os.PathLike
+        The store's folder (created when missing).
+    settings : ExtractSettings, optional
+        What to compute; or give its fields as keywords.
+    workers : int, optional
+        Run on a local dask cluster of this many processes.
+    scheduler : str or distributed.Client, optional
+        A running cluster's address or client (workers must see the store's folder).
+    threads_per_worker : int
+        Torch threads per worker process.
+    threads : int, optional
+        Torch threads of a serial run (None: torch's default).
+    overwrite : bool
+        Recompute images whose signature is current.
+    **kwargs
+        :class:`~napari_featup.to_store.ExtractSettings` fields.
+
+    Yields
+    ------
+    Progress
+
+    Returns
+    -------
+    FeatureStore
+        The store; its ``report`` says what was computed, skipped and failed.
+
+    Raises
+    ------
+    BatchError
+        After the run, when any image failed (the others are stored).
+    """
     t0 = time.perf_counter()
     settings = settings or ExtractSettings(**kwargs)
     fs = FeatureStore(store, mode="a")
@@ -341,14 +383,31 @@ def extract_many(
 ) -> FeatureStore:
     """Extract features of many images into one zarr store; returns the store.
 
-    ``inputs``: a path, folder, glob, array, a list of them, or a dict name -> array;
-    stacks (leading axes, or OME-Zarr ``t``/``z`` axes) are batches over their planes.
-    ``settings`` (an :class:`~napari_featup.to_store.ExtractSettings`) or its fields as
-    keywords (``backbone``, ``upsampler``, ``weights``, ``downsample``, ``tile_size``,
-    ``pca``, ...). ``workers=N``: a local dask cluster of N processes with
-    ``threads_per_worker`` threads each; ``scheduler``: the address (or Client) of a
-    running cluster (workers must see the store's folder). ``overwrite``: recompute
-    images whose signature is current. The store's ``report`` says what was computed,
-    skipped and failed; :class:`BatchError` is raised after the run when any failed.
+    Parameters
+    ----------
+    inputs : path, array, list or dict
+        As :func:`iter_extract_many`.
+    store : str or os.PathLike
+        The store's folder.
+    settings : ExtractSettings, optional
+        What to compute; or give its fields as keywords.
+    progress : callable, optional
+        Called with each :class:`~napari_featup.progress.Progress`.
+    should_cancel : callable, optional
+        Polled at every step; True stops the run (stored images are kept).
+    **kwargs
+        :func:`iter_extract_many`'s keywords (``workers``, ``scheduler``,
+        ``overwrite``, ...) and :class:`~napari_featup.to_store.ExtractSettings` fields.
+
+    Returns
+    -------
+    FeatureStore
+
+    Raises
+    ------
+    BatchError
+        After the run, when any image failed.
+    Cancelled
+        ``should_cancel`` returned True.
     """
     return drive(iter_extract_many(inputs, store, settings, **kwargs), progress, should_cancel)

@@ -217,13 +217,21 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from .backbones import get_spec, list_backbones
+    from .backbones import describe_backbones
+    from .text import has_text_tower
     from .upsamplers import describe_upsamplers, upsampler_options
 
-    print("backbones:")
-    for name in list_backbones():
-        s = get_spec(name)
-        print(f"  {name:<11} {s.dim:>5}-d  stride {s.stride:<3} {s.description}")
+    infos = describe_backbones()
+    wn = max(map(len, infos))
+    print("backbones (jbu: the FeatUp JBU stacks published for it; '-': train your own):")
+    for group, title in (("featup", "FeatUp's six"), ("modern", "modern")):
+        print(f" {title}:")
+        for name, i in ((n, i) for n, i in infos.items() if i["group"] == group):
+            jbu = "+".join("norm" if v else "no_norm" for v in i["featup_jbu"]) or "-"
+            text = " (text queries)" if has_text_tower(name) else ""
+            print(f"  {name:<{wn}} {i['dim']:>5}-d  stride {i['stride']:<3} jbu {jbu:<13}", end="")
+            print(f"{i['description']}{text}")
+    print(" custom: timm:<model name> or timm:hf-hub:<repository>: any timm model (jbu -)")
     print("upsamplers:")
     for name, desc in describe_upsamplers().items():
         print(f"  {name:<16} {desc}")

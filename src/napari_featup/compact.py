@@ -199,6 +199,40 @@ def make_compact_query(
     return CompactQuery(coords.astype(np.float32), est, low, high, float(e_q))
 
 
+def vector_query(basis: Basis, vector: np.ndarray) -> CompactQuery:
+    """A query given as a (C,) vector (a text embedding) in ``basis``.
+
+    Unlike a click's, the vector is known exactly: its coordinates are B^T q / |q| and
+    its part outside the basis has norm exactly sqrt(1 - |B^T q|^2 / |q|^2), so the map's
+    error is at most that times the plane's largest relative residual.
+    """
+    q = np.asarray(vector, np.float64).ravel()
+    if q.shape[0] != basis.channels:
+        raise ValueError(f"a {q.shape[0]}-d query for {basis.channels}-d features")
+    n = float(np.linalg.norm(q))
+    if n == 0:
+        return CompactQuery(np.zeros(basis.rank, np.float32), 0.0, 0.0, 0.0, 0.0)
+    q = q / n
+    coords = q if basis.exact else basis.matrix.T.astype(np.float64) @ q
+    outside = 0.0 if basis.exact else math.sqrt(max(0.0, 1.0 - float(coords @ coords)))
+    return CompactQuery(coords.astype(np.float32), 1.0, 1.0, 1.0, outside)
+
+
+@torch.inference_mode()
+def vector_similarities(
+    field: CompactField, queries: Sequence[CompactQuery]
+) -> tuple[np.ndarray, list[float]]:
+    """(N, H, W) cosine maps of exact vector queries (:func:`vector_query`: unit norm)
+    from one pass over the coordinates (a GEMM), and each map's largest error."""
+    p = field.coeffs.shape[0]
+    coords = np.stack([q.coords for q in queries]).astype(np.float32)
+    qt = torch.as_tensor(coords, device=field.coeffs.device)
+    sims = (qt @ field.coeffs.view(p, -1)).view((len(queries),) + field.size).cpu().numpy()
+    sims *= field.inverse_norms()[None]
+    bounds = [0.0 if field.basis.exact else q.residual * field.max_residual for q in queries]
+    return sims, bounds
+
+
 @torch.inference_mode()
 def similarity(field: CompactField, query: CompactQuery | None) -> tuple[np.ndarray, float]:
     """Cosine similarity (H, W) of every pixel to ``query`` and the largest error it

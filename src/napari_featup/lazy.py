@@ -25,7 +25,7 @@ import torch
 
 from .analysis import PCAProjection, cosine_from_dots, unit_queries
 from .field import FeatureField
-from .ops import channel_norm, resize_bilinear
+from .ops import channel_norm, linear_taps, resize_bilinear
 from .source import Prepared
 from .upsamplers import Upsampler
 
@@ -38,6 +38,11 @@ HALO_CELLS = {"bilinear": 2, "featup-jbu": 6}
 IMAGE_BLIND = {"bilinear"}
 #: reach assumed for a linear upsampler that declares none and has no ``radius``
 DEFAULT_HALO = 16
+#: computed chunks of :meth:`LazyField.to_dask` arrays kept for reuse (napari asks for
+#: every visible chunk again at each pan; dask keeps nothing between computes)
+CHUNK_CACHE_BYTES = 256 << 20
+#: :meth:`LazyField.pyramid` adds coarser levels until the image fits in this many px
+OVERVIEW_PX = 1024
 
 
 def blockwise(up: Upsampler) -> bool:
@@ -60,14 +65,30 @@ def halo_cells(up: Upsampler) -> int:
 class LazyField:
     """PCA colours, similarity and features of any pixel block of one image.
 
-    ``lowres``: (C, h, w) array-like (numpy, zarr, dask; any float dtype), already
-    channel-normed when the upsampler uses the norm. ``prepared``: the image and its
-    intensity mapping; ``pixels_per_patch``: image px per cell. ``size``: the image
-    (H, W) (default: the source's). Blocks are in image pixels, rows ``[r0, r1)`` x
-    cols ``[c0, c1)``. The last ``cache_blocks`` blocks keep their crops and kernels
-    (clicks on a shown block are then one small upsample); ``reuse_kernels=False`` asks
-    upsamplers that can not to keep their kernels within a block (a block computed once,
-    e.g. when writing colours, then needs a fraction of the memory).
+    Blocks are in image pixels, rows ``[r0, r1)`` x cols ``[c0, c1)``; the last
+    ``cache_blocks`` blocks keep their crops and kernels, so a click on a shown block
+    is one small upsample.
+
+    Parameters
+    ----------
+    lowres : array-like
+        (C, h, w) features (numpy, zarr or dask; any float dtype), already channel-normed
+        when the upsampler uses the norm.
+    prepared : Prepared
+        The image and its intensity mapping (the upsampler's guidance).
+    upsampler : Upsampler
+        Lifts a block's cells to its pixels.
+    pixels_per_patch : int
+        Image pixels per feature cell.
+    device : str or torch.device
+        Where blocks are computed.
+    halo : int or None
+        Cells of context around a block (None: the upsampler's own halo).
+    cache_blocks : int
+        Blocks kept with their crops and kernels.
+    reuse_kernels : bool
+        False asks upsamplers that can not to keep their kernels within a block (a block
+        computed once, e.g. when writing colours, then needs a fraction of the memory).
     """
 
     def __init__(
@@ -100,6 +121,8 @@ class LazyField:
         self._cache_blocks = int(cache_blocks)
         self._reuse = bool(reuse_kernels)
         self._lock = threading.Lock()
+        self._chunks: OrderedDict[tuple, np.ndarray] = OrderedDict()  # computed dask chunks
+        self._chunk_bytes = 0
 
     @classmethod
     def from_field(cls, field: FeatureField, pixels_per_patch: int, **kwargs) -> LazyField:
@@ -185,9 +208,24 @@ class LazyField:
     def similarity(self, query: np.ndarray, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         """(r, c) cosine similarity of the block's pixels to a (C,) query."""
         q = unit_queries(query, self.channels)
-        feats = self.features(r0, r1, c0, c1)
-        dots = np.tensordot(q[0], feats, axes=(0, 0))
-        return cosine_from_dots(dots, np.linalg.norm(feats, axis=0))
+        self._check(r0, r1, c0, c1)
+        f, (y, x) = self.field(r0, r1, c0, c1)
+        if self.upsampler.name == "bilinear":  # 4 taps: from the grid's 2 x 2 Gram maps
+            qt = torch.from_numpy(q[0]).to(f.lowres.device)
+            return bilinear_cosine(
+                f.lowres[0], qt, f.size, slice(r0 - y, r1 - y), slice(c0 - x, c1 - x)
+            )
+        out = np.empty((r1 - r0, c1 - c0), np.float32)
+        # rows in bands, so a 512 px chunk of 384 channels holds ~64 MB, not 400 MB
+        band = max(1, (64 << 20) // (4 * self.channels * max(1, f.size[1])))
+        for b0 in range(r0, r1, band):
+            b1 = min(r1, b0 + band)
+            with torch.inference_mode():
+                t = f.highres_rows(slice(b0 - y, b1 - y))[:, :, c0 - x : c1 - x]
+            feats = t.float().cpu().numpy()
+            dots = np.tensordot(q[0], feats, axes=(0, 0))
+            out[b0 - r0 : b1 - r0] = cosine_from_dots(dots, np.linalg.norm(feats, axis=0))
+        return out
 
     def features_at(self, points) -> np.ndarray:
         """(N, C) full-resolution features at (row, col) pixels."""
@@ -206,7 +244,7 @@ class LazyField:
 
     # -- overview levels and dask --------------------------------------------------------
 
-    def _coarse(self, fn, factor: int, r0: int, r1: int, c0: int, c1: int, k: int) -> np.ndarray:
+    def _coarse(self, fn, factor: int, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         """``fn(values (1, C, h', w')) -> (K, h', w')`` on the low-res cells under a block
         of a level ``factor`` times coarser, bilinearly interpolated to it (an overview:
         coarse levels skip the upsampler)."""
@@ -267,7 +305,6 @@ class LazyField:
                         r1,
                         c0,
                         c1,
-                        len(wt),
                     )
                     rgb = pca.colorize(proj)
                 return np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
@@ -286,23 +323,91 @@ class LazyField:
                     dots = torch.einsum("c,bchw->bhw", torch.from_numpy(q[0]), v)
                     return (dots / torch.linalg.vector_norm(v, dim=1).clamp(min=1e-12))[:, None]
 
-                return self._coarse(sim, factor, r0, r1, c0, c1, 1)[0]
+                return self._coarse(sim, factor, r0, r1, c0, c1)[0]
 
             extra = {"dtype": np.float32}
         else:
             raise ValueError(f"kind must be 'pca' or 'similarity', got {kind!r}")
 
+        token = (kind, level, chunk, _digest(query if kind == "similarity" else pca))
+
         def make(x, block_info=None):
             (r0, r1), (c0, c1) = block_info[0]["array-location"][:2]
-            return block(r0, r1, c0, c1)
+            key = token + (r0, c0)
+            with self._lock:
+                if key in self._chunks:  # shown before (napari re-slices on every pan)
+                    self._chunks.move_to_end(key)
+                    return self._chunks[key]
+            out = block(r0, r1, c0, c1)
+            with self._lock:
+                self._chunks[key] = out
+                self._chunk_bytes += out.nbytes
+                while self._chunk_bytes > CHUNK_CACHE_BYTES and len(self._chunks) > 1:
+                    self._chunk_bytes -= self._chunks.popitem(last=False)[1].nbytes
+            return out
 
         return base.map_blocks(make, meta=np.empty((0,) * (3 if kind == "pca" else 2)), **extra)
 
     def pyramid(self, kind: str = "pca", levels: int | None = None, **kwargs) -> list:
-        """``to_dask`` at levels 0, 1, ... until the image fits in about 1024 px."""
+        """``to_dask`` at levels 0, 1, ... until the image fits in :data:`OVERVIEW_PX`."""
         if levels is None:
-            levels = max(1, int(np.ceil(np.log2(max(self.size) / 1024))) + 1)
+            levels = max(1, int(np.ceil(np.log2(max(self.size) / OVERVIEW_PX))) + 1)
         return [self.to_dask(kind, level=lv, **kwargs) for lv in range(levels)]
+
+
+@torch.inference_mode()
+def bilinear_cosine(
+    low: torch.Tensor, q: torch.Tensor, size: tuple[int, int], rows: slice, cols: slice
+) -> np.ndarray:
+    """Cosine similarity to the unit query ``q`` (C,) of ``low`` (C, h, w) resized
+    bilinearly to ``size``, at ``rows`` x ``cols``, without upsampling C channels.
+
+    Each output pixel is ``a c F00 + a d F01 + b c F10 + b d F11`` of its 2 x 2 cells, so
+    its dot with ``q`` interpolates the grid's dots and its squared norm combines the
+    cells' Gram terms (norms, and products with the right, lower and diagonal
+    neighbours), computed once on the grid: exact up to rounding.
+    """
+    c, h, w = low.shape
+    f = torch.nn.functional.pad(low[None].float(), (0, 1, 0, 1), mode="replicate")[0]
+    maps = {
+        "q": torch.einsum("c,chw->hw", q.float(), f),
+        "n": (f * f).sum(0),
+        "h": (f[:, :, :-1] * f[:, :, 1:]).sum(0),  # (i, j).(i, j+1)
+        "v": (f[:, :-1] * f[:, 1:]).sum(0),  # (i, j).(i+1, j)
+        "d1": (f[:, :-1, :-1] * f[:, 1:, 1:]).sum(0),  # (i, j).(i+1, j+1)
+        "d2": (f[:, :-1, 1:] * f[:, 1:, :-1]).sum(0),  # (i, j+1).(i+1, j)
+    }
+    maps = {k: v.double().cpu() for k, v in maps.items()}
+    i0, _, fy = linear_taps(h, size[0])
+    j0, _, fx = linear_taps(w, size[1])
+    # the replicated last row/column makes (i0 + 1) the clamped tap at the far edge
+    ii, jj = i0[rows][:, None], j0[cols][None]
+    b, d = fy[rows][:, None], fx[cols][None]
+    a, cc = 1 - b, 1 - d
+
+    def g(key: str, di: int, dj: int) -> torch.Tensor:
+        return maps[key][ii + di, jj + dj]
+
+    dot = a * (cc * g("q", 0, 0) + d * g("q", 0, 1)) + b * (cc * g("q", 1, 0) + d * g("q", 1, 1))
+    n2 = (
+        a * a * (cc * cc * g("n", 0, 0) + 2 * cc * d * g("h", 0, 0) + d * d * g("n", 0, 1))
+        + b * b * (cc * cc * g("n", 1, 0) + 2 * cc * d * g("h", 1, 0) + d * d * g("n", 1, 1))
+        + 2 * a * b * (cc * cc * g("v", 0, 0) + d * d * g("v", 0, 1))
+        + 2 * a * b * cc * d * (g("d1", 0, 0) + g("d2", 0, 0))
+    )
+    norm = n2.clamp(min=0).sqrt().clamp(min=1e-12)
+    return (dot / norm).float().numpy()
+
+
+def _digest(obj: Any) -> str:
+    """A key for a query vector or a PCA projection (chunks differ with them)."""
+    import hashlib
+
+    if obj is None:
+        return ""
+    if isinstance(obj, PCAProjection):  # components, mean and colour ranges
+        return hashlib.sha1(repr(obj.to_dict()).encode()).hexdigest()
+    return hashlib.sha1(np.ascontiguousarray(obj, np.float32).tobytes()).hexdigest()
 
 
 class _TensorGuide:

@@ -54,7 +54,20 @@ def blur_matrix5(n: int) -> torch.Tensor:
 
 
 def channel_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """FeatUp's ``use_norm``: LayerNorm over channels at each pixel, no affine."""
+    """FeatUp's ``use_norm``: LayerNorm over channels at each pixel, no affine.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        (B, C, H, W) features.
+    eps : float
+        Added to the variance.
+
+    Returns
+    -------
+    torch.Tensor
+        (B, C, H, W), zero mean and unit variance over C at each pixel.
+    """
     return F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], eps=eps).permute(0, 3, 1, 2)
 
 
@@ -82,6 +95,20 @@ def resize_bilinear(
     Equal to ``F.interpolate(x, size, mode="bilinear", align_corners=False)[..., rows, :]``
     but touching only the source rows the requested ones need, so memory is that of
     the output tile.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        (B, C, h, w).
+    size : tuple of int
+        (H, W) of the whole output.
+    rows : slice, optional
+        The output rows wanted (None: all).
+
+    Returns
+    -------
+    torch.Tensor
+        (B, C, len(rows), W).
     """
     (h, w), (H, W) = x.shape[-2:], size
     if rows is None:

@@ -43,11 +43,22 @@ RANDOM_WEIGHTS_LABEL = "random (untrained weights, for tests and demos only)"
 class FeatureResult:
     """Features of one image.
 
-    ``lowres`` (C, h, w) float32: the backbone grid (after FeatUp's channel norm if
-    used); cell (i, j) is centred on image pixel (i*s + (s-1)/2, j*s + (s-1)/2) with
-    s = ``metadata["stride"]``. ``highres`` (C, H, W) on the input's pixel grid, or
-    None when not materialised. ``field`` answers PCA and similarity queries at full
-    resolution without materialising ``highres``.
+    Cell (i, j) of ``lowres`` is centred on image pixel (i*s + (s-1)/2, j*s + (s-1)/2)
+    with s = ``metadata["stride"]``.
+
+    Parameters
+    ----------
+    lowres : numpy.ndarray
+        (C, h, w) float32 backbone grid (after FeatUp's channel norm if used).
+    highres : numpy.ndarray or None
+        (C, H, W) on the input's pixel grid, or None when not materialised.
+    metadata : dict
+        How the features were made (backbone, upsampler, weights, stride,
+        preprocessing, ...); JSON-serialisable.
+    field : FeatureField or None
+        Answers PCA and similarity queries at full resolution without ``highres``.
+    pca : PCAProjection or None
+        The projection the colours were made with.
     """
 
     lowres: np.ndarray
@@ -87,7 +98,64 @@ def iter_extract(
     tile_size: int | str | None = "auto",
     tile_overlap: float = DEFAULT_OVERLAP,
 ) -> Generator[Progress, None, FeatureResult]:
-    """Generator version of :func:`extract_features` (same arguments)."""
+    """Features of one 2-D image, as a generator of :class:`Progress` events.
+
+    ``result = drive(iter_extract(...))`` (or ``yield from``) gives the
+    :class:`FeatureResult`; closing the generator cancels the run between steps.
+
+    Parameters
+    ----------
+    image : array-like
+        numpy or dask array as napari holds it: (H, W) grey, (H, W, 3|4) RGB(A), or
+        multichannel with ``channel_axis``; any numeric or bool dtype.
+    backbone : str or Backbone
+        A registered name (:func:`list_backbones`), ``timm:<name>``, or a loaded backbone.
+    upsampler : str or Upsampler
+        A registered name (:func:`list_upsamplers`) or a built upsampler.
+    weights : str
+        Backbone weights: ``"pretrained"`` (download once, cached), ``"random"``
+        (untrained, for trying the code) or a file path.
+    device : str or torch.device
+        ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda:N"``, ``"mps"``.
+    precision : {"float32", "float16", "bfloat16"}
+        Backbone precision; half precision needs a GPU.
+    use_norm : bool, optional
+        FeatUp's channel LayerNorm before upsampling (None: the upsampler's default).
+    upsampler_weights : optional
+        The upsampler's weights: None (published checkpoint), ``"random"`` or a path.
+    upsampler_options : dict, optional
+        The upsampler's typed options (:func:`~napari_featup.upsamplers.upsampler_info`).
+    highres : bool
+        Materialise the (C, H, W) map; False keeps only the lazily evaluated field.
+    highres_dtype : str
+        dtype of ``highres`` (``"float32"`` or ``"float16"``).
+    rgb, channel_axis, channels, scaling, contrast_limits, percentiles
+        How the image becomes the backbone's RGB input (:func:`prepare_image`).
+    tile_budget_mb : float
+        Memory per upsampler tile, in MiB.
+    downsample : float, optional
+        Working scale k: ``k * patch_size`` image pixels per feature cell.
+    pixels_per_patch : int, optional
+        The working scale as image pixels per feature cell (instead of ``downsample``).
+    tile_size : int, "auto" or None
+        Backbone input tile in working pixels: ``"auto"`` the backbone's native size,
+        None the whole image at once (docs/large-images.md).
+    tile_overlap : float
+        Overlap of neighbouring tiles, as a fraction of a tile.
+
+    Yields
+    ------
+    Progress
+
+    Returns
+    -------
+    FeatureResult
+
+    Raises
+    ------
+    ImageError, BackboneError, UpsamplerError, WeightsUnavailableError, WeightsFileError
+        Bad input, names or options, or weights that cannot be had.
+    """
     t_start = time.perf_counter()
     prepared = preprocessing_of(
         as_source(image, rgb=rgb, channel_axis=channel_axis),
@@ -279,19 +347,31 @@ def extract_features(
 ) -> FeatureResult:
     """Features of one 2-D image: low-res grid, full-res map and metadata.
 
-    ``image``: numpy or dask array as napari holds it: (H, W) grey, (H, W, 3|4) RGB(A)
-    or multichannel with ``channel_axis``; any numeric or bool dtype. Keyword
-    arguments: ``weights`` (``"pretrained"``, ``"random"`` or a path), ``device``
-    (``"auto"``), ``precision``, ``use_norm``, ``upsampler_weights``,
-    ``upsampler_options``, ``highres`` (False to skip materialising (C, H, W)),
-    ``highres_dtype``, ``rgb``, ``channel_axis``, ``channels``, ``scaling``
-    (``auto``/``range``/``contrast_limits``/``percentile``/``minmax``),
-    ``contrast_limits``, ``percentiles``, ``tile_budget_mb``; the working scale
-    ``downsample`` (k: ``k * patch_size`` image px per feature cell) or
-    ``pixels_per_patch``, ``tile_size`` (backbone input tile in working px: ``"auto"``
-    the backbone's native size, None the whole image at once) and ``tile_overlap``
-    (fraction of a tile; docs/large-images.md).
-    ``progress`` is called with each :class:`Progress`; ``should_cancel`` is polled at
-    every step and raises :class:`Cancelled` when it returns True.
+    Parameters
+    ----------
+    image : array-like
+        As napari holds it (see :func:`iter_extract`).
+    backbone : str or Backbone
+        A registered name, ``timm:<name>``, or a loaded backbone.
+    upsampler : str or Upsampler
+        A registered name or a built upsampler.
+    progress : callable, optional
+        Called with each :class:`Progress`.
+    should_cancel : callable, optional
+        Polled at every step; when it returns True the run stops.
+    **kwargs
+        The keywords of :func:`iter_extract` (``weights``, ``device``, ``highres``,
+        ``downsample``, ``tile_size``, ...).
+
+    Returns
+    -------
+    FeatureResult
+
+    Raises
+    ------
+    Cancelled
+        ``should_cancel`` returned True.
+    ImageError, BackboneError, UpsamplerError, WeightsUnavailableError, WeightsFileError
+        As :func:`iter_extract`.
     """
     return drive(iter_extract(image, backbone, upsampler, **kwargs), progress, should_cancel)

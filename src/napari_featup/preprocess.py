@@ -270,14 +270,42 @@ def prepare_image(
 ) -> tuple[np.ndarray, Preprocessing]:
     """Convert an image to float32 (3, H, W) in [0, 1] and record how.
 
-    Scaling: ``"range"`` maps the dtype's full range (uint8, bool; floats as [0, 1]),
-    ``"contrast_limits"`` maps the given (low, high) (napari's layer contrast limits),
-    ``"percentile"`` the given percentiles, ``"minmax"`` the data's min and max.
-    ``"auto"`` uses contrast limits when given, the dtype range for uint8/bool, and
-    percentiles otherwise (uint16 microscopy rarely fills its range).
-    ``channels`` picks the source channel for R, G and B (1 or 3 indices) or gives a
-    3 x K mixing matrix; by default grey is repeated, RGB(A) keeps R, G, B (alpha is
-    dropped), three channels become R, G, B and any other count is averaged to grey.
+    Parameters
+    ----------
+    image : array-like
+        numpy or dask: (H, W) grey, (H, W, 3|4) RGB(A), or multichannel with
+        ``channel_axis``; any numeric or bool dtype (complex is refused).
+    rgb : bool, optional
+        Whether a last axis of 3 or 4 is colour (None: guessed as napari does).
+    channel_axis : int, optional
+        The channel axis of a multichannel image.
+    channels : sequence, optional
+        The source channel for R, G and B (1 or 3 indices) or a 3 x K mixing matrix; by
+        default grey is repeated, RGB(A) keeps R, G, B (alpha dropped), three channels
+        become R, G, B and any other count is averaged to grey.
+    scaling : {"auto", "range", "contrast_limits", "percentile", "minmax"}
+        ``"range"`` maps the dtype's full range (uint8, bool; floats as [0, 1]),
+        ``"contrast_limits"`` the given (low, high) (napari's layer contrast limits),
+        ``"percentile"`` the given percentiles, ``"minmax"`` the data's min and max.
+        ``"auto"`` uses contrast limits when given, the dtype range for uint8/bool and
+        percentiles otherwise (uint16 microscopy rarely fills its range). Multichannel
+        images scaled from their data get one range per channel.
+    contrast_limits : sequence of float, optional
+        (low, high) for ``"contrast_limits"``.
+    percentiles : tuple of float
+        (low, high) percentiles for ``"percentile"``.
+
+    Returns
+    -------
+    image : numpy.ndarray
+        (3, H, W) float32 in [0, 1].
+    record : Preprocessing
+        How it was made (stored in ``metadata["preprocessing"]``).
+
+    Raises
+    ------
+    ImageError
+        An array that is not an image (wrong ndim or dtype, empty, all NaN, ...).
     """
     arr, layout = to_channels_last(image, rgb=rgb, channel_axis=channel_axis)
     dtype = arr.dtype

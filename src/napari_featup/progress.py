@@ -27,9 +27,18 @@ class Cancelled(FeatUpError):
 class Progress(NamedTuple):
     """One progress event (immutable): ``done`` of ``total`` units, with what is being done.
 
-    ``done`` may be fractional when a nested stage is relayed into a parent range.
-    ``stage`` is a short machine-readable tag (``"backbone"``, ``"fit"``, ...);
-    ``loss`` is set by stages that optimise something (NaN before the first value).
+    Parameters
+    ----------
+    done : float
+        Units done; fractional when a nested stage is relayed into a parent range.
+    total : float
+        Units in all.
+    message : str
+        What is being done, for people.
+    stage : str
+        A short machine-readable tag (``"backbone"``, ``"fit"``, ``"tile"``, ...).
+    loss : float or None
+        Set by stages that optimise something (NaN before the first value).
     """
 
     done: float
@@ -60,9 +69,25 @@ def drive(
 ) -> T:
     """Run a progress generator to its return value.
 
-    ``on_event`` gets every event; ``should_cancel`` is polled after each and, when it
-    returns True, the generator is closed (its work stops there) and :class:`Cancelled`
-    is raised naming the last event.
+    Parameters
+    ----------
+    gen : generator of Progress
+        The work, e.g. :func:`~napari_featup.pipeline.iter_extract`.
+    on_event : callable, optional
+        Called with every :class:`Progress`.
+    should_cancel : callable, optional
+        Polled after each event; when it returns True the generator is closed (its work
+        stops there).
+
+    Returns
+    -------
+    object
+        The generator's return value.
+
+    Raises
+    ------
+    Cancelled
+        ``should_cancel`` returned True; the message names the last event.
     """
     while True:
         try:
@@ -85,11 +110,28 @@ def relay(
     prefix: str = "",
     stage: str | None = None,
 ) -> Generator[Progress, None, T]:
-    """Yield ``gen``'s events mapped into ``[start, stop]`` of a parent range of
-    ``total``, and return ``gen``'s value (use as ``value = yield from relay(...)``).
+    """Yield a nested generator's events mapped into ``[start, stop]`` of a parent range.
 
-    ``prefix`` is put before each message; ``stage`` replaces the child's stage when
-    given. Closing the parent closes ``gen``.
+    Use as ``value = yield from relay(child, start, stop, total)``: the parent's bar
+    moves smoothly through the child's work. Closing the parent closes ``gen``.
+
+    Parameters
+    ----------
+    gen : iterator of Progress
+        The child's events.
+    start, stop : float
+        The part of the parent's range the child fills.
+    total : float
+        The parent's total.
+    prefix : str
+        Put before each of the child's messages.
+    stage : str, optional
+        Replaces the child's stage when given.
+
+    Returns
+    -------
+    object
+        ``gen``'s return value.
     """
     span = stop - start
     try:

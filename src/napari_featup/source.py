@@ -181,12 +181,20 @@ class Prepared:
     def region01(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """(3, r, c) float32 in [0, 1] of a (reflect-padded) region."""
         raw = self.source.read_padded(y0, y1, x0, x1)
+        limits = self.record.limits
+        per_channel = self.record.extra.get("channel_limits")
+        if per_channel:  # one range per channel (multichannel scaled from its data)
+            raw = raw.astype(np.float32)
+            for k, (lo, hi) in enumerate(per_channel):
+                span = hi - lo
+                raw[..., k] = 0.5 if span <= 0 else np.clip((raw[..., k] - lo) / span, 0, 1)
+            limits = (0.0, 1.0)
         out, _ = prepare_image(
             raw,
             channel_axis=-1,
             channels=self.record.channels,
             scaling="contrast_limits",
-            contrast_limits=self.record.limits,
+            contrast_limits=limits,
         )
         return out
 

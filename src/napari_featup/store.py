@@ -94,9 +94,19 @@ def make_signature(settings: dict, data: str, stamp: dict | None, plane: tuple) 
 
 
 class FeatureStore:
-    """A feature store on disk (see the module docstring).
+    """A feature store on disk: one zarr group per image (see the module docstring).
 
-    ``mode="r"`` reads an existing store; ``"a"`` creates it when missing.
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The store's folder (``*.zarr``).
+    mode : {"r", "a"}
+        ``"r"`` reads an existing store; ``"a"`` creates it when missing.
+
+    Raises
+    ------
+    FeatureFileError
+        ``mode="r"`` and no store at ``path``, or a store this version cannot read.
     """
 
     def __init__(self, path: str | os.PathLike, mode: str = "r"):
@@ -305,7 +315,17 @@ class StoredImage:
 
 
 def open_store(path: str | os.PathLike) -> FeatureStore:
-    """Open an existing feature store for reading."""
+    """Open an existing feature store for reading.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The store's folder, as written by :func:`~napari_featup.batch.extract_many`.
+
+    Returns
+    -------
+    FeatureStore
+    """
     return FeatureStore(path, mode="r")
 
 

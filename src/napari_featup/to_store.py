@@ -44,13 +44,24 @@ PCA_MODES = ("full", "lowres", "none")
 class ExtractSettings:
     """Everything that decides an image's stored features (plain values, picklable).
 
-    As :func:`~napari_featup.pipeline.iter_extract`'s keywords, plus ``features_dtype``
-    (of the stored grid), ``pca`` (``"full"``: full-resolution colours too,
-    ``"lowres"``: colours of the grid only, ``"none"``) and ``block`` (px per side of
-    a colour block; does not change the result; None: 1024 for bilinear, else 384 so a
-    block of a guided upsampler takes about a second on a CPU and a cancel is quick).
-    ``channel_axis`` is an axis of the input array (a stack's other leading axes are
-    its planes).
+    Parameters
+    ----------
+    backbone, upsampler, weights, device, precision, use_norm, upsampler_weights, upsampler_options
+        As :func:`~napari_featup.pipeline.iter_extract`'s keywords.
+    downsample, pixels_per_patch, tile_size, tile_overlap
+        The working scale and backbone tiling, as there.
+    rgb, channel_axis, channels, scaling, contrast_limits, percentiles
+        How images become RGB (:func:`~napari_featup.preprocess.prepare_image`);
+        ``channel_axis`` is an axis of the input array (a stack's other leading axes are
+        its planes).
+    features_dtype : {"float16", "float32"}
+        dtype of the stored grid.
+    pca : {"full", "lowres", "none"}
+        Colours stored: full resolution too, the grid's only, or none.
+    block : int, optional
+        Pixels per side of a colour block (does not change the result); None: 1024 for
+        bilinear, else 384, so a block of a guided upsampler takes about a second on a
+        CPU and a cancel is quick.
     """
 
     backbone: str = "dinov2"

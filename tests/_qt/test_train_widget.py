@@ -50,9 +50,12 @@ def test_train_then_offered_in_featup_widget(qtbot, trainer):
     panel = dock.settings_panel
     actions = panel.recent_button.menu().actions()
     assert len(actions) == 1
+    panel.upsampler_combo.setCurrentText("featup-jbu")
+    assert panel.recent_button.isVisibleTo(dock)
     actions[0].trigger()
     assert panel.upsampler_weights.text() == str(out.resolve())
     assert panel.upsampler_combo.currentText() == "featup-jbu"
+    assert panel.upsampler_weights_combo.currentData() == "file"  # the path is what runs
 
 
 def test_cancel_keeps_a_resumable_checkpoint(qtbot, trainer):

@@ -121,6 +121,8 @@ def test_timm_any_model_reads_dim_stride_and_normalisation():
     assert (get_spec("timm:convnext_atto").dim, get_spec("timm:convnext_atto").stride) == (320, 32)
     with pytest.raises(nf.BackboneError, match="cannot build model 'no_such_net'"):
         get_spec("timm:no_such_net")
+    with pytest.raises(nf.BackboneError, match="did you mean timm:vit_small_patch16_224"):
+        get_spec("timm:vit_smal_patch16_224.augreg_in21k")  # a typo: timm's close names
     with pytest.raises(nf.BackboneError, match="timm:<model name>"):
         get_spec("nope")
 

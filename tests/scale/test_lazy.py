@@ -80,3 +80,39 @@ def test_from_field_wraps_an_in_memory_result(grey16):
     arr = lazy.to_dask("pca", pca=pca, chunk=64).compute()
     ref = np.clip(np.rint(res.field.pca_rgb(pca) * 255), 0, 255).astype(np.uint8)
     assert np.abs(arr.astype(int) - ref).max() <= 1
+
+
+def test_chunks_shown_again_are_not_recomputed(rng, monkeypatch):
+    """napari asks for every visible chunk again at each pan: a chunk computed for the
+    same query is reused, one for another query is not."""
+    img, prepared, up, low, field = _setup("bilinear", 14, rng)
+    lazy = LazyField(low[0].numpy(), prepared, up, 14)
+    calls = []
+    real = lazy.similarity
+    monkeypatch.setattr(lazy, "similarity", lambda *a: calls.append(a[1:]) or real(*a))
+    q = low[0, :, 3, 4].numpy()
+    sim = lazy.to_dask("similarity", query=q, chunk=64)
+    first = sim[:64, :100].compute()
+    assert len(calls) == 2  # two chunks
+    again = lazy.to_dask("similarity", query=q, chunk=64)[:64, 50:150].compute()
+    assert len(calls) == 3 and np.array_equal(again[:, :50], first[:, 50:])
+    other = lazy.to_dask("similarity", query=-q, chunk=64)[:64, :64].compute()
+    assert len(calls) == 4 and np.allclose(other, -first[:, :64], atol=1e-6)
+
+
+@pytest.mark.parametrize("grid,size", [((5, 7), (70, 98)), ((1, 3), (14, 40)), ((4, 4), (9, 61))])
+def test_bilinear_cosine_equals_the_upsampled_features(grid, size):
+    """The Gram-map shortcut for bilinear similarity chunks equals upsampling every
+    channel and taking the cosine (edges, one-row grids and odd sizes included)."""
+    from napari_featup.lazy import bilinear_cosine
+
+    g = torch.Generator().manual_seed(2)
+    low = torch.randn(16, *grid, generator=g) + 0.5
+    q = torch.randn(16, generator=g)
+    q = q / q.norm()
+    up = torch.nn.functional.interpolate(low[None], size, mode="bilinear", align_corners=False)
+    ref = torch.einsum("c,chw->hw", q, up[0]) / up[0].norm(dim=0)
+    rows, cols = slice(1, size[0] - 2), slice(3, size[1])
+    got = bilinear_cosine(low, q, size, rows, cols)
+    assert got.shape == ref[rows, cols].shape
+    assert np.abs(got - ref[rows, cols].numpy()).max() < 1e-5

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from napari_featup._reader import read_features
-from napari_featup.io import load_arrays
+from napari_featup.errors import FeatureFileError
+from napari_featup.io import load_arrays, load_feature_stack, load_features, save_features
 from napari_featup.session.export import export_stack, feature_file_from_choice
 from napari_featup.session.geometry import PlaneGeometry
 from napari_featup.session.stack import FeatureStack
@@ -39,3 +41,27 @@ def test_dialog_picks_inside_a_zarr_store_mean_the_store(tmp_path):
     store = tmp_path / "a.featup.zarr"
     assert feature_file_from_choice(store / "zarr.json") == store
     assert feature_file_from_choice(tmp_path / "b.featup.npz") == tmp_path / "b.featup.npz"
+
+
+def test_library_reads_a_stack_export_plane_by_plane(stack_run, tmp_path):
+    _, out, _ = stack_run
+    geo = PlaneGeometry((3,), (42, 56), [2.0, 1.0, 1.0], [0.0, 0.0, 0.0])
+    stack = FeatureStack("img", geo, {})
+    stack.add_planes(out.results, out.pca, out.colours)
+    path = export_stack(tmp_path / "img.featup.npz", stack)
+    with pytest.raises(FeatureFileError, match="load_feature_stack"):
+        load_features(path)  # one (C, h, w) result cannot hold two planes
+    planes = load_feature_stack(path)
+    assert list(planes) == [(0,), (2,)]
+    for index, result in planes.items():
+        np.testing.assert_array_equal(result.lowres, out.results[index].lowres)
+        assert result.metadata["plane_index"] == list(index)
+        assert result.pca is not None and result.pca.components.shape[1] == 384
+
+
+def test_load_feature_stack_of_a_single_image_file(stack_run, tmp_path):
+    _, out, _ = stack_run
+    path = save_features(tmp_path / "one.featup.npz", out.results[(0,)])
+    planes = load_feature_stack(path)
+    assert list(planes) == [()]
+    np.testing.assert_array_equal(planes[()].lowres, out.results[(0,)].lowres)

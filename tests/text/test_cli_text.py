@@ -39,6 +39,18 @@ def test_extract_text_writes_heatmaps_and_labels(image_file, tmp_path, suffix, c
     np.testing.assert_array_equal(arrays["text_labels"], want)
     # reopening keeps the prompts
     assert load_features(out).metadata["text"]["prompts"] == ["nucleus", "background"]
+    # and the reader shows the heatmaps and the label map as layers
+    from napari_featup._reader import read_features
+
+    layers = {kw["name"]: (data, kw, kind) for data, kw, kind in read_features(out)}
+    for i, prompt in enumerate(["nucleus", "background"]):
+        data, kw, kind = layers[f"f text: {prompt}"]
+        assert kind == "image" and kw["metadata"]["napari_featup"]["prompt"] == prompt
+        np.testing.assert_array_equal(data, sims[i])
+    data, kw, kind = layers["f text labels"]
+    assert kind == "labels" and kw["features"]["prompt"] == ["none of these", *text["prompts"]]
+    np.testing.assert_array_equal(data, arrays["text_labels"])
+    assert kw["scale"] == layers["f text: nucleus"][1]["scale"]
 
 
 def test_text_refusals(image_file, tmp_path, capsys):
@@ -49,3 +61,19 @@ def test_text_refusals(image_file, tmp_path, capsys):
     assert main(base + ["-b", "clip", "-o", str(tmp_path / "a.npy")]) == EXIT_USAGE
     assert ".npz, .zarr or .tif" in capsys.readouterr().err
     assert not any(tmp_path.glob("a.*"))
+
+
+def test_reader_rejects_misshapen_text_arrays(image_file, tmp_path):
+    """A hand-edited file whose heatmaps are not (N, H, W) gets a message, not a crash."""
+    from napari_featup import FeatureFileError
+    from napari_featup._reader import read_features
+    from napari_featup.io import save_features
+
+    out = tmp_path / "f.npz"
+    argv = ["extract", str(image_file), "-b", "clip", "--weights", "random", "-q"]
+    assert main(argv + ["-o", str(out), "--text", "cell", "--text-templates", "plain"]) == 0
+    res = load_features(out)
+    bad = tmp_path / "bad.npz"
+    save_features(bad, res, extra_arrays={"text_similarity": np.zeros((33, 47), np.float32)})
+    with pytest.raises(FeatureFileError, match="text_similarity.*one per prompt"):
+        read_features(bad)

@@ -93,6 +93,16 @@ def test_backbones_without_text_tower():
         assert not has_text_tower("siglip2-b")
         with pytest.raises(BackboneError, match="no text tower for backbone 'siglip2-b'.*SigLIP"):
             load_text_encoder("siglip2-b", "random")
+        # the open_clip model named there pairs with this backbone's image tower
+        import open_clip
+
+        from napari_featup.text.encoder import SIGLIP2_OPEN_CLIP
+
+        cfg = open_clip.get_model_config(SIGLIP2_OPEN_CLIP)
+        timm_arch = nf.backbones.get_spec("siglip2-b").timm_name.split(".")[0]
+        assert cfg["vision_cfg"]["timm_model_name"] == timm_arch
+        assert cfg["embed_dim"] == nf.backbones.get_spec("siglip2-b").dim
+        assert "webli" in open_clip.list_pretrained_tags_by_model(SIGLIP2_OPEN_CLIP)
 
 
 def test_loaded_backbone_brings_its_weights(random_encoder):

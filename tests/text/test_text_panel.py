@@ -68,3 +68,31 @@ def test_prompts_to_heatmaps_and_label_map(viewer_widget, qtbot, tmp_path):
 
     out = widget.export(tmp_path / "cells.npz")
     assert load_features(out).metadata["text"]["prompts"] == ["nucleus"]
+
+
+def test_cli_text_layers_open_in_napari(make_napari_viewer, tmp_path):
+    """napari's File > Open of an ``extract --text`` file shows the prompts' heatmaps and
+    the label map next to the PCA layers (through napari's reader choice)."""
+    from napari_featup.cli import EXIT_OK, main
+
+    rng = np.random.default_rng(3)
+    image = tmp_path / "cells.npy"
+    np.save(image, rng.integers(0, 255, (30, 44, 3), dtype=np.uint8))
+    out = tmp_path / "cells.featup.npz"
+    argv = [
+        "extract", str(image), "-b", "maskclip", "--weights", "random", "-q", "-o", str(out),
+        "--text", "nucleus", "--text", "membrane", "--text-templates", "plain",
+    ]  # fmt: skip
+    assert main(argv) == EXIT_OK
+    viewer = make_napari_viewer()
+    viewer.window.add_plugin_dock_widget("napari-featup", "FeatUp")  # the plugin in use
+    layers = viewer.open(str(out), plugin=None)
+    names = [lyr.name for lyr in layers]
+    assert "cells text: nucleus" in names and "cells text: membrane" in names, names
+    labels = viewer.layers["cells text labels"]
+    assert type(labels).__name__ == "Labels" and labels.data.shape == (30, 44)
+    assert list(labels.features["prompt"]) == ["none of these", "nucleus", "membrane"]
+    heat = viewer.layers["cells text: nucleus"]
+    assert heat.data.shape == (30, 44) and heat.metadata["napari_featup"]["random_weights"]
+    assert labels.colormap.map(1)[..., 3].max() == 1.0  # prompt 1 coloured, 0 transparent
+    assert labels.colormap.map(0)[..., 3].max() == 0.0

@@ -24,7 +24,9 @@ from qtpy.QtWidgets import QMainWindow, QPushButton, QScrollArea, QWidget
 from .._reader_associations import associate_feature_files
 from ..errors import ImageError, SettingsError
 from ..progress import Progress
+from ..session.estimate import confirmation_text, estimate_for
 from ..session.geometry import Index, current_plane
+from ..session.large import LargeStack
 from ..session.messages import explain
 from ..session.request import PlannedRun, plan_run
 from ..session.run import RunOutput, progress_text
@@ -113,7 +115,7 @@ class FeatUpWidget(QWidget):
             for name in names.split():
                 setattr(self, name, getattr(getattr(self, panel), name))
         self.text_panel = TextPanel(  # the Text row of the Similarity section
-            self.viewer, self._current, self.notify_error, self.backbone_combo.currentText
+            self.viewer, self._current, self.notify_error, self.settings_panel.backbone
         )
         self.similarity_panel.layout().addWidget(self.text_panel)
         self.backbone_combo.currentIndexChanged.connect(self.text_panel.update_state)
@@ -287,6 +289,9 @@ class FeatUpWidget(QWidget):
             return False
         if plan is None:
             return False
+        if not self._confirmed(layer):
+            self.status.setText("Not started: the estimate was declined.")
+            return False
 
         def done(status: str, out: RunOutput | None) -> None:
             self._on_run_done(status, out, layer, plan)
@@ -296,6 +301,22 @@ class FeatUpWidget(QWidget):
         started = self.jobs.start(plan.request, on_done=done)
         self._update_controls()
         return started
+
+    def _confirmed(self, layer: Image) -> bool:
+        """Ask before a run beyond the available memory or longer than ten minutes
+        (``ask_before_run(text) -> bool``; a message box unless replaced)."""
+        try:
+            est = estimate_for(self.settings_panel.run_settings(), layer)
+        except Exception:  # noqa: BLE001 - an estimate must never block a run
+            return True
+        return not est.needs_confirmation or self.ask_before_run(confirmation_text(est))
+
+    def ask_before_run(self, text: str) -> bool:
+        """Yes/No box with ``text``; scripts and tests may replace this method."""
+        from qtpy.QtWidgets import QMessageBox
+
+        answer = QMessageBox.question(self, "FeatUp: large run", text)
+        return answer == QMessageBox.Yes
 
     def cancel(self) -> None:
         """Stop the run at its next step; nothing it computed is shown."""
@@ -331,11 +352,16 @@ class FeatUpWidget(QWidget):
             self._maybe_follow_slider()
 
     def _show_results(self, out: RunOutput, layer: Image, plan: PlannedRun) -> None:
-        stack = plan.extends or FeatureStack(layer.name, plan.geometry, plan.config)
-        stack.add_planes(out.results, out.pca, out.colours, out.basis)
+        if out.large is not None:  # dask layers over a store (session.large)
+            stack = LargeStack(layer.name, plan.geometry, plan.config, out.large)
+        else:
+            stack = plan.extends or FeatureStack(layer.name, plan.geometry, plan.config)
+            stack.add_planes(out.results, out.pca, out.colours, out.basis)
         old = self.stacks.get(layer.unique_id)
         self.stacks[layer.unique_id] = stack
         remove_replaced(self.viewer, old, stack)
+        if old is not stack and hasattr(old, "close"):
+            old.close()  # a replaced large stack's temporary store
         for data, kwargs, ltype in stack.layer_data():
             upsert_layer(self.viewer, data, kwargs, ltype)
         stale_heatmap = (

@@ -23,10 +23,11 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..backbones import get_spec, list_backbones
+from ..backbones import get_spec
 from ..session.geometry import layer_shape
-from ..session.request import RunSettings, options_hint
+from ..session.request import DOWNSAMPLES, RunSettings, options_hint
 from ..upsamplers import describe_upsamplers, upsampler_info, upsampler_options
+from .backbone_picker import BackbonePicker
 from .train_widget import attach_recent_menu
 
 WEIGHTS = {
@@ -103,6 +104,25 @@ def _warning(text: str) -> QLabel:
     return label
 
 
+def scale_text(backbone: str, downsample: Any, layer: Any) -> str:
+    """What the working scale means for ``layer``: image px per feature cell, and in
+    physical units when the layer has a scale (napari's ``units`` where set to one,
+    else µm, as microscopy readers give the scale)."""
+    from ..tiling import resolve_scale
+
+    try:
+        scale = resolve_scale(get_spec(backbone).stride, float(downsample))
+    except Exception:  # noqa: BLE001 - an unknown backbone or scale: nothing to say
+        return ""
+    if layer is None or float(layer.scale[-1]) == 1.0:
+        return "= " + scale.describe()
+    unit = str((getattr(layer, "units", None) or ("µm",))[-1])
+    if unit in ("pixel", "px", ""):
+        unit = "µm"
+    unit = {"micrometer": "µm", "nanometer": "nm", "millimeter": "mm"}.get(unit, unit)
+    return "= " + scale.describe(float(layer.scale[-1]), unit)
+
+
 class SettingsPanel(QObject):
     """The run settings, as two forms for the dock to place: :attr:`run_form` (image,
     backbone, weights, upsampler and its weights and options, channels, slices) and
@@ -121,10 +141,14 @@ class SettingsPanel(QObject):
         self.image_combo.setToolTip("Image layer to compute features of")
         form.addRow("Image", self.image_combo)
 
-        names = list_backbones()
-        self.backbone_combo = _combo(names, {n: get_spec(n).description for n in names})
-        self.backbone_combo.setCurrentText(defaults.backbone)
+        # grouped: FeatUp's six, modern, a custom timm / hf-hub name typed below
+        self.backbone_combo = _combo([])
+        self.backbone_picker = BackbonePicker(self.backbone_combo, self)
+        self.backbone_custom = self.backbone_picker.custom_edit
         form.addRow("Backbone", self.backbone_combo)
+        form.addRow("", self.backbone_custom)
+        form.addRow(self.backbone_picker.message)
+        self.backbone_picker.set_name(defaults.backbone)
 
         self.weights_combo = _combo(WEIGHTS)
         self.weights_combo.setToolTip("The backbone's weights")
@@ -212,6 +236,25 @@ class SettingsPanel(QObject):
             "images are scaled per channel with percentiles"
         )
         adv.addRow("Normalisation", self.norm_combo)
+        self.scale_combo = _combo(
+            {k: "native" if k == 1 else f"downsample {k}x" for k in DOWNSAMPLES}
+        )
+        self.scale_combo.setToolTip(
+            "Working scale: the image is resampled k times smaller before the backbone, "
+            "so one feature cell covers k x the patch size in image pixels (large "
+            "images: fewer tiles, coarser features)"
+        )
+        self.scale_info = QLabel()
+        self.scale_info.setWordWrap(True)
+        adv.addRow("Working scale", self.scale_combo)
+        adv.addRow("", self.scale_info)
+        self.tiles_combo = _combo({"auto": "native tiles", "whole": "whole image"})
+        self.tiles_combo.setToolTip(
+            "The backbone runs on overlapping tiles of its native input size (518 px for "
+            "DINOv2, 224 for FeatUp's ViTs), blended seamlessly; 'whole image' runs it "
+            "once over everything (a ViT's memory grows with the square of the tokens)"
+        )
+        adv.addRow("Backbone tiles", self.tiles_combo)
 
         self.upsampler_combo.currentIndexChanged.connect(self._upsampler_changed)
         self._upsampler_changed()
@@ -225,18 +268,20 @@ class SettingsPanel(QObject):
             self.channel_axis_combo,
             self.upsampler_combo,
             self.upsampler_weights_combo,
-            self.backbone_combo,
             self.device_combo,
             self.slices_combo,
+            self.scale_combo,
+            self.tiles_combo,
         ):
             combo.currentIndexChanged.connect(self.changed)
         self.upsampler_options.editingFinished.connect(self.changed)
+        self.backbone_picker.changed.connect(self.changed)
 
     # -------------------------------------------------------------- the model
     def run_settings(self) -> RunSettings:
         """The settings as shown (text fields as typed, not yet parsed)."""
         return RunSettings(
-            backbone=self.backbone_combo.currentText(),
+            backbone=self.backbone(),
             upsampler=self.upsampler_combo.currentText(),
             upsampler_weights=self.upsampler_weights.text(),
             upsampler_weights_source=self.upsampler_weights_combo.currentData(),
@@ -250,7 +295,13 @@ class SettingsPanel(QObject):
             channels=self.channels_edit.text(),
             slices=self.slices_combo.currentData(),
             follow_slider=self.follow_slider.isChecked(),
+            downsample=float(self.scale_combo.currentData()),
+            tiles=self.tiles_combo.currentData(),
         )
+
+    def backbone(self) -> str:
+        """The chosen backbone's name (a custom ``timm:`` name as typed, normalised)."""
+        return self.backbone_picker.name()
 
     def channel_axis(self) -> int | None:
         """The axis chosen under Channel axis (None: no channel axis)."""
@@ -307,6 +358,7 @@ class SettingsPanel(QObject):
         stack = ndim_lead - (1 if self.channel_axis() is not None else 0) > 0
         for w in (self.slices_label, self.slices_combo, self.follow_slider):
             w.setVisible(stack)
+        self.scale_info.setText(scale_text(self.backbone(), self.scale_combo.currentData(), layer))
 
     def _upsampler_changed(self, *_: Any) -> None:
         # each upsampler keeps the options typed for it; its defaults show greyed

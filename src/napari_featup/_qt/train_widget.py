@@ -329,7 +329,7 @@ def attach_recent_menu(weights_edit: QLineEdit, upsampler_combo: QComboBox) -> Q
     def rebuild() -> None:
         menu.clear()
         items = recent_checkpoints()
-        button.setEnabled(bool(items))
+        button.setVisible(bool(items))  # shown once there is something to offer
         for rc in items:
             act = menu.addAction(rc.label)
             act.setToolTip(rc.path)

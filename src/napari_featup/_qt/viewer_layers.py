@@ -38,9 +38,13 @@ def layer_by_uid(viewer: Any, uid: Any) -> Any:
 def upsert_layer(viewer: Any, data: np.ndarray, kwargs: dict, layer_type: str) -> Any:
     """Add a layer, or update the data, placement and metadata of the same-named one."""
     name = kwargs["name"]
+    if name in viewer.layers and bool(getattr(viewer.layers[name], "multiscale", False)) != bool(
+        kwargs.get("multiscale", False)
+    ):  # napari cannot switch a layer between one level and a pyramid: replace it
+        viewer.layers.remove(name)
     if name in viewer.layers and viewer.layers[name].__class__.__name__.lower() == layer_type:
         layer = viewer.layers[name]
-        same_shape = getattr(layer.data, "shape", None) == data.shape
+        same_shape = getattr(layer.data, "shape", None) == getattr(data, "shape", None)
         if same_shape and layer.data is data:
             layer.refresh()
         else:

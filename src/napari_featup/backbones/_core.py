@@ -32,6 +32,18 @@ def pad_to_stride(x: torch.Tensor, stride: int) -> torch.Tensor:
 
     Reflection keeps image statistics at the border; it needs the pad to be smaller
     than the side, which holds for any image at least one stride wide.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        (B, C, H, W).
+    stride : int
+        The backbone's patch size in pixels.
+
+    Returns
+    -------
+    torch.Tensor
+        (B, C, ceil(H/stride)*stride, ceil(W/stride)*stride).
     """
     h, w = x.shape[-2:]
     ph, pw = (-h) % stride, (-w) % stride
@@ -44,10 +56,29 @@ def pad_to_stride(x: torch.Tensor, stride: int) -> torch.Tensor:
 class Backbone(nn.Module):
     """A feature extractor: ``bb(x)`` maps (B, 3, H, W) to (B, dim, ceil(H/s), ceil(W/s)).
 
-    Attributes: ``name``, ``dim`` (channels), ``patch_size`` (stride in pixels),
-    ``weights`` (where the weights came from; ``"random"`` for untrained ones),
-    ``spec`` and ``device``/``dtype`` of the parameters. Inputs are ImageNet-normalised
-    for every backbone; one trained with another normalisation (``spec.mean``) converts.
+    Made by :func:`~napari_featup.backbones.load_backbone`; inputs are
+    ImageNet-normalised for every backbone (one trained with another normalisation,
+    ``spec.mean``, converts inside).
+
+    Parameters
+    ----------
+    spec : BackboneSpec
+        The registered description (name, timm name, dim, stride, licence, ...).
+    model : torch.nn.Module
+        The network, in eval mode.
+    weights : str
+        Where the weights came from: ``"pretrained"``, ``"random"`` or a file path.
+
+    Attributes
+    ----------
+    name : str
+        The registered name.
+    dim : int
+        Feature channels C.
+    patch_size : int
+        Stride s in input pixels per feature cell.
+    device, dtype
+        Those of the parameters.
     """
 
     def __init__(self, spec: BackboneSpec, model: nn.Module, weights: str):
@@ -245,7 +276,17 @@ def load_backbone(
 
 
 def pretrained_cached(name: str) -> bool:
-    """True when timm's pretrained weights for ``name`` are already in the local cache."""
+    """Whether timm's pretrained weights for ``name`` are already in the local cache.
+
+    Parameters
+    ----------
+    name : str
+        A backbone name.
+
+    Returns
+    -------
+    bool
+    """
     try:
         repo = hf_repo(get_spec(name).timm_name)
         if not repo:
@@ -261,7 +302,23 @@ def pretrained_cached(name: str) -> bool:
 
 
 def download_backbone(name: str) -> str:
-    """Fetch pretrained weights for ``name`` into timm's cache; return the timm name."""
+    """Fetch pretrained weights for backbone ``name`` into timm's cache.
+
+    Parameters
+    ----------
+    name : str
+        A registered backbone or ``timm:<name>``.
+
+    Returns
+    -------
+    str
+        The timm model name fetched.
+
+    Raises
+    ------
+    WeightsUnavailableError
+        Offline or not published; the message names the model and the cache.
+    """
     spec = get_spec(name)
     _load_pretrained(spec)
     return spec.timm_name

@@ -35,7 +35,17 @@ def featup_checkpoint_settings(name: str) -> tuple[bool, ...]:
     """The ``use_norm`` settings FeatUp published a JBU checkpoint for, for backbone ``name``.
 
     Read lazily from ``FEATUP_CHECKPOINTS``, the single table, which lives with the FeatUp
-    JBU code (``upsamplers/featup_jbu/checkpoints.py``; the package re-exports it).
+    JBU code (``upsamplers/featup_jbu/checkpoints.py``).
+
+    Parameters
+    ----------
+    name : str
+        A backbone name.
+
+    Returns
+    -------
+    tuple of bool
+        Empty for backbones without a published stack.
     """
     try:
         from ..upsamplers.featup_jbu.checkpoints import FEATUP_CHECKPOINTS
@@ -162,6 +172,11 @@ def register_backbone(*specs: BackboneSpec) -> Callable[[FamilyT], FamilyT]:
     *specs
         One :class:`BackboneSpec` per backbone (``family`` left unset), listed by
         :func:`list_backbones` in registration order.
+
+    Returns
+    -------
+    callable
+        The decorator; it returns the family class unchanged.
     """
 
     def decorate(cls: FamilyT) -> FamilyT:
@@ -180,7 +195,15 @@ def register_backbone(*specs: BackboneSpec) -> Callable[[FamilyT], FamilyT]:
 
 
 def register_prefix(prefix: str, resolve: Callable[[str], BackboneSpec]) -> None:
-    """Names starting with ``prefix`` (e.g. ``"timm:"``) are resolved by ``resolve(name)``."""
+    """Resolve names starting with ``prefix`` with ``resolve``.
+
+    Parameters
+    ----------
+    prefix : str
+        e.g. ``"timm:"``.
+    resolve : callable
+        ``resolve(name) -> BackboneSpec`` for a name with the prefix.
+    """
     _PREFIXES[prefix] = resolve
 
 
@@ -190,7 +213,17 @@ def _prefix_of(name: str) -> str | None:
 
 
 def is_backbone_name(name: str) -> bool:
-    """True for a registered name or a name with a registered prefix (not resolved)."""
+    """Whether ``name`` is a registered backbone or has a registered prefix.
+
+    Parameters
+    ----------
+    name : str
+        The name to check (a prefixed name is not resolved).
+
+    Returns
+    -------
+    bool
+    """
     return str(name).lower() in _SPECS or _prefix_of(str(name)) is not None
 
 
@@ -199,6 +232,20 @@ def get_spec(name: str) -> BackboneSpec:
 
     Registered names are case-insensitive; after a prefix such as ``timm:`` the model
     name is kept as typed (Hugging Face repository names are case-sensitive).
+
+    Parameters
+    ----------
+    name : str
+        A registered name or one with a registered prefix.
+
+    Returns
+    -------
+    BackboneSpec
+
+    Raises
+    ------
+    BackboneError
+        An unknown name (the message lists the registered ones).
     """
     name = str(name)
     key = name.lower()
@@ -216,9 +263,19 @@ def get_spec(name: str) -> BackboneSpec:
 
 
 def list_backbones(group: str | None = None) -> list[str]:
-    """Registered backbone names (``group``: only ``"featup"``, ``"modern"`` ...).
+    """Registered backbone names, in listing order.
 
     ``timm:<model name>`` is accepted too and is not listed.
+
+    Parameters
+    ----------
+    group : str, optional
+        Only this group's names (``"featup"``, ``"modern"``, ...; see
+        :func:`describe_backbones`).
+
+    Returns
+    -------
+    list of str
     """
     if group is not None and group not in GROUPS:
         raise BackboneError(f"unknown backbone group {group!r}; choose one of {GROUPS}")
@@ -226,5 +283,17 @@ def list_backbones(group: str | None = None) -> list[str]:
 
 
 def describe_backbones(group: str | None = None) -> dict[str, dict[str, Any]]:
-    """Name -> :meth:`BackboneSpec.describe` (group, dim, stride, licence, learned upsampler)."""
+    """Each registered backbone as plain values, for listings and metadata.
+
+    Parameters
+    ----------
+    group : str, optional
+        Only this group (``"featup"``, ``"modern"``).
+
+    Returns
+    -------
+    dict of str to dict
+        Name -> :meth:`BackboneSpec.describe` (group, dim, stride, licence, learned
+        upsampler, ...).
+    """
     return {n: _SPECS[n].describe() for n in list_backbones(group)}

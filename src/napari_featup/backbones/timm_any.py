@@ -45,6 +45,17 @@ def _probe(model: torch.nn.Module, name: str) -> tuple[int, int]:
     return dim, stride
 
 
+def _suggest(model_name: str) -> str:
+    """'; did you mean ...' with timm's closest model names ('' when none is close)."""
+    import difflib
+
+    import timm
+
+    arch = model_name.split(".", 1)[0]
+    close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.8)
+    return f"; did you mean {', '.join('timm:' + c for c in close)}?" if close else ""
+
+
 def resolve(name: str) -> BackboneSpec:
     """The spec of ``timm:<model name>``."""
     model_name = name[len(PREFIX) :].strip()
@@ -60,7 +71,9 @@ def resolve(name: str) -> BackboneSpec:
                 f"{type(exc).__name__}: {exc}\nOn a machine with internet run "
                 f"`napari-featup download {name}` and copy the Hugging Face cache here."
             ) from exc
-        raise BackboneError(f"timm cannot build model {model_name!r}: {exc}") from exc
+        raise BackboneError(
+            f"timm cannot build model {model_name!r}: {exc}{_suggest(model_name)}"
+        ) from exc
     dim, stride = _probe(model, model_name)
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     mean, std = tuple(cfg.get("mean") or IMAGENET_MEAN), tuple(cfg.get("std") or IMAGENET_STD)

@@ -23,7 +23,14 @@ from __future__ import annotations
 
 from ..errors import FeatureFileError
 from ._format import FEATUP_SUFFIX, FORMATS, META_KEY, featup_path
-from .read import feature_arrays, load_arrays, load_features, read_metadata
+from .read import (
+    check_planes,
+    feature_arrays,
+    load_arrays,
+    load_feature_stack,
+    load_features,
+    read_metadata,
+)
 from .write import _TEMP, clean_stale_temporaries, save_arrays, save_features
 
 __all__ = [
@@ -32,10 +39,12 @@ __all__ = [
     "META_KEY",
     "FeatureFileError",
     "_TEMP",
+    "check_planes",
     "clean_stale_temporaries",
     "feature_arrays",
     "featup_path",
     "load_arrays",
+    "load_feature_stack",
     "load_features",
     "read_metadata",
     "save_arrays",

@@ -23,8 +23,17 @@ FEATUP_SUFFIX = ".featup"
 
 
 def featup_path(path: str | os.PathLike) -> Path:
-    """``path`` with :data:`FEATUP_SUFFIX` before its extension (``x.npz`` ->
-    ``x.featup.npz``); unchanged when it has it already."""
+    """``path`` with :data:`FEATUP_SUFFIX` before its extension.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        ``x.npz`` gives ``x.featup.npz``; a path that has the suffix already is kept.
+
+    Returns
+    -------
+    Path
+    """
     path = Path(path)
     if path.suffixes[-2:-1] == [FEATUP_SUFFIX]:
         return path

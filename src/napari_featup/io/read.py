@@ -107,8 +107,18 @@ def _tif_metadata(path: Path) -> dict:
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
-    """The metadata written by :func:`save_arrays`, without reading the arrays
-    (``{}`` for a file of a supported format that carries none)."""
+    """The metadata written by :func:`save_arrays`, without reading the arrays.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A ``.npz``, ``.zarr``, ``.tif`` or ``.npy`` feature file.
+
+    Returns
+    -------
+    dict
+        ``{}`` for a file of a supported format that carries none.
+    """
     path, suffix = _checked(path)
     if suffix == ".npz":
         return _library_call(path, lambda: _npz_metadata(path))
@@ -139,7 +149,25 @@ def _array_names(path: Path, meta: dict) -> list[str] | None:
 
 
 def load_arrays(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
-    """Read the named arrays and metadata written by :func:`save_arrays`."""
+    """Read the named arrays and metadata written by :func:`save_arrays`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A ``.npz``, ``.zarr``, ``.tif`` or ``.npy`` feature file.
+
+    Returns
+    -------
+    arrays : dict of str to numpy.ndarray
+    metadata : dict
+
+    Raises
+    ------
+    FileNotFoundError
+        No file at ``path``.
+    FeatureFileError
+        Truncated, damaged or mislabelled files, or metadata that is not a dict.
+    """
     path, suffix = _checked(path)
     meta = read_metadata(path)
     names = _array_names(path, meta)
@@ -225,10 +253,28 @@ def _version_note(meta: dict) -> str:
 def feature_arrays(
     path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict
 ) -> tuple[np.ndarray | None, np.ndarray | None, Any]:
-    """Check and return ``(lowres, highres, pca)`` of a file's arrays and metadata.
+    """Check and return the feature maps and PCA of a file's arrays and metadata.
 
-    Both maps must be real (C, h, w) arrays with the same C; a stored PCA must be one
-    fitted on C channels. Anything else is a :class:`FeatureFileError` naming it.
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file, for messages.
+    arrays : dict of str to numpy.ndarray
+        As :func:`load_arrays` returns them.
+    meta : dict
+        The file's metadata.
+
+    Returns
+    -------
+    lowres, highres : numpy.ndarray or None
+        Real (C, h, w) arrays with the same C.
+    pca : PCAProjection or None
+        The stored projection, fitted on C channels.
+
+    Raises
+    ------
+    FeatureFileError
+        Anything else, named.
     """
     from ..analysis import PCAProjection
 
@@ -283,9 +329,120 @@ def feature_arrays(
 
 
 def load_features(path: str | os.PathLike) -> Any:
-    """Read a file written by :func:`save_features` back into a ``FeatureResult``."""
+    """Read a file written by :func:`save_features` back into a ``FeatureResult``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A ``.npz``, ``.zarr``, ``.tif`` or ``.npy`` feature file.
+
+    Returns
+    -------
+    FeatureResult
+
+    Raises
+    ------
+    FeatureFileError
+        Not a feature file (or damaged), or a stack's export (read it with
+        :func:`load_feature_stack`).
+    """
     from ..pipeline import FeatureResult
 
     arrays, meta = load_arrays(path)
+    if meta.get("plane_index") is not None:
+        raise FeatureFileError(
+            f"{str(path)!r} is a stack's export ({len(meta['plane_index'])} planes of a stack "
+            f"of shape {meta.get('stack_shape')!r}); read it with "
+            "napari_featup.io.load_feature_stack(path), which returns one result per plane"
+        )
     lowres, highres, pca = feature_arrays(path, arrays, meta)
     return FeatureResult(lowres=lowres, highres=highres, metadata=meta, pca=pca)
+
+
+def load_feature_stack(path: str | os.PathLike) -> dict[tuple[int, ...], Any]:
+    """Read a stack's export (the widget's Export of a z-stack or time series) plane by
+    plane.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A ``.npz``, ``.zarr``, ``.tif`` or ``.npy`` feature file.
+
+    Returns
+    -------
+    dict of tuple of int to FeatureResult
+        ``{plane index: result}`` in the file's order; the index is the position along
+        the stack's leading axes (``metadata["stack_shape"]``), each result's maps are
+        (C, h, w) and its metadata is the file's with ``plane_index`` set. A single
+        image's file gives one entry under the key ``()``.
+
+    Raises
+    ------
+    FeatureFileError
+        A file that is not a feature file, or planes that do not match the metadata.
+    """
+    from ..pipeline import FeatureResult
+
+    arrays, meta = load_arrays(path)
+    planes = meta.get("plane_index")
+    if planes is None:
+        return {(): load_features(path)}
+    check_planes(path, arrays, meta)
+    out = {}
+    for i, index in enumerate(planes):
+        plane = {k: v[i] for k, v in arrays.items() if k in ("lowres", "highres")}
+        lowres, highres, pca = feature_arrays(path, plane, meta)
+        out[tuple(index)] = FeatureResult(
+            lowres=lowres, highres=highres, metadata={**meta, "plane_index": list(index)}, pca=pca
+        )
+    return out
+
+
+def check_planes(p: str | os.PathLike, arrays: dict, meta: dict) -> None:
+    """Check a stack's export: ``plane_index`` lists one index into ``stack_shape`` per
+    entry of every array's first axis.
+
+    Parameters
+    ----------
+    p : str or os.PathLike
+        The file, for messages.
+    arrays : dict
+        Its arrays.
+    meta : dict
+        Its metadata.
+
+    Raises
+    ------
+    FeatureFileError
+        Naming what does not match.
+    """
+    planes, shape = meta.get("plane_index"), meta.get("stack_shape")
+    ok = (
+        isinstance(shape, list)
+        and len(shape) >= 1
+        and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
+        and isinstance(planes, list)
+        and len(planes) >= 1
+        and all(
+            isinstance(i, list)
+            and len(i) == len(shape)
+            and all(
+                isinstance(v, int) and not isinstance(v, bool) and 0 <= v < n
+                for v, n in zip(i, shape)
+            )
+            for i in planes
+        )
+    )
+    if not ok:
+        raise FeatureFileError(
+            f"{str(p)!r}: metadata 'plane_index' {planes!r} does not index a stack of shape "
+            f"{shape!r}"
+        )
+    for key, arr in arrays.items():
+        if key in ("lowres", "highres", "pca", "similarity", "text_similarity", "text_labels") and (
+            arr.ndim < 1 or arr.shape[0] != len(planes)
+        ):
+            raise FeatureFileError(
+                f"{str(p)!r}: {key!r} has shape {arr.shape}; its first axis should hold the "
+                f"{len(planes)} planes of 'plane_index'"
+            )

@@ -45,12 +45,23 @@ def _writer_gone(pid: int, temp: Path) -> bool:
 
 
 def clean_stale_temporaries(path: str | os.PathLike) -> list[Path]:
-    """Remove temporaries that killed writes of ``path`` left beside it; return them.
+    """Remove temporaries that killed writes of ``path`` left beside it.
 
     A write that is killed (SIGKILL, power loss) cannot clean up after itself; its
     temporaries carry its process id, and the next write of the same name removes
     those whose process has ended. Readers never open them (they are hidden files
-    with names that are not the final one)."""
+    with names that are not the final one).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The final name of a file or store.
+
+    Returns
+    -------
+    list of Path
+        The temporaries removed.
+    """
     path = Path(path)
     removed = []
     pattern = re.compile(_TEMP)
@@ -75,8 +86,31 @@ def save_arrays(
 
     Atomic: the file is written under a temporary name beside ``path`` and renamed into
     place, so ``path`` holds either the complete new file or what it held before.
-    Raises :class:`FeatureFileError` for arrays, names or metadata the format cannot
-    hold (before writing anything) and ``FileExistsError`` unless ``overwrite``."""
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        ``.npz``, ``.zarr``, ``.tif`` or ``.npy`` (one array; metadata in
+        ``<file>.json``).
+    arrays : dict of str to numpy.ndarray
+        The arrays by name.
+    metadata : dict, optional
+        JSON-serialisable metadata.
+    overwrite : bool
+        Replace an existing file.
+
+    Returns
+    -------
+    Path
+        The file written.
+
+    Raises
+    ------
+    FeatureFileError
+        Arrays, names or metadata the format cannot hold (before writing anything).
+    FileExistsError
+        ``path`` exists and ``overwrite`` is False.
+    """
     path = Path(path)
     suffix = _suffix(path)
     arrays = {k: np.asarray(v) for k, v in arrays.items() if v is not None}
@@ -174,9 +208,25 @@ def save_features(
     overwrite: bool = False,
     extra_arrays: dict[str, np.ndarray] | None = None,
 ) -> Path:
-    """Save a :class:`~napari_featup.pipeline.FeatureResult` (low-res, full-res if
-    materialised, PCA if fitted, metadata), and ``extra_arrays`` beside them (e.g. text
-    heatmaps; not in a .npy file, which holds one array)."""
+    """Save a :class:`~napari_featup.pipeline.FeatureResult` atomically.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        As :func:`save_arrays`.
+    result : FeatureResult
+        Its low-res grid, full-res map if materialised, PCA if fitted and metadata.
+    overwrite : bool
+        Replace an existing file.
+    extra_arrays : dict of str to numpy.ndarray, optional
+        Written beside them (e.g. text heatmaps; not in a ``.npy`` file, which holds one
+        array).
+
+    Returns
+    -------
+    Path
+        The file written.
+    """
     arrays = {"lowres": result.lowres, "highres": getattr(result, "highres", None)}
     if Path(path).suffix.lower() == ".npy":
         arrays = (

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 from ..backbones import get_spec
 from ..compact import COMPACT_BUDGET_BYTES
+from ..estimate import LONG_SECONDS, available_memory
+from ..tiling import DEFAULT_OVERLAP, native_tile_for, plan_tiles
 from ..upsamplers import upsampler_info
 
 #: effective backbone GFLOP/s of one quiet CPU core of the machine the per-pixel costs
@@ -77,6 +79,18 @@ def backbone_gflop(backbone: str, size: Sequence[int]) -> float:
     return 2 * layers * (12 * n * d * d + 2 * n * n * d) / 1e9
 
 
+def tiled_gflop(backbone: str, size: Sequence[int]) -> tuple[float, int, tuple[int, int]]:
+    """(GFLOP, tiles, tile px) of a run at the native scale in the backbone's native
+    tiles with the default overlap, as the widget runs it (a ViT's cost per tile, not
+    the square of the whole image's tokens)."""
+    spec = get_spec(backbone)
+    h, w = (int(v) for v in size)
+    p = int(spec.stride)
+    plan = plan_tiles((-(-h // p), -(-w // p)), p, native_tile_for(spec), DEFAULT_OVERLAP)
+    tile = (plan.tile[0] * p, plan.tile[1] * p)
+    return plan.n_tiles * backbone_gflop(backbone, tile), plan.n_tiles, tile
+
+
 def calibrate(device: str, backbone: str, size: Sequence[int], seconds: float) -> float:
     """Record that a backbone pass over ``size`` took ``seconds`` on ``device``; later
     estimates for that device use this speed. Returns it (GFLOP/s)."""
@@ -112,6 +126,21 @@ class Estimate:
     device: str
     calibrated: bool
     tips: list[str] = field(default_factory=list)
+    #: memory available now (None where unknown); ``large``: the run streams into a
+    #: feature store and shows dask-backed layers (:mod:`.large`)
+    available_bytes: int | None = None
+    large: bool = False
+
+    @property
+    def exceeds_memory(self) -> bool:
+        """More than the memory available now."""
+        return self.available_bytes is not None and self.memory_bytes > self.available_bytes
+
+    @property
+    def needs_confirmation(self) -> bool:
+        """Worth asking before it starts: beyond the available memory, or longer than
+        :data:`~napari_featup.estimate.LONG_SECONDS` (at the high end of its range)."""
+        return self.exceeds_memory or self.seconds > LONG_SECONDS
 
     @property
     def low(self) -> float:
@@ -134,6 +163,8 @@ class Estimate:
             f"about {_duration(self.seconds)} ({_duration(self.low)}–"
             f"{_duration(self.high)}), {mem_text} on {self.device}"
         )
+        if self.exceeds_memory:
+            out += f": MORE than the {self.available_bytes / 2**30:.1f} GB available"
         return " ".join([out + "."] + self.tips)
 
 
@@ -157,6 +188,9 @@ def estimate_run(
     options: dict | None = None,
     threads: int = 1,
     flag: str = "Options: settings=preview",
+    large: bool | None = None,
+    downsample: float = 1.0,
+    tiled: bool = True,
 ) -> Estimate:
     """Estimate a run of ``planes`` (H, W) planes; ``flag`` names how a user asks for
     the implicit preview (the widget's Options field, ``--upsampler-option`` on the
@@ -168,15 +202,44 @@ def estimate_run(
     slow = REFERENCE_GFLOPS / gflops  # reference-core seconds -> seconds here
     info = upsampler_info(upsampler)
     channels = spec.dim
-    seconds = backbone_gflop(backbone, (h, w)) / gflops
+    k = float(downsample or 1.0)  # the backbone sees the image k times smaller
+    work = (max(1, round(h / k)), max(1, round(w / k)))
+    if tiled:
+        gflop, n_tiles, tile = tiled_gflop(backbone, work)
+    else:
+        gflop, n_tiles, tile = backbone_gflop(backbone, work), 1, work
+    seconds = gflop / gflops
+    if large is None:
+        from .large import use_large_path
+
+        large = use_large_path((h, w), upsampler)
     # the worker evaluates the C-channel field once (norms and compact field) and
-    # three channels for the PCA colours
+    # three channels for the PCA colours; a large run neither (its layers are
+    # computed per chunk as they are shown)
     per = PER_CHANNEL_PIXEL_S.get(
         info.name, PER_CHANNEL_PIXEL_S["linear" if info.cls.linear else "other"]
     )
-    seconds += per * (channels + 3) * h * w * slow
-    memory = _memory(spec, channels, (h, w), planes)
+    seconds += per * (0 if large else channels + 3) * h * w * slow
+    if large:
+        from ..estimate import estimate_run as core_estimate
+
+        memory = core_estimate(
+            (h, w),
+            backbone,
+            upsampler,
+            to_store=True,
+            calibrate=False,
+            downsample=k if k != 1 else None,
+            tile_size="auto" if tiled else None,
+        ).peak_bytes
+    else:
+        memory = _memory(spec, channels, (h, w), planes, tile, k)
     tips: list[str] = []
+    if large:
+        tips.append(
+            f"Large image: {n_tiles} backbone tiles into a feature store, layers computed "
+            "per visible chunk."
+        )
     if info.name == "featup-implicit":  # its fit's cost follows its own settings
         seconds += _implicit_seconds(options or {}, (h, w), slow)
         seconds += RENDER_PIXEL_S * h * w * slow
@@ -195,7 +258,8 @@ def estimate_run(
             tips.append(f"On CPU, {flag} takes about {_duration(preview.seconds)}.")
     elif not info.cls.linear:
         memory += _dense_bytes(channels, h * w)  # a non-linear field is kept dense
-    return Estimate(seconds * planes, int(memory), kind, calibrated, tips)
+    avail = available_memory()
+    return Estimate(seconds * planes, int(memory), kind, calibrated, tips, avail, large)
 
 
 def _dense_bytes(channels: int, pixels: int) -> int:
@@ -203,18 +267,23 @@ def _dense_bytes(channels: int, pixels: int) -> int:
     return 4 * channels * pixels if 4 * channels * pixels <= 512 << 20 else 2 * channels * pixels
 
 
-def _memory(spec, channels: int, size: tuple[int, int], planes: int) -> int:
+def _memory(spec, channels: int, size: tuple, planes: int, tile: tuple, k: float = 1.0) -> int:
     h, w = size
-    n = math.ceil(h / spec.stride) * math.ceil(w / spec.stride)
+    th, tw = tile
+    n = math.ceil(th / spec.stride) * math.ceil(tw / spec.stride)  # tokens of one tile
     d, layers = _vit_shape(spec.timm_name)
     conv = _conv(spec.timm_name) is not None
     weights = 4 * 12 * layers * d * d if not conv else 100 << 20
     # activations: tokens x width a few times over, and one layer's attention maps
-    backbone = 40 * n * d + (4 * n * n * d // 64 if not conv else 64 * h * w * 4)
+    backbone = 40 * n * d + (4 * n * n * d // 64 if not conv else 64 * th * tw * 4)
     tiles = min(256 << 20, 16 * channels * h * w)  # FeatureField's row tiles
     rank = min(channels, max(8, COMPACT_BUDGET_BYTES // max(1, 4 * h * w)))
-    kept = (4 * rank + 8) * h * w + 7 * h * w  # compact field; PCA and similarity layers
-    return weights + max(backbone, tiles) + kept * planes
+    # per pixel: the plane read (up to float32 x 3), the normalised guidance (float32 x
+    # 3), compact field; PCA and similarity layers
+    kept = (12 + 12 + 4 * rank + 8) * h * w + 7 * h * w
+    cell = spec.stride * k
+    grid = channels * math.ceil(h / cell) * math.ceil(w / cell) * 4 * 2
+    return weights + max(backbone, tiles) + (kept + grid) * planes
 
 
 def _implicit_seconds(options: dict, size: tuple[int, int], slow: float) -> float:
@@ -236,13 +305,13 @@ def _implicit_seconds(options: dict, size: tuple[int, int], slow: float) -> floa
     return seconds(str(options.get("settings", "fast")), options)
 
 
-def estimate_text(settings, layer, world_point=()) -> tuple[str, bool]:
-    """The widget's estimate line for ``settings`` (a RunSettings) on image ``layer``:
-    (text, over a minute?). Settings that cannot be used give ("", False)."""
+def estimate_for(settings, layer) -> Estimate:
+    """The estimate of a run of ``settings`` (a RunSettings) on image ``layer``."""
     import torch
 
     from ..upsamplers import parse_options
     from .geometry import image_geometry
+    from .large import use_large_path
 
     geometry = image_geometry(layer, settings.channel_axis)
     planes = 1
@@ -252,7 +321,7 @@ def estimate_text(settings, layer, world_point=()) -> tuple[str, bool]:
         options = parse_options(settings.upsampler_options)
     except Exception:  # noqa: BLE001 - reported when Run is pressed
         options = {}
-    est = estimate_run(
+    return estimate_run(
         settings.backbone,
         settings.upsampler,
         geometry.size,
@@ -260,5 +329,32 @@ def estimate_text(settings, layer, world_point=()) -> tuple[str, bool]:
         device=settings.device,
         options=options,
         threads=torch.get_num_threads(),
+        large=use_large_path(geometry.size, settings.upsampler, geometry.leading),
+        downsample=float(settings.downsample),
+        tiled=settings.tiles != "whole",
     )
-    return est.text(), est.long
+
+
+def estimate_text(settings, layer, world_point=()) -> tuple[str, bool]:
+    """The widget's estimate line for ``settings`` (a RunSettings) on image ``layer``:
+    (text, over a minute or beyond the available memory?)."""
+    est = estimate_for(settings, layer)
+    return est.text(), est.long or est.exceeds_memory
+
+
+def confirmation_text(est: Estimate) -> str:
+    """What the widget asks before a run that :attr:`Estimate.needs_confirmation`."""
+    why = []
+    if est.exceeds_memory:
+        why.append(
+            f"needs about {est.memory_bytes / 2**30:.1f} GB, more than the "
+            f"{est.available_bytes / 2**30:.1f} GB of memory available now (the viewer "
+            "may be killed)"
+        )
+    if est.seconds > LONG_SECONDS:
+        why.append(f"takes about {_duration(est.seconds)} (up to {_duration(est.high)})")
+    return (
+        "This run " + " and ".join(why) + ". Start it anyway? (Cancel stops a started run "
+        "between tiles; choosing a smaller image, the displayed slice only or a faster "
+        "upsampler makes it cheaper.)"
+    )

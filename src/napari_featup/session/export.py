@@ -68,6 +68,14 @@ def export_stack(
     shape, so the reader puts every slice back in place.
     """
     path = Path(path)
+    stored = getattr(stack, "stored", None)  # a large image's features (session.large)
+    if stored is not None:
+        raise ValueError(
+            f"the features of this large image are in a temporary feature store "
+            f"({stored.path.parent}), too large to export as one file; to keep them, "
+            "run `napari-featup extract IMAGE --store OUT.zarr` (the same settings, "
+            "resumable) or copy that folder before closing napari"
+        )
     planes = sorted(stack.results)
     if not planes:
         raise ValueError("nothing to export: no plane has features")

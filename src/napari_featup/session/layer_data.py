@@ -99,7 +99,8 @@ def result_layer_data(
 
     Layers: "<name> PCA low-res" from ``lowres`` (C, h, w), "<name> PCA <upsampler>"
     from ``highres`` (C, H, W) when present (or from a stored ``pca`` colour array in
-    ``extra``), and a "<name> similarity" from ``extra["similarity"]``. Placement
+    ``extra``), a "<name> similarity" from ``extra["similarity"]``, and the text-query
+    heatmaps and label map from ``extra["text_similarity"]`` / ``["text_labels"]``. Placement
     uses ``metadata``'s stride and the source layer's scale/translate when recorded.
     A stack's export (``metadata["plane_index"]``: the slice of each entry along the
     arrays' first axis, ``metadata["stack_shape"]``) gives layers over the whole stack,
@@ -173,6 +174,8 @@ def _plane_layer_data(
         out.append(_full_res(to_uint8_rgb(pca.to_rgb(highres)), up_name, scale, translate, meta))
     elif "pca" in extra:
         out.append(_full_res(np.asarray(extra["pca"]), up_name, scale, translate, meta))
+    if "text_similarity" in extra or "text_labels" in extra:
+        out += _text_layer_data(extra, metadata, name, scale, translate, meta)
     if "similarity" in extra:
         out.append(
             (
@@ -187,4 +190,63 @@ def _plane_layer_data(
                 "image",
             )
         )
+    return out
+
+
+def _text_layer_data(
+    extra: dict[str, np.ndarray],
+    metadata: dict,
+    name: str,
+    scale: list,
+    translate: list,
+    meta: dict,
+) -> list[LayerData]:
+    """The text-query layers of a file written with ``extract --text``: one heatmap per
+    prompt ("<name> text: <prompt>", from ``text_similarity`` (N, H, W)) and the label
+    map ("<name> text labels", from ``text_labels`` (H, W), 0 = none of these), named
+    after the prompts the metadata records."""
+    from ..text.labels import NONE_LABEL, label_colour
+    from ..text.queries import LABELS_SUFFIX, TEXT_KEY, text_layer_name
+
+    record = metadata.get(TEXT_KEY) if isinstance(metadata.get(TEXT_KEY), dict) else {}
+    sims = extra.get("text_similarity")
+    n = 0 if sims is None else int(np.shape(sims)[0])
+    prompts = record.get("prompts")
+    if not (isinstance(prompts, list) and all(isinstance(p, str) for p in prompts)):
+        prompts = []
+    if n and len(prompts) != n:  # a file edited by hand: keep the layers, number them
+        prompts = [f"prompt {i + 1}" for i in range(n)]
+    out: list[LayerData] = []
+    for i in range(n):
+        m = np.asarray(sims[i], np.float32)
+        lo, hi = float(np.nanmin(m)), float(np.nanmax(m))
+        kwargs = dict(
+            name=text_layer_name(name, prompts[i]),
+            scale=scale,
+            translate=translate,
+            colormap="inferno",
+            contrast_limits=(lo, hi) if hi > lo else (-1.0, 1.0),
+            opacity=0.8,
+            blending="translucent",
+            metadata={META_KEY: dict(meta[META_KEY], kind="text-similarity", prompt=prompts[i])},
+        )
+        out.append((m, kwargs, "image"))
+    labels = extra.get("text_labels")
+    if labels is not None:
+        labels = np.asarray(labels)
+        labels = labels if labels.dtype.kind in "iu" else labels.astype(np.int32)
+        count = max(len(prompts), int(labels.max(initial=0)))
+        names = [NONE_LABEL] + prompts + [f"label {i}" for i in range(len(prompts) + 1, count + 1)]
+        colormap: dict = {i: label_colour(i) for i in range(count + 1)}
+        colormap[None] = (0.0, 0.0, 0.0, 0.0)
+        kwargs = dict(
+            name=f"{name} {LABELS_SUFFIX}",
+            scale=scale,
+            translate=translate,
+            opacity=0.6,
+            colormap=colormap,
+            features={"index": list(range(count + 1)), "prompt": names},
+            metadata={META_KEY: dict(meta[META_KEY], kind="text-labels")},
+        )
+        out.append((labels, kwargs, "labels"))
     return out

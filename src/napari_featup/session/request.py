@@ -15,10 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..backbones import get_spec
-from ..errors import SettingsError
+from ..backbones import get_spec, is_backbone_name
+from ..errors import BackboneError, SettingsError, WeightsUnavailableError
 from ..upsamplers import UpsamplerError, parse_options, upsampler_info, upsampler_options
 from .geometry import Index, PlaneGeometry, current_plane, image_geometry
+from .large import use_large_path
 from .run import RunRequest
 from .stack import FeatureStack
 
@@ -28,6 +29,9 @@ WEIGHTS = ("pretrained", "file", "random")
 UPSAMPLER_WEIGHTS = ("published", "file", "random")
 SCALINGS = ("contrast_limits", "percentile", "minmax")
 SLICES = ("displayed", "all")
+TILES = ("auto", "whole")
+#: the working scales the widget offers ("downsample by k")
+DOWNSAMPLES = (1, 2, 4, 8)
 
 
 @dataclass
@@ -58,11 +62,27 @@ class RunSettings:
     channels: str = ""
     slices: str = "displayed"
     follow_slider: bool = True
+    #: working scale: "downsample by k" (k x the patch size image px per feature cell)
+    downsample: float = 1.0
+    #: backbone tiles: "auto" (the backbone's native input size) or "whole" (one pass)
+    tiles: str = "auto"
 
     def extract_kwargs(self) -> dict:
         """The settings as :func:`~napari_featup.pipeline.iter_extract` keywords
         (without the image-specific contrast limits); SettingsError when one cannot
         be used."""
+        backbone = self.backbone.strip()
+        if not backbone:
+            raise SettingsError(
+                "Backbone: a custom name is chosen but none is typed. What to do: type "
+                "timm:<model name> or hf-hub:<repository> below Backbone, or choose a "
+                "listed backbone."
+            )
+        if not is_backbone_name(backbone):
+            raise SettingsError(
+                f"Backbone: {backbone!r} is not a backbone name. What to do: choose a listed "
+                "backbone, or type timm:<model name> (any timm model) or hf-hub:<repository>."
+            )
         if self.weights not in WEIGHTS:
             raise SettingsError(f"weights must be one of {WEIGHTS}, got {self.weights!r}")
         weights = self.weights
@@ -74,7 +94,7 @@ class RunSettings:
                     "… and pick a weights file, or choose pretrained or random weights."
                 )
         out: dict[str, Any] = dict(
-            backbone=self.backbone,
+            backbone=backbone,
             upsampler=self.upsampler,
             weights=weights,
             device=self.device,
@@ -90,6 +110,15 @@ class RunSettings:
         channels = parse_channels(self.channels)
         if channels is not None:
             out["channels"] = channels
+        if float(self.downsample) != 1.0:
+            from ..tiling import resolve_scale
+
+            resolve_scale(get_spec(self.backbone).stride, float(self.downsample))  # whole px?
+            out["downsample"] = float(self.downsample)
+        if self.tiles not in TILES:
+            raise SettingsError(f"tiles must be one of {TILES}, got {self.tiles!r}")
+        if self.tiles == "whole":
+            out["tile_size"] = None
         return out
 
     def _upsampler_weights(self) -> str | None:
@@ -206,7 +235,13 @@ def plan_run(
         raise SettingsError(no_image_message(labels_name))
     extract = settings.extract_kwargs()
     geometry = image_geometry(layer, settings.channel_axis)
-    spec = get_spec(extract["backbone"])
+    try:  # a custom timm: name is resolved here (its model built on the meta device)
+        spec = get_spec(extract["backbone"])
+    except (BackboneError, WeightsUnavailableError) as exc:
+        raise SettingsError(
+            f"Backbone: {exc}. What to do: check the name (timm.list_models() lists timm's "
+            "models), or choose a listed backbone."
+        ) from exc
     h, w = geometry.size
     if h < spec.stride or w < spec.stride:
         raise SettingsError(
@@ -236,5 +271,6 @@ def plan_run(
         channel_axis=settings.channel_axis,
         pca=stack.pca if reuse else None,
         basis=stack.basis if reuse else None,
+        large=use_large_path(geometry.size, extract["upsampler"], geometry.leading),
     )
     return PlannedRun(request, geometry, config, stack if reuse else None)

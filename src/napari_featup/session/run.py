@@ -26,6 +26,7 @@ from ..pipeline import FeatureResult, iter_extract
 from ..progress import Progress, relay
 from .availability import check_weights
 from .geometry import Index
+from .large import LargeRun, iter_large_run
 from .stack import fit_stack_basis, fit_stack_pca, plane_colours
 from .warmup import wait_for_warm_up
 
@@ -60,6 +61,8 @@ class RunRequest:
     channel_axis: int | None = None
     pca: PCAProjection | None = None
     basis: Basis | None = None
+    #: a large 2-D image (:func:`.large.use_large_path`): streamed into a feature store
+    large: bool = False
 
 
 @dataclass
@@ -73,6 +76,8 @@ class RunOutput:
     colours: dict[Index, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     error: BaseException | None = None
     stage: str = ""
+    #: what a large run made (:class:`.large.LargeRun`), instead of ``results``
+    large: LargeRun | None = None
 
 
 def plane_array(data: Any, index: Index, channel_axis: int | None) -> np.ndarray:
@@ -111,6 +116,12 @@ def iter_run(request: RunRequest) -> Generator[Progress, None, RunOutput]:
         kwargs = dict(request.extract)
         _check_weights(kwargs, out)  # offline: fail now, not after the hub's retries
         kwargs["highres"] = False
+        if request.large:
+            gen = iter_large_run(request.data, kwargs, request.rgb, request.channel_axis)
+            out.large = yield from _staged(relay(gen, 0, total - 1, total), out)
+            out.stage = "done"
+            yield Progress(total, total, "done", stage="done")
+            return out
         if request.channel_axis is not None:
             kwargs["channel_axis"] = 0  # plane_array puts channels first
         for n, idx in enumerate(planes):

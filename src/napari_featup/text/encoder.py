@@ -49,12 +49,21 @@ class TowerSpec:
 _OPENAI_B16 = TowerSpec(
     "ViT-B-16", "openai", True, "OpenAI CLIP ViT-B/16 text transformer (open_clip, QuickGELU)"
 )
+#: open_clip's model with the image tower of ``siglip2-b`` (timm
+#: ``vit_base_patch16_siglip_224``, MAP head), pretrained tag ``webli`` in the Hugging Face
+#: repository ``timm/ViT-B-16-SigLIP2``; not wired (see tower_spec)
+SIGLIP2_OPEN_CLIP = "ViT-B-16-SigLIP2"
 #: backbones whose text tower napari-featup loads (the image tower's twin)
 TEXT_TOWERS: dict[str, TowerSpec] = {"clip": _OPENAI_B16, "maskclip": _OPENAI_B16}
 
 
 def text_backbones() -> list[str]:
-    """Backbones whose text tower napari-featup can load, in listing order."""
+    """Backbones whose text tower napari-featup can load, in listing order.
+
+    Returns
+    -------
+    list of str
+    """
     return [n for n in list_backbones() if n in TEXT_TOWERS]
 
 
@@ -71,9 +80,10 @@ def tower_spec(backbone: str) -> TowerSpec:
     supported = ", ".join(text_backbones())
     if getattr(spec, "text_tower", False):  # its published model has one we do not load
         why = (
-            " (SigLIP aligns text with its attention-pooled image embedding, not with the "
-            "patch tokens this backbone outputs, and its Gemma tokenizer is not shipped "
-            "offline)"
+            f" (its twin is open_clip's {SIGLIP2_OPEN_CLIP}, whose text transformer builds "
+            "offline, but whose Gemma tokenizer needs `transformers` and files from the "
+            "Hugging Face Hub; and SigLIP aligns text with its attention-pooled image "
+            "embedding, not with the patch tokens this backbone outputs)"
             if "siglip" in spec.name or "siglip" in spec.timm_name
             else ""
         )
@@ -310,11 +320,29 @@ def load_text_encoder(
 ) -> TextEncoder:
     """The text tower paired with ``backbone``'s image tower (cached).
 
-    ``backbone``: a name or a loaded :class:`~napari_featup.backbones.Backbone`, whose
-    weights are then used (``weights`` may be omitted; if given it must match).
-    ``weights``: ``"pretrained"`` (default), ``"random"`` or the path of the checkpoint
-    the image tower was read from. Raises BackboneError for backbones without a text
-    tower, WeightsUnavailableError / WeightsFileError for missing or unusable weights.
+    Parameters
+    ----------
+    backbone : str or Backbone
+        A name from :func:`text_backbones`, or a loaded backbone, whose weights are then
+        used.
+    weights : str or os.PathLike, optional
+        ``"pretrained"`` (the default), ``"random"`` or the path of the checkpoint the
+        image tower was read from; with a loaded backbone it may be omitted, and if given
+        must match.
+    device : str or torch.device
+        Where the text tower runs.
+
+    Returns
+    -------
+    TextEncoder
+        ``encoder(prompts)`` gives (N, C) unit embeddings in the image features' space.
+
+    Raises
+    ------
+    BackboneError
+        The backbone has no text tower.
+    WeightsUnavailableError, WeightsFileError
+        Missing or unusable weights.
     """
     if isinstance(backbone, Backbone):
         name, bb_weights = backbone.name, str(backbone.weights)
@@ -405,6 +433,11 @@ def encode_text(
         ``"maskclip"`` (default: MaskCLIP's 85 sentences, averaged), ``"imagenet"``
         (CLIP's 80), ``"plain"`` / None (the prompt as typed), or a list of sentences
         with ``{}``.
+
+    Returns
+    -------
+    numpy.ndarray
+        (N, D) float32 unit vectors, one per prompt.
     """
     return load_text_encoder(backbone, weights, device).encode(texts, templates)
 

@@ -60,12 +60,28 @@ class LegendEntry:
 def label_map(
     similarities: np.ndarray, prompts: Sequence[str], threshold: float | None = None
 ) -> tuple[np.ndarray, list[LegendEntry]]:
-    """Argmax over prompts of (N, ...) similarity maps -> labels (...) and a legend.
+    """Label each pixel with the prompt it is most similar to.
 
     Label ``i + 1`` marks pixels where prompt ``i`` is the most similar; label 0 ("none of
-    these") marks pixels whose best similarity is below ``threshold`` (None: no
-    threshold, every pixel gets a prompt). Ties go to the earlier prompt. Labels are
-    uint8 for fewer than 256 prompts, else uint16. The legend lists label 0 first.
+    these") marks pixels whose best similarity is below ``threshold``. Ties go to the
+    earlier prompt.
+
+    Parameters
+    ----------
+    similarities : numpy.ndarray
+        (N, ...) similarity maps, one per prompt.
+    prompts : sequence of str
+        The N prompts, in order.
+    threshold : float, optional
+        Pixels whose best similarity is below it get label 0 (None: every pixel gets a
+        prompt).
+
+    Returns
+    -------
+    labels : numpy.ndarray
+        (...) uint8 for fewer than 256 prompts, else uint16.
+    legend : list of LegendEntry
+        One entry per label, label 0 first.
     """
     sims = np.asarray(similarities, dtype=np.float32)
     prompts = [str(p) for p in prompts]

@@ -1,9 +1,15 @@
 """Text queries against computed features (no Qt, no napari import).
 
 A text query is a similarity query whose vectors come from the text tower instead of
-clicked pixels: ``FeatureField.query_similarity`` answers N prompts with one N-channel
-projection (for linear upsamplers a low-res projection upsampled with the cached
-kernels) over the cached per-pixel norms, exactly as N clicks would be answered.
+clicked pixels. The library and the command line answer it exactly:
+``FeatureField.query_similarity`` answers N prompts with one N-channel projection (for
+linear upsamplers a low-res projection upsampled with the cached kernels) over the
+per-pixel norms. The plugin (:class:`StackText`) answers it as it answers clicks, from
+the plane's compact field (:mod:`napari_featup.compact`): one pass over its coordinates
+for all prompts whatever the upsampler, with the largest error it can have recorded per
+map (0 when the basis is complete; else the text vector's part outside the basis times
+the plane's largest relative residual); bilinear features, whose exact projection is a
+1-channel resize, are answered exactly.
 
 Features made with FeatUp's channel norm (``use_norm``) are centred per pixel, so their
 mean direction is gone; a text vector is centred the same way before the cosine
@@ -21,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ..compact import vector_query, vector_similarities
 from ..errors import SettingsError
 from ..io import META_KEY
 from .encoder import TextEncoder, load_text_encoder
@@ -79,6 +86,23 @@ def text_similarity(result: Any, embeddings: np.ndarray) -> np.ndarray:
     return f.query_similarity(q).reshape((q.shape[0],) + f.size)
 
 
+def stack_text_similarity(
+    stack: Any, index: tuple[int, ...], embeddings: np.ndarray
+) -> tuple[np.ndarray, list[float]]:
+    """(N, H, W) cosine maps of plane ``index`` of a FeatureStack to N text embeddings,
+    and each map's largest possible error.
+
+    From the plane's compact field (one pass over its coordinates for all N, whatever
+    the upsampler), unless the upsampler's projection is as cheap (bilinear: a 1-channel
+    resize), which is then taken, exactly."""
+    result = stack.results[index]
+    if result.field is not None and getattr(result.field.upsampler, "cheap_projection", False):
+        return text_similarity(result, embeddings), [0.0] * len(embeddings)
+    compact = stack.compact(index)
+    q = query_vectors(embeddings, bool(result.metadata.get("use_norm")))
+    return vector_similarities(compact, [vector_query(compact.basis, v) for v in q])
+
+
 def text_record(
     prompts: Sequence[str],
     encoder: TextEncoder,
@@ -129,7 +153,9 @@ class StackText:
     """Text heatmaps over the planes of a :class:`~napari_featup.session.FeatureStack`.
 
     ``maps[i]`` is prompt i's heatmap, ``leading + (H, W)``, zero on planes not computed;
-    planes are computed on demand (:meth:`update`), each (prompt, plane) once. The record
+    planes are computed on demand (:meth:`update`), each (prompt, plane) once, from the
+    plane's compact field (:func:`stack_text_similarity`; ``bounds`` keeps each map's
+    largest possible error). The record
     of the prompts is written into every plane's metadata, so exported features keep it.
     """
 
@@ -140,6 +166,8 @@ class StackText:
     maps: np.ndarray | None = None
     #: per prompt, the planes whose map is computed
     done: list[set] = field(default_factory=list)
+    #: per prompt, {plane: largest error of its map} (compact field; 0 when exact)
+    bounds: list[dict] = field(default_factory=list)
 
     @classmethod
     def build(
@@ -168,6 +196,7 @@ class StackText:
                 if j >= 0 and np.array_equal(previous.embeddings[j], emb[i]):
                     out.maps[i] = previous.maps[j]
                     out.done[i] = set(previous.done[j])
+                    out.bounds[i] = dict(previous.bounds[j])
         return out
 
     @property
@@ -182,6 +211,7 @@ class StackText:
         if self.maps is None or self.maps.shape != shape:
             self.maps = np.zeros(shape, np.float32)
         self.done = [set() for _ in self.prompts]
+        self.bounds = [{} for _ in self.prompts]
         for res in self.stack.results.values():
             res.metadata[TEXT_KEY] = copy.deepcopy(self.record)
 
@@ -193,10 +223,11 @@ class StackText:
             return None
         todo = [i for i, d in enumerate(self.done) if idx not in d]
         if todo:
-            sims = text_similarity(self.stack.results[idx], self.embeddings[todo])
+            sims, bounds = stack_text_similarity(self.stack, idx, self.embeddings[todo])
             for k, i in enumerate(todo):
                 self.maps[(i,) + idx] = sims[k]
                 self.done[i].add(idx)
+                self.bounds[i][idx] = bounds[k]
         return self.maps[(slice(None),) + idx]
 
     def _meta(self, kind: str, **extra: Any) -> dict:
@@ -219,7 +250,11 @@ class StackText:
                 contrast_limits=(lo, hi) if hi > lo else (-1.0, 1.0),
                 opacity=0.8,
                 blending="translucent",
-                metadata=self._meta("text-similarity", prompt=p),
+                metadata=self._meta(
+                    "text-similarity",
+                    prompt=p,
+                    similarity_error_bound=max(self.bounds[i].values(), default=0.0),
+                ),
             )
             out.append((self.maps[i], kwargs, "image"))
         return out

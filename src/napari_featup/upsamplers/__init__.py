@@ -37,17 +37,39 @@ from .base import Kernels, Upsampler, channel_norm, resize_bilinear
 
 
 def list_upsamplers() -> list[str]:
-    """Names accepted by :func:`load_upsampler`, in registration order."""
+    """Names accepted by :func:`load_upsampler`, in registration order.
+
+    Returns
+    -------
+    list of str
+    """
     return list(registered())
 
 
 def describe_upsamplers() -> dict[str, str]:
-    """Name -> one-line description."""
+    """Each registered upsampler's one-line description.
+
+    Returns
+    -------
+    dict of str to str
+        Name -> description, in registration order.
+    """
     return {name: info.description for name, info in registered().items()}
 
 
 def upsampler_options(name: str) -> dict[str, Any]:
-    """Option name -> default of upsampler ``name`` ({} when it takes none)."""
+    """The options upsampler ``name`` takes, with their defaults.
+
+    Parameters
+    ----------
+    name : str
+        A registered upsampler.
+
+    Returns
+    -------
+    dict of str to object
+        Option name -> default ({} when it takes none).
+    """
     return upsampler_info(name).defaults()
 
 
@@ -74,8 +96,14 @@ def load_upsampler(
         upsampler's default.
     weights
         A local weights file (or ``"random"``) where the upsampler takes weights.
+    device
+        ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda:N"`` or ``"mps"``.
     **options
         The upsampler's options (:func:`upsampler_options`); values may be strings.
+
+    Returns
+    -------
+    Upsampler
 
     Raises
     ------

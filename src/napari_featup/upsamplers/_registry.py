@@ -30,7 +30,23 @@ class NoOptions:
 
 @dataclass(frozen=True)
 class UpsamplerInfo:
-    """What the registry knows of one upsampler."""
+    """What the registry knows of one upsampler.
+
+    Attributes
+    ----------
+    name, description : str
+        The registered name and its one-line description.
+    cls : type
+        The :class:`~napari_featup.upsamplers.base.Upsampler` subclass.
+    options : type
+        The dataclass of its options.
+    takes_weights : bool
+        Whether ``load_upsampler(..., weights=...)`` applies.
+    default_use_norm : bool
+        FeatUp's channel LayerNorm when the caller does not say.
+    licence, citation : str
+        Of the method and its published weights (empty when not applicable).
+    """
 
     name: str
     cls: type
@@ -63,10 +79,27 @@ def register_upsampler(
 ) -> Callable[[U], U]:
     """Class decorator: register an :class:`Upsampler` subclass under ``name``.
 
-    ``options``: a dataclass of the options it takes (field defaults are the defaults);
-    ``takes_weights``: whether ``load_upsampler(..., weights=...)`` applies;
-    ``default_use_norm``: FeatUp's channel LayerNorm when the caller does not say.
     The class builds itself with its ``build`` classmethod.
+
+    Parameters
+    ----------
+    name : str
+        The name :func:`load_upsampler` takes.
+    description : str
+        One line, shown in listings and the widget.
+    options : type
+        A dataclass of the options it takes (field defaults are the defaults).
+    takes_weights : bool
+        Whether ``load_upsampler(..., weights=...)`` applies.
+    default_use_norm : bool
+        FeatUp's channel LayerNorm when the caller does not say.
+    licence, citation : str
+        Of the method and its weights, shown in listings.
+
+    Returns
+    -------
+    callable
+        The decorator; it returns the class unchanged.
     """
     if not dataclasses.is_dataclass(options):
         raise TypeError(f"options of upsampler {name!r} must be a dataclass, got {options!r}")
@@ -85,7 +118,22 @@ def register_upsampler(
 
 
 def upsampler_info(name: str) -> UpsamplerInfo:
-    """The registry entry of ``name``; :class:`UpsamplerError` naming the choices if none."""
+    """The registry entry of upsampler ``name``.
+
+    Parameters
+    ----------
+    name : str
+        A registered upsampler.
+
+    Returns
+    -------
+    UpsamplerInfo
+
+    Raises
+    ------
+    UpsamplerError
+        No such upsampler (the message names the choices).
+    """
     key = str(name).lower()
     if key not in _REGISTRY:
         raise UpsamplerError(f"unknown upsampler {name!r}; choose one of {', '.join(_REGISTRY)}")
@@ -137,8 +185,23 @@ def _coerce(name: str, key: str, value: Any, kind: Any) -> Any:
 def make_options(name: str, options: dict[str, Any] | None = None) -> Any:
     """Validated options of upsampler ``name`` from a dict (values may be strings).
 
-    Raises :class:`UpsamplerError` naming an unknown key (and the accepted ones) or a
-    value of the wrong type; range checks are the options class's ``__post_init__``.
+    Parameters
+    ----------
+    name : str
+        A registered upsampler.
+    options : dict, optional
+        Option name -> value; strings are converted to the field's type.
+
+    Returns
+    -------
+    object
+        An instance of the upsampler's options dataclass.
+
+    Raises
+    ------
+    UpsamplerError
+        An unknown key (naming the accepted ones) or a value of the wrong type; range
+        checks are the options class's ``__post_init__``.
     """
     info = upsampler_info(name)
     options = dict(options or {})
@@ -162,11 +225,25 @@ def make_options(name: str, options: dict[str, Any] | None = None) -> Any:
 
 
 def parse_options(text: str | Sequence[str] | None) -> dict[str, Any]:
-    """``"steps=40, settings=featup"`` or ``["steps=40", "settings=featup"]`` ->
-    ``{"steps": 40, "settings": "featup"}``.
+    """Parse ``KEY=VALUE`` option items, as typed in the widget or on the command line.
 
     Values are read as Python literals (numbers, True/False, None) where they parse and
-    kept as strings otherwise. Raises :class:`UpsamplerError` for an item without ``=``.
+    kept as strings otherwise.
+
+    Parameters
+    ----------
+    text : str, sequence of str or None
+        ``"steps=40, settings=featup"`` or ``["steps=40", "settings=featup"]``.
+
+    Returns
+    -------
+    dict of str to object
+        e.g. ``{"steps": 40, "settings": "featup"}``.
+
+    Raises
+    ------
+    UpsamplerError
+        An item without ``=``.
     """
     if text is None:
         return {}

@@ -81,11 +81,26 @@ class Kernels:
 
 
 class Upsampler(nn.Module):
-    """Base class: subclasses set ``name`` and implement ``forward``.
+    """Base class of upsamplers: ``up(lowres, image)`` lifts (B, C, h, w) features to the
+    (B, 3, H, W) guidance image's pixels, giving (B, C, H, W).
 
-    ``use_norm`` (default False) asks the caller to apply :func:`channel_norm` to the
-    backbone features before upsampling (FeatUp's JBU stacks were trained with and
-    without it). Linear upsamplers set ``linear = True`` and implement ``kernels``.
+    Subclasses are registered with
+    :func:`~napari_featup.upsamplers.register_upsampler` (name, description, options),
+    implement ``forward`` and declare what they can do in the class attributes below.
+
+    Attributes
+    ----------
+    use_norm : bool
+        The caller applies :func:`~napari_featup.ops.channel_norm` to the backbone
+        features first (FeatUp's JBU stacks were trained with and without it).
+    linear : bool
+        Channel-linear, with reusable :meth:`kernels` (clicks reuse them).
+    tileable : bool
+        :meth:`upsample` evaluates a band of rows exactly (with its own halo).
+    fits_per_image : bool
+        :meth:`iter_fit` does real work per image before upsampling.
+    factored : bool
+        :meth:`factors` gives fewer per-pixel factors than channels.
     """
 
     #: set by :func:`~napari_featup.upsamplers.register_upsampler`
@@ -95,11 +110,14 @@ class Upsampler(nn.Module):
     #: ``linear`` -- channel-linear, with reusable :meth:`kernels`;
     #: ``tileable`` -- :meth:`upsample` evaluates a band of rows exactly (own halo);
     #: ``fits_per_image`` -- :meth:`iter_fit` does real work before upsampling;
-    #: ``factored`` -- :meth:`factors` gives fewer per-pixel factors than channels.
+    #: ``factored`` -- :meth:`factors` gives fewer per-pixel factors than channels;
+    #: ``cheap_projection`` -- a 1-channel projection through the kernels costs no more
+    #: than a compact-field query (bilinear: one resize), so text queries take it exactly.
     linear: ClassVar[bool] = False
     tileable: ClassVar[bool] = False
     fits_per_image: ClassVar[bool] = False
     factored: ClassVar[bool] = False
+    cheap_projection: ClassVar[bool] = False
     use_norm: bool = False
 
     @classmethod

@@ -24,6 +24,7 @@ class Bilinear(Upsampler):
 
     linear = True
     tileable = True
+    cheap_projection = True
 
     def forward(self, lowres: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         return resize_bilinear(lowres, tuple(image.shape[-2:]))

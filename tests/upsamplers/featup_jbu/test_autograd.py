@@ -99,7 +99,9 @@ def test_values_and_gradients_match_reference_float32(grid):
     assert (ours - ref).abs().max() <= 2e-5 * ref.abs().max()
     assert len(g_ours) == len(g_ref)
     for a, b in zip(g_ours, g_ref):
-        assert (a - b).abs().max() <= 1e-4 * b.abs().max() + 1e-7
+        # float32 sums in another order (thread count): ~1e-4 relative; a wrong
+        # gradient is off by O(1)
+        assert (a - b).abs().max() <= 3e-4 * b.abs().max() + 1e-7
 
 
 def test_full_stack_matches_reference_forward():

@@ -79,6 +79,15 @@ def featup_checkpoint_path(backbone: str, use_norm: bool = True) -> Path:
 def download_featup_checkpoint(backbone: str, use_norm: bool = True, progress: bool = True) -> Path:
     """Fetch FeatUp's JBU checkpoint for ``backbone`` into the cache (reused if present).
 
+    Parameters
+    ----------
+    backbone : str
+        One of FeatUp's six backbones (a name with a published JBU stack).
+    use_norm : bool
+        The stack trained on channel-normed features (FeatUp publishes both).
+    progress : bool
+        Show a download progress bar.
+
     Returns
     -------
     Path

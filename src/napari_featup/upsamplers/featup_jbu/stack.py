@@ -232,6 +232,11 @@ def load_featup_checkpoint(
     device
         Where to put the stack.
 
+    Returns
+    -------
+    FeatUpJBU
+        The stack, in eval mode.
+
     Raises
     ------
     WeightsFileError

@@ -227,6 +227,15 @@ def iter_train_jbu(
     **options
         :class:`TrainConfig` fields.
 
+    Yields
+    ------
+    Progress
+        One per step, with ``loss`` set.
+
+    Returns
+    -------
+    TrainedJBU
+
     Raises
     ------
     ImageError, BackboneError, UpsamplerError, WeightsFileError
@@ -395,9 +404,30 @@ def _restore(resume, cfg, bb, n_images, use_norm, mods, opt, gen):
 def train_jbu(
     images: Any, backbone: Any, *, on_event=None, should_cancel=None, **kwargs: Any
 ) -> TrainedJBU:
-    """Train a JBU stack (see :func:`iter_train_jbu` for the arguments) and return it in
-    eval mode. ``on_event`` gets each :class:`Progress`; ``should_cancel`` returning
-    True stops the run (raising :class:`~napari_featup.progress.Cancelled`)."""
+    """Train a JBU stack and return it in eval mode.
+
+    Parameters
+    ----------
+    images, backbone
+        As :func:`iter_train_jbu`.
+    on_event : callable, optional
+        Called with each :class:`~napari_featup.progress.Progress` (``loss`` set).
+    should_cancel : callable, optional
+        Polled at every step; True stops the run (its resumable checkpoint is kept).
+    **kwargs
+        :func:`iter_train_jbu`'s keywords (``steps``, ``out``, ``resume``, ``init``, ...).
+
+    Returns
+    -------
+    TrainedJBU
+        Callable like any upsampler (``up(lowres, image)``); ``.save(path)`` writes a
+        FeatUp-format checkpoint.
+
+    Raises
+    ------
+    Cancelled
+        ``should_cancel`` returned True.
+    """
     return drive(iter_train_jbu(images, backbone, **kwargs), on_event, should_cancel)
 
 
