@@ -1,3 +1,6 @@
+import json
+import warnings
+
 import numpy as np
 import pytest
 
@@ -47,6 +50,24 @@ def test_pca_subsample_and_few_channels(rng):
     pca = fit_pca(x, max_samples=500)
     assert pca.components.shape == (3, 2)
     assert np.all(pca.components[2] == 0)
+
+
+@pytest.mark.parametrize("shape", [(8, 6, 6), (384, 6, 6), (8, 1, 1), (5, 1, 7)])
+def test_pca_of_constant_features_is_defined(shape):
+    # a blank image gives the same vector everywhere (or there is one pixel): sklearn
+    # alone divides by the zero total variance and the ratios come out NaN
+    x = np.full(shape, 2.5, np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning from a 0/0 either
+        pca = fit_pca(x)
+        rgb = pca.to_rgb(x)
+    for name, v in pca.__dict__.items():
+        assert np.isfinite(v).all(), name
+    assert np.all(pca.explained_variance_ratio == 0)
+    assert np.allclose(pca.mean, 2.5)
+    assert rgb.shape == shape[1:] + (3,) and np.isfinite(rgb).all()
+    assert np.all(rgb == rgb[0, 0])  # one colour for one feature vector
+    json.dumps(pca.to_dict(), allow_nan=False)  # stored in metadata as strict JSON
 
 
 def test_cosine_similarity_exact():

@@ -76,3 +76,34 @@ def test_errors(tmp_path, result):
         io.load_features(bad)
     with pytest.raises(io.FeatureFileError, match="one array"):
         io.save_arrays(tmp_path / "x.npy", {"a": np.zeros(2), "b": np.zeros(2)})
+
+
+def test_zarr_missing_chunk_raises_naming_it(tmp_path):
+    out = tmp_path / "f.zarr"
+    lowres = np.arange(2 * 600 * 3, dtype=np.float32).reshape(2, 600, 3)  # chunks of 512
+    lowres[:, 512:] = 0  # an all-zero chunk: zarr skips those unless told to store them
+    io.save_arrays(out, {"lowres": lowres})
+    got, _ = io.load_arrays(out)
+    assert np.array_equal(got["lowres"], lowres)
+    chunk = out / "lowres" / "c" / "0" / "1" / "0"
+    assert chunk.is_file()  # stored although it equals the fill value
+    chunk.unlink()  # damage after the write: it would read back as zeros
+    with pytest.raises(io.FeatureFileError, match=r"chunk 'c/0/1/0' of array 'lowres'.*512:600"):
+        io.load_arrays(out)
+    (out / "lowres" / "c" / "0" / "0" / "0").unlink()
+    with pytest.raises(io.FeatureFileError, match=r"'c/0/0/0'.*and 1 more of 2"):
+        io.load_features(out)
+
+
+def test_zarr_written_before_the_chunk_mark_is_read_as_before(tmp_path):
+    # files from earlier versions did not store all-zero chunks: no check, zeros as ever
+    import zarr
+
+    out = tmp_path / "old.zarr"
+    g = zarr.open_group(str(out), mode="w")
+    z = g.create_array("lowres", shape=(2, 70, 3), dtype=np.float32, chunks=(2, 64, 3))
+    z[:, :64] = 1.0
+    g.attrs[io.META_KEY] = {"arrays": ["lowres"]}
+    assert not (out / "lowres" / "c" / "0" / "1" / "0").exists()
+    got, _ = io.load_arrays(out)
+    assert got["lowres"][:, 64:].max() == 0 and got["lowres"][:, :64].min() == 1

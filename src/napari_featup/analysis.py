@@ -124,6 +124,16 @@ def fit_pca(
     if n > max_samples:
         idx = np.random.default_rng(seed).choice(n, max_samples, replace=False)
         samples = samples[idx]
+    if n < 2 or not np.any(samples != samples[:1]):
+        # constant features (or one sample): no direction varies. sklearn would divide
+        # by the zero total variance (NaN ratios); every pixel gets the same colour.
+        return PCAProjection(
+            components=np.zeros((n_components, c), np.float32),
+            mean=samples.mean(axis=0, dtype=np.float64).astype(np.float32),
+            low=np.zeros(n_components, np.float32),
+            high=np.zeros(n_components, np.float32),
+            explained_variance_ratio=np.zeros(n_components, np.float32),
+        )
     pca = PCA(n_components=k, svd_solver="full" if c <= 64 else "randomized", random_state=seed)
     proj = pca.fit_transform(samples).T  # (k, n)
     comps = pca.components_.astype(np.float32)

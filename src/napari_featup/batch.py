@@ -305,6 +305,7 @@ def iter_extract_many(
             except Exception as exc:  # noqa: BLE001 - one bad image must not stop the batch
                 report.failed[item.name] = f"{type(exc).__name__}: {exc}"
             done += 1
+    fs.drop_empty_partial()
     report.seconds = round(time.perf_counter() - t0, 3)
     yield Progress(total, total, "done", "done")
     fs.report = report

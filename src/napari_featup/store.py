@@ -10,6 +10,9 @@ Layout (zarr v3; any zarr/dask reader opens it)::
 
 Each image is written under a temporary name beside the store and renamed into it when
 complete, so a killed run leaves only whole images, and the next run skips them.
+Every chunk is stored (even an all-zero one), so a chunk file lost later raises
+:class:`~napari_featup.errors.FeatureFileError` naming it instead of reading as zeros,
+and the next run recomputes that image.
 A *signature* (as micro-sam keeps with its embeddings) records what an image's features
 depend on: the input data (a BLAKE2 digest of its pixels, plus path, size and mtime for
 a cheap first check), the model, scale, tiling, preprocessing and package version. An
@@ -32,7 +35,9 @@ import numpy as np
 
 from . import __version__
 from .errors import FeatureFileError
-from .io import META_KEY
+from .io import META_KEY, clean_stale_temporaries
+from .io.write import _temp_name
+from .io.zarr_chunks import check_chunks, is_marked
 from .source import ImageSource
 
 STORE_FORMAT = "napari-featup feature store"
@@ -111,20 +116,36 @@ class FeatureStore:
         if mode == "r" and not self.path.is_dir():
             raise FeatureFileError(f"feature store {str(self.path)!r} does not exist")
         if mode == "a" and not (self.path / "zarr.json").exists():
-            if self.path.is_dir() and any(self.path.iterdir()):
-                raise FeatureFileError(
-                    f"{str(self.path)!r} is a folder that is not a feature store; "
-                    "choose a new name for the store"
-                )
-            # the attributes go into the group's one metadata write: no reader ever sees
-            # the store without them
-            info = {META_KEY: {"format": STORE_FORMAT, "version": STORE_VERSION}}
-            zarr.open_group(str(self.path), mode="a", attributes=info)
+            self._create()
         root = zarr.open_group(str(self.path), mode="r")
         info = dict(root.attrs.get(META_KEY, {}))
         if info.get("format") != STORE_FORMAT:
             raise FeatureFileError(f"{str(self.path)!r} is not a napari-featup feature store")
         self.mode = mode
+
+    def _create(self) -> None:
+        """Make the empty store under a temporary name and rename it into place, so a
+        run killed while creating it leaves no half store (zarr's own temporary of
+        ``zarr.json``) that the next run would take for a foreign folder."""
+        import zarr
+
+        if self.path.is_dir() and any(self.path.iterdir()):
+            raise FeatureFileError(
+                f"{str(self.path)!r} is a folder that is not a feature store; "
+                "choose a new name for the store"
+            )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _temp_name(self.path, "tmp")  # removed by clean_partial if we are killed
+        try:
+            info = {META_KEY: {"format": STORE_FORMAT, "version": STORE_VERSION}}
+            zarr.open_group(str(tmp), mode="w", attributes=info)
+            try:
+                os.replace(tmp, self.path)  # onto nothing, or onto an empty folder
+            except OSError:
+                if not (self.path / "zarr.json").exists():
+                    raise  # not another process's store made meanwhile: a real failure
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     # -- reading -----------------------------------------------------------------------
 
@@ -168,11 +189,11 @@ class FeatureStore:
             return False
         stamp = signature.get("file")
         if stamp is not None and old.get("file") == stamp:
-            return True
+            return self[name].intact()
         data = signature.get("data_digest")
         if data is None and source is not None:
             data = data_digest(source)
-        return data is not None and data == old.get("data_digest")
+        return data is not None and data == old.get("data_digest") and self[name].intact()
 
     # -- writing -----------------------------------------------------------------------
 
@@ -186,6 +207,12 @@ class FeatureStore:
         """Remove what killed runs left half-written."""
         if self.partial_dir.is_dir():
             shutil.rmtree(self.partial_dir, ignore_errors=True)
+        clean_stale_temporaries(self.path)  # of a killed creation of the store
+
+    def drop_empty_partial(self) -> None:
+        """Remove the folder of partial images when nothing is being written there."""
+        with contextlib.suppress(OSError):
+            self.partial_dir.rmdir()
 
     @contextlib.contextmanager
     def writing(self, name: str):
@@ -225,14 +252,41 @@ class StoredImage:
         self.path = path
         self.group = zarr.open_group(str(path), mode="r")
         self.metadata = dict(self.group.attrs.get(META_KEY, {}))
+        self._checked: set[str] = set()
 
     def _array(self, name: str):
-        return self.group[name] if name in self.group.array_keys() else None
+        if name not in self.group.array_keys():
+            return None
+        arr = self.group[name]
+        if name not in self._checked and is_marked(self.group):
+            # a chunk file lost after the write would read as zeros: refuse instead
+            check_chunks(arr, f"feature store {str(self.path.parent)!r}, image {self.path.name!r}")
+            self._checked.add(name)
+        return arr
+
+    def intact(self) -> bool:
+        """Whether every chunk of every array is stored (always True for images
+        written before chunks were all stored: those cannot be checked)."""
+        try:
+            for name in self.group.array_keys():
+                self._array(name)
+        except FeatureFileError:
+            return False
+        return True
 
     @property
     def features(self):
-        """The stored features at the working scale (a lazy zarr array)."""
-        return self.group["features"]
+        """The stored features at the working scale (a lazy zarr array).
+
+        Raises
+        ------
+        FeatureFileError
+            A chunk of it is missing from the store (damage; it would read as zeros).
+        """
+        arr = self._array("features")
+        if arr is None:
+            raise FeatureFileError(f"{str(self.path)!r} holds no 'features' array")
+        return arr
 
     @property
     def pca(self):

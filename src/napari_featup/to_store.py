@@ -22,6 +22,7 @@ import torch
 from .analysis import PCAProjection, fit_pca
 from .backbones import Backbone, get_spec, load_backbone
 from .io import META_KEY
+from .io.zarr_chunks import create_array, mark_complete
 from .lazy import LazyField, blockwise
 from .pipeline import (
     _metadata,
@@ -214,8 +215,8 @@ def iter_extract_to_store(
     fdtype = np.dtype(settings.features_dtype)
 
     with store.writing(name) as g:
-        feats = g.create_array(
-            "features", shape=(bb.dim,) + grid, dtype=fdtype, chunks=(bb.dim, 32, 32)
+        feats = create_array(
+            g, "features", shape=(bb.dim,) + grid, dtype=fdtype, chunks=(bb.dim, 32, 32)
         )
 
         def sink(rows: slice, block: np.ndarray) -> None:
@@ -251,8 +252,8 @@ def iter_extract_to_store(
             yield Progress(2, total, "fitting PCA", stage="pca")
             pca = sample_pca(feats)
             meta["pca"] = pca.to_dict()
-            low_rgb = g.create_array(
-                "pca_lowres", shape=grid + (3,), dtype=np.uint8, chunks=(256, 256, 3)
+            low_rgb = create_array(
+                g, "pca_lowres", shape=grid + (3,), dtype=np.uint8, chunks=(256, 256, 3)
             )
             band = max(1, (32 << 20) // (4 * bb.dim * grid[1]))
             for r0 in range(0, grid[0], band):
@@ -271,7 +272,7 @@ def iter_extract_to_store(
                 prefix="PCA colours: ",
             )
         meta["seconds"] = round(time.perf_counter() - t0, 3)
-        g.attrs[META_KEY] = meta
+        g.attrs.update(mark_complete({META_KEY: meta}))
     yield Progress(5, total, "done", stage="done")
     return meta
 
@@ -282,7 +283,7 @@ def _write_colours(
     """Full-resolution PCA colours (H, W, 3) uint8, block by block (or in row tiles of
     a whole-image field for upsamplers that need the whole image)."""
     height, width = prepared.source.shape
-    out = g.create_array("pca", shape=(height, width, 3), dtype=np.uint8, chunks=(block, block, 3))
+    out = create_array(g, "pca", shape=(height, width, 3), dtype=np.uint8, chunks=(block, block, 3))
     if blockwise(up):
         # each block is computed once: keep no crops nor kernels beyond it
         lazy = LazyField(feats, prepared, up, s, device=dev, cache_blocks=1, reuse_kernels=False)

@@ -360,9 +360,12 @@ def test_upsampler_weights_reach_the_upsampler(qtbot, viewer_widget, tmp_path):
     viewer, widget = viewer_widget
     viewer.add_image(two_region_rgb(), name="photo")
     widget.upsampler_weights.setText(str(tmp_path / "jbu.ckpt"))
+    # bilinear has no weights: the field (hidden for it) is not passed to it
+    assert "upsampler_weights" not in widget.settings()
+    widget.upsampler_combo.setCurrentText("featup-jbu")
     assert widget.settings()["upsampler_weights"] == str(tmp_path / "jbu.ckpt")
-    assert run_and_wait(qtbot, widget) == "error"  # bilinear has no weights to load
-    assert "bilinear upsampler has no weights" in widget.last_error
+    assert run_and_wait(qtbot, widget) == "error"  # no such file
+    assert "jbu.ckpt" in widget.last_error
     assert [lyr.name for lyr in viewer.layers] == ["photo"]
 
 

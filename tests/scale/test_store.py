@@ -181,3 +181,19 @@ def test_expand_inputs_globs_folders_and_duplicates(tmp_path, rng):
     assert len(names) == 3 and len(set(names)) == 3
     with pytest.raises(FileNotFoundError):
         expand_inputs([tmp_path / "missing.tif"], s)
+
+
+def test_missing_chunk_raises_and_the_next_run_recomputes(tmp_path, rng, threads):
+    src = _images(tmp_path / "in", rng, n=1, size=(40, 600))  # grid 3 x 38: two chunks
+    store = tmp_path / "f.zarr"
+    fs = extract_many(src, store, **SETTINGS, threads=threads)
+    before = fs["img0"].features[...]
+    chunk = store / "img0" / "features" / "c" / "0" / "0" / "1"
+    assert chunk.is_file()
+    chunk.unlink()  # lost after the write (a bad copy, a disk error)
+    with pytest.raises(nf.FeatureFileError, match=r"image 'img0'.*chunk 'c/0/0/1'.*32:38"):
+        open_store(store)["img0"].lowres()
+    assert not open_store(store)["img0"].intact()
+    fs = extract_many(src, store, **SETTINGS, threads=threads)  # not taken as current
+    assert fs.report.computed == ["img0"]
+    assert np.array_equal(fs["img0"].features[...], before)

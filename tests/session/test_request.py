@@ -44,12 +44,28 @@ def test_upsampler_options_and_weights():
     s.upsampler_weights = " jbu.ckpt "
     kw = s.extract_kwargs()
     assert kw["upsampler_options"] == {"steps": 3, "seed": 5, "x": "a"}
-    assert kw["upsampler_weights"] == "jbu.ckpt"
+    assert "upsampler_weights" not in kw  # featup-implicit has none (the row is hidden)
+    s.upsampler = "featup-jbu"
+    assert s.extract_kwargs()["upsampler_weights"] == "jbu.ckpt"
+    s.upsampler = "featup-implicit"
     s.upsampler_options = "steps"
     with pytest.raises(SettingsError, match="KEY=VALUE") as info:
         s.extract_kwargs()
     assert "settings=fast" in str(info.value)  # the example shows this upsampler's defaults
     assert "upsampler_options" not in RunSettings(upsampler_options=" ").extract_kwargs()
+
+
+@pytest.mark.parametrize("upsampler", ["bilinear", "jbu-classic", "guided-fit"])
+def test_upsampler_weights_left_from_another_upsampler_are_not_passed(upsampler):
+    # found by tests/_qt/test_concurrency.py: random upsampler weights chosen for
+    # featup-jbu, then jbu-classic chosen (the weights row hidden): its run failed with
+    # "the jbu-classic upsampler has no weights"
+    for source, path in (("random", ""), ("file", "jbu.ckpt"), ("published", "jbu.ckpt")):
+        s = RunSettings(upsampler="featup-jbu", upsampler_weights_source=source)
+        s.upsampler_weights = path
+        assert s.extract_kwargs()["upsampler_weights"] == (path or "random")
+        s.upsampler = upsampler
+        assert "upsampler_weights" not in s.extract_kwargs()
 
 
 def test_channels_parse_or_raise_settings_error():

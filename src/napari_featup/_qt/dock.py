@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import weakref
 from pathlib import Path
 from typing import Any
 
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QPushButton, QScrollArea, QWidget
+from qtpy.QtCore import QEvent, Signal
+from qtpy.QtWidgets import QMainWindow, QPushButton, QScrollArea, QWidget
 
 from .._reader_associations import associate_feature_files
 from ..errors import ImageError, SettingsError
@@ -143,21 +144,46 @@ class FeatUpWidget(QWidget):
         self.viewer.dims.events.current_step.connect(self._on_slider)
         self._click_cb = _query.ctrl_click_callback(self.similarity_panel.query_layer_for_click)
         self.viewer.mouse_drag_callbacks.append(self._click_cb)
+        self._window = lambda: None  # a weak reference to the viewer's window, once known
 
     def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt name
         """Size the dock to its content once styled (nothing cut at the right edge)."""
         super().showEvent(event)
         fit_width(self.findChild(QScrollArea))
+        self._watch_window()
+
+    def _watch_window(self) -> None:
+        """Watch the viewer's window for its close (once the dock is in it: when shown
+        or run). napari has no public close event for plugins, and closing the window
+        sends none to its docks."""
+        win = self.window()
+        if win is not self and win is not self._window() and isinstance(win, QMainWindow):
+            win.installEventFilter(self)
+            self._window = weakref.ref(win)  # a strong one would keep a closed viewer
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt name
         """Cancel a run and unhook the click callback when the dock closes."""
-        self.cancel()
+        self.shut_down()
+        super().closeEvent(event)
+
+    def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 - Qt name
+        """Shut down with the viewer's window: closing it sends no close event to the
+        docks, so without this a run and the warm-up went on computing, orphaned."""
+        if event.type() == QEvent.Close and obj is self._window():
+            obj.event(event)  # napari decides first (it may ask, and be told no)
+            if event.isAccepted():
+                self.shut_down()
+            return True  # handled (once) above
+        return False
+
+    def shut_down(self) -> None:
+        """Cancel the run, stop the warm-up and unhook from the viewer (idempotent)."""
+        self.jobs.shut_down()
         self.warm_up.quit()
         if self._click_cb in self.viewer.mouse_drag_callbacks:
             self.viewer.mouse_drag_callbacks.remove(self._click_cb)
         with contextlib.suppress(TypeError, ValueError, RuntimeError):
             self.viewer.layers.selection.events.active.disconnect(self._on_active_layer)
-        super().closeEvent(event)
 
     # -------------------------------------------------------------- images
     def _on_layers_changed(self, event: Any = None) -> None:
@@ -271,6 +297,7 @@ class FeatUpWidget(QWidget):
             self._on_run_done(status, out, layer, plan)
 
         self.status.setText("starting…")
+        self._watch_window()
         started = self.jobs.start(plan.request, on_done=done)
         self._update_controls()
         return started

@@ -80,6 +80,15 @@ class JobController(QObject):
             self._cancelled = True
             self._worker.quit()
 
+    def shut_down(self) -> None:
+        """Cancel for good (the dock is going): close the bar now and drop the callback,
+        so nothing of the closing viewer is kept alive until the worker ends."""
+        self.cancel()
+        self._on_done = None
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+
     def _on_yielded(self, ev: Progress) -> None:
         if self._worker is None:  # the run has finished (re-entrancy, see below)
             return

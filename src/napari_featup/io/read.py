@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import FeatureFileError
 from ._format import META_KEY, _npy_identity, _sidecar, _suffix
+from .zarr_chunks import check_chunks, is_marked
 
 
 def _checked(path: str | os.PathLike) -> tuple[Path, str]:
@@ -187,6 +188,9 @@ def load_arrays(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
                     f"{str(path)!r}: arrays {missing} named in its metadata are missing "
                     f"(the store holds {keys})"
                 )
+            if is_marked(group):
+                for k in names or keys:
+                    check_chunks(group[k], repr(str(path)))
             return {k: np.asarray(group[k][...]) for k in names or keys}
 
     elif suffix in (".tif", ".tiff"):

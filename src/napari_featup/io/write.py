@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import FeatureFileError
 from ._format import META_KEY, _check_arrays, _dumps, _npy_identity, _remove, _sidecar, _suffix
+from .zarr_chunks import create_array, mark_complete
 
 _TEMP = r"\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.(?:tmp.*|old)"
 
@@ -182,9 +183,9 @@ def _write_zarr(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
         chunks = tuple(
             max(1, min(s, c)) for s, c in zip(arr.shape, (64,) + (512,) * (arr.ndim - 1))
         )
-        z = group.create_array(name, shape=arr.shape, dtype=arr.dtype, chunks=chunks)
+        z = create_array(group, name, shape=arr.shape, dtype=arr.dtype, chunks=chunks)
         z[...] = arr
-    group.attrs[META_KEY] = meta
+    group.attrs.update(mark_complete({META_KEY: meta}))
 
 
 def _write_tif(path: Path, arrays: dict[str, np.ndarray], text: str) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..backbones import get_spec, is_backbone_name
 from ..errors import BackboneError, SettingsError, WeightsUnavailableError
-from ..upsamplers import UpsamplerError, parse_options, upsampler_options
+from ..upsamplers import UpsamplerError, parse_options, upsampler_info, upsampler_options
 from .geometry import Index, PlaneGeometry, current_plane, image_geometry
 from .large import use_large_path
 from .run import RunRequest
@@ -105,7 +105,7 @@ class RunSettings:
         if options:
             out["upsampler_options"] = options
         up_weights = self._upsampler_weights()
-        if up_weights is not None:
+        if up_weights is not None and _takes_weights(self.upsampler):
             out["upsampler_weights"] = up_weights
         channels = parse_channels(self.channels)
         if channels is not None:
@@ -137,6 +137,16 @@ class RunSettings:
                 "or random upsampler weights."
             )
         return path or None
+
+
+def _takes_weights(upsampler: str) -> bool:
+    """Whether ``upsampler`` has weights: the panel hides the upsampler-weights choice
+    for one that has none, and a choice left there from another upsampler (random
+    weights for featup-jbu, then jbu-classic chosen) must not reach it."""
+    try:
+        return upsampler_info(upsampler).takes_weights
+    except UpsamplerError:
+        return True  # an unknown name: the run reports it, weights or not
 
 
 def options_hint(upsampler: str) -> str:

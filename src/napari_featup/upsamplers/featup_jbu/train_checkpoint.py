@@ -13,7 +13,6 @@ dicts: every file loads with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from torch import nn
 
 from ... import weights as _weights
 from ...errors import WeightsFileError
+from ...io.write import _temp_name, clean_stale_temporaries
 
 #: the Lightning version FeatUp's published checkpoints were written with (the layout)
 LIGHTNING_FORMAT = "1.9.5"
@@ -77,12 +77,14 @@ def _to_cpu(obj: Any) -> Any:
 
 def save_atomic(obj: dict[str, Any], path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file beside ``path``, then rename over it: a crash
-    mid-write leaves the previous checkpoint intact."""
+    mid-write leaves the previous checkpoint intact. The temporary is named after the
+    writer's pid, and those of killed writers are removed by the next save."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    clean_stale_temporaries(path)
+    tmp = _temp_name(path, "tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
