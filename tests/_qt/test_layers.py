@@ -12,6 +12,7 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 from napari.utils.interactions import mouse_press_callbacks  # noqa: E402
+from qtpy.QtCore import QCoreApplication  # noqa: E402
 
 from .test_dock import Click, run_and_wait, two_region_rgb, world_edges  # noqa: E402
 
@@ -96,3 +97,21 @@ def test_stack_slices_without_features_are_hidden_and_warned_once(qtbot, viewer_
     viewer.dims.set_current_step(0, 1)
     assert not viewer.layers["stack PCA low-res"].visible
     assert sum("RANDOM WEIGHTS" in n for n in notes) == 1  # two runs, one warning
+
+
+def test_query_layer_goes_with_the_last_image(qtbot, viewer_widget):
+    """No image left: the query points have nothing to query, and napari 0.9 under Mesa
+    crashes adding an image after the last one went while a points layer stays."""
+    viewer, widget = viewer_widget
+    first = viewer.add_image(np.zeros((32, 40), np.uint8), name="a")
+    viewer.add_image(np.zeros((32, 40), np.uint8), name="b")
+    query = widget.ensure_query_layer()
+    assert query in viewer.layers
+    viewer.layers.remove(first)  # another image remains: the points stay
+    QCoreApplication.processEvents()  # runs a pending removal, if one was wrongly queued
+    assert query in viewer.layers and widget.query_layer is query
+    viewer.layers.remove("b")
+    qtbot.wait_until(lambda: query not in viewer.layers)
+    assert widget.query_layer is None
+    viewer.add_image(np.zeros((32, 40), np.uint8), name="c")  # the crash's trigger
+    assert widget.ensure_query_layer() in viewer.layers

@@ -18,7 +18,7 @@ from typing import Any
 
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QEvent, Signal
+from qtpy.QtCore import QEvent, QTimer, Signal
 from qtpy.QtWidgets import QMainWindow, QPushButton, QScrollArea, QWidget
 
 from .._reader_associations import associate_feature_files
@@ -197,6 +197,8 @@ class FeatUpWidget(QWidget):
         self.similarity_panel.forget_removed()
         added = getattr(event, "value", None) if getattr(event, "type", "") == "inserted" else None
         inputs = {lyr.unique_id for lyr in input_image_layers(self.viewer)}
+        if not inputs and self.similarity_panel.query_layer is not None:
+            QTimer.singleShot(0, self.similarity_panel.drop_orphaned)  # after napari's event
         # a newly added image is the one the user means next (as napari selects it)
         self._refresh_images(
             choose=added.unique_id if added is not None and added.unique_id in inputs else None

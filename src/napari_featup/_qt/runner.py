@@ -8,6 +8,7 @@ results reach the widget on the GUI thread, through Qt signals.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import threading
 from collections.abc import Callable
@@ -129,6 +130,20 @@ class JobController(QObject):
         self.finished.emit(status, out)
 
 
+#: warm-up threads alive, with their stop events (see _stop_warm_ups)
+_LIVE: dict[threading.Thread, threading.Event] = {}
+
+
+@atexit.register
+def _stop_warm_ups(wait_s: float = 30.0) -> None:
+    """Stop and join warm-ups still running when Python exits: a daemon thread left
+    inside torch when the interpreter ends aborts the process ("terminate called
+    without an active exception")."""
+    for thread, stop in list(_LIVE.items()):
+        stop.set()
+        thread.join(wait_s)
+
+
 class WarmUp(QObject):
     """Runs :func:`~napari_featup.session.warmup.iter_warm_up` in a Python thread
     (never on the GUI thread), one at a time: a request made while one runs is kept
@@ -171,6 +186,7 @@ class WarmUp(QObject):
         self._thread = threading.Thread(
             target=self._work, args=(extract,), name="featup-warm-up", daemon=True
         )
+        _LIVE[self._thread] = self._stop
         self._thread.start()
 
     def _work(self, extract: dict) -> None:
@@ -188,6 +204,9 @@ class WarmUp(QObject):
             result = {"error": repr(exc)}
         finally:
             gen.close()  # releases the warm-up lock when stopped early
+            _LIVE.pop(threading.current_thread(), None)
+        if self._stop.is_set():
+            return  # stopped by quit() or at exit: the dock (or Qt) may be gone
         with contextlib.suppress(RuntimeError):  # the dock was deleted meanwhile
             self._delivered.emit(result)
 

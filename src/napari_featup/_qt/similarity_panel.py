@@ -28,7 +28,13 @@ from ..session.geometry import current_plane
 from ..session.messages import explain
 from ..session.stack import FeatureStack
 from . import query_layer as _query
-from .viewer_layers import StackGetter, arrange_results, is_alive, upsert_layer
+from .viewer_layers import (
+    StackGetter,
+    arrange_results,
+    input_image_layers,
+    is_alive,
+    upsert_layer,
+)
 
 
 class SimilarityPanel(QWidget):
@@ -102,6 +108,19 @@ class SimilarityPanel(QWidget):
     def forget_removed(self) -> None:
         """Drop the query layer if it was deleted from the viewer."""
         if self.query_layer is not None and not is_alive(self.viewer, self.query_layer):
+            self.query_layer = None
+
+    def drop_orphaned(self) -> None:
+        """Remove the query layer once no image is left for its points to query (napari
+        0.9 under Mesa also crashes adding an image after the last one went while a
+        points layer stays)."""
+        query = self.query_layer
+        if (
+            query is not None
+            and is_alive(self.viewer, query)
+            and not input_image_layers(self.viewer)
+        ):
+            self.viewer.layers.remove(query)
             self.query_layer = None
 
     def ensure_query_layer(self) -> Any:
