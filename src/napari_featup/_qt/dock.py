@@ -120,6 +120,7 @@ class FeatUpWidget(QWidget):
         self.backbone_combo.currentIndexChanged.connect(self.text_panel.update_state)
         self.settings_panel.changed.connect(self.text_panel.update_state)
         self.run_finished.connect(self.text_panel.on_run_finished)
+        self.jobs.started.connect(self.text_panel.cancel_refinement)  # maps may go stale
         fit_width(self.findChild(QScrollArea))  # with every row in place
 
         self.prerun.warmed_up.connect(self.warmed_up)
@@ -150,8 +151,10 @@ class FeatUpWidget(QWidget):
         fit_width(self.findChild(QScrollArea))
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt name
-        """Cancel a run and unhook the click callback when the dock closes."""
+        """Cancel a run (and a text refinement) and unhook the click callback when the
+        dock closes."""
         self.cancel()
+        self.text_panel.stop_refinement()
         self.warm_up.quit()
         if self._click_cb in self.viewer.mouse_drag_callbacks:
             self.viewer.mouse_drag_callbacks.remove(self._click_cb)
