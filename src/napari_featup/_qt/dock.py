@@ -121,6 +121,7 @@ class FeatUpWidget(QWidget):
         self.backbone_combo.currentIndexChanged.connect(self.text_panel.update_state)
         self.settings_panel.changed.connect(self.text_panel.update_state)
         self.run_finished.connect(self.text_panel.on_run_finished)
+        self.jobs.started.connect(self.text_panel.cancel_refinement)  # maps may go stale
         fit_width(self.findChild(QScrollArea))  # with every row in place
 
         self.prerun.warmed_up.connect(self.warmed_up)
@@ -177,8 +178,10 @@ class FeatUpWidget(QWidget):
         return False
 
     def shut_down(self) -> None:
-        """Cancel the run, stop the warm-up and unhook from the viewer (idempotent)."""
+        """Cancel the run and a text refinement, stop the warm-up and unhook from the
+        viewer (idempotent)."""
         self.jobs.shut_down()
+        self.text_panel.stop_refinement()
         self.warm_up.quit()
         if self._click_cb in self.viewer.mouse_drag_callbacks:
             self.viewer.mouse_drag_callbacks.remove(self._click_cb)

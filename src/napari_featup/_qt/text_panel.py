@@ -3,9 +3,13 @@
 Typing prompts (comma- or line-separated) and pressing Enter encodes each new prompt once,
 in a napari thread worker (the text tower is loaded from the image tower's checkpoint),
 then adds one heatmap layer "<image> text: <prompt>" per prompt on the GUI thread, at a
-click's cost (:class:`~napari_featup.text.StackText` does the computing). "Label map"
-adds a Labels layer of the best prompt per pixel, 0 where the best similarity is below
-the threshold, with a legend. Backbones without a text tower disable the row.
+click's cost, from the plane's compact field (:class:`~napari_featup.text.StackText`
+does the computing). Maps that are not exact that way are then computed exactly in the
+background (:class:`~napari_featup._qt.refine.Refiner`, the library's path) and replace
+the fast ones in the same layers and in the label map; a new Enter, a new run or
+closing the widget drops a refinement still running. "Label map" adds a Labels layer
+of the best prompt per pixel, 0 where the best similarity is below the threshold, with
+a legend. Backbones without a text tower disable the row.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from ..session.geometry import current_plane
 from ..session.messages import explain
 from ..text import StackText, has_text_tower, parse_prompts, text_backbones
 from ..text.queries import encoder_for
+from ..text.refine import Refinement, apply_refinement, plan_refinement
+from .refine import Refiner
 from .viewer_layers import StackGetter, upsert_layer
 
 TEMPLATE_CHOICES = (
@@ -65,11 +71,15 @@ def _encode(metadata: dict, prompts: list[str], templates: str) -> Any:
 class TextPanel(QWidget):
     """Prompts, template choice, Label map button, threshold and legend.
 
-    ``text_updated`` fires after the heatmap or label layers changed.
-    ``backbone_choice()`` gives the backbone chosen in the settings (used before a run).
+    ``text_updated`` fires after the heatmap or label layers changed. ``refined(status)``
+    ends each background refinement: ``"done"`` once the heatmap layers (and a label
+    map of these prompts) hold the exact maps, ``"dropped"`` for a stale one (nothing
+    written), ``"error"``. ``backbone_choice()`` gives the backbone chosen in the
+    settings (used before a run).
     """
 
     text_updated = Signal()
+    refined = Signal(str)
 
     def __init__(
         self,
@@ -86,6 +96,11 @@ class TextPanel(QWidget):
         self._backbone_choice = backbone_choice
         self.text: StackText | None = None
         self._worker: Any = None
+        #: (the StackText, threshold) of the label map in the viewer
+        self._labels_for: tuple[StackText, float | None] | None = None
+        self._refiner = Refiner(self)
+        self._refiner.finished.connect(self._on_refined)
+        self._refiner.dropped.connect(lambda _: self._refine_ended("dropped"))
 
         box = QVBoxLayout(self)
         box.setContentsMargins(0, 0, 0, 0)
@@ -175,6 +190,7 @@ class TextPanel(QWidget):
         from napari.qt.threading import create_worker
 
         templates = self.templates_combo.currentData()
+        self._refiner.cancel()  # the maps being refined are about to be replaced
         self.status.setText(f"encoding {len(prompts)} prompt(s)…")
         self._worker = create_worker(
             _encode, dict(stack.metadata), prompts, templates, _start_thread=False
@@ -189,7 +205,7 @@ class TextPanel(QWidget):
 
     def _worker_done(self) -> None:
         self._worker = None
-        self.status.setText("")
+        self.status.setText("computing the exact maps…" if self._refiner.busy else "")
 
     def _show(self, stack: Any, prompts: list[str], enc: Any, templates: str) -> None:
         try:
@@ -197,6 +213,7 @@ class TextPanel(QWidget):
                 return
             self.text = StackText.build(stack, prompts, enc, templates, previous=self.text)
             self.show_heatmaps()
+            self._refine()
         except Exception as exc:  # noqa: BLE001 - never let a prompt crash the viewer
             self._notify_error(explain(exc, "computing the text heatmaps"))
 
@@ -230,17 +247,70 @@ class TextPanel(QWidget):
             for _, kwargs, _ in self.text.layer_data(plane):
                 if kwargs["name"] in self.viewer.layers:
                     self.viewer.layers[kwargs["name"]].refresh()
+            self._refine(plane)
 
     def on_run_finished(self, status: str) -> None:
-        """After a run: follow the new backbone; re-answer the prompts on new features."""
+        """After a run: follow the new backbone; re-answer the prompts on new features
+        (and refine them again: the run's start dropped the refinement)."""
         self.update_state()
         stack, _ = self._current()
-        if status == "done" and self.text is not None and stack is not None:
-            if stack is self.text.stack:
+        if self.text is None or stack is None:
+            return
+        if stack is self.text.stack:
+            if status == "done":
                 self.text.refresh()  # planes were added to the same stack
                 self.show_heatmaps()
-            elif has_text_tower(self._backbone()):
-                self.run_text()
+            self._refine()
+        elif status == "done" and has_text_tower(self._backbone()):
+            self.run_text()
+
+    # ------------------------------------------------------------ refinement
+    def _refine(self, plane: tuple[int, ...] | None = None) -> bool:
+        """Compute the plane's fast maps exactly in the background; False when they
+        are exact already (bilinear features, a complete basis)."""
+        ref = plan_refinement(self.text, self._plane() if plane is None else plane)
+        if ref is None:
+            return False
+        self._refiner.request(ref)
+        self.status.setText("computing the exact maps…")
+        return True
+
+    def refining(self) -> bool:
+        """Whether exact maps are being computed (or wait to be)."""
+        return self._refiner.busy
+
+    def cancel_refinement(self) -> None:
+        """Drop the refinement in progress (a run starts: its maps may go stale)."""
+        self._refiner.cancel()
+
+    def stop_refinement(self) -> None:
+        """Drop the refinement and take no more (the widget is closing)."""
+        self._refiner.close()
+
+    def _refine_ended(self, status: str) -> None:
+        if not self._refiner.busy and self._worker is None:
+            self.status.setText("")
+        self.refined.emit(status)
+
+    def _on_refined(self, ref: Refinement, maps: Any, error: Any) -> None:
+        """Exact maps arrived: into the heatmap layers and the label map, if still
+        those of the current prompts and features."""
+        if error is not None:
+            self._notify_error(explain(error, "computing the exact text maps"))
+            return self._refine_ended("error")
+        if ref.text is not self.text or not apply_refinement(ref, maps):
+            return self._refine_ended("dropped")
+        try:
+            for data, kwargs, ltype in ref.text.layer_data(ref.plane):
+                if kwargs["name"] in self.viewer.layers:  # one the user removed stays so
+                    upsert_layer(self.viewer, data, kwargs, ltype)
+            if self._labels_for is not None and self._labels_for[0] is ref.text:
+                self._update_label_map(self._labels_for[1])
+        except Exception as exc:  # noqa: BLE001 - never let a refinement crash the viewer
+            self._notify_error(explain(exc, "showing the exact text maps"))
+            return self._refine_ended("error")
+        self.text_updated.emit()
+        self._refine_ended("done")
 
     # ------------------------------------------------------------- label map
     def threshold(self) -> float | None:
@@ -259,10 +329,25 @@ class TextPanel(QWidget):
         if name in self.viewer.layers:  # colours and features follow the prompts: rebuild
             self.viewer.layers.remove(name)
         layer = upsert_layer(self.viewer, data, kwargs, ltype)
-        self.legend.setText(legend_html(legend))
-        self.legend.setMinimumHeight(self.legend.sizeHint().height())
+        self._labels_for = (self.text, t)
+        self._show_legend(legend)
         self.text_updated.emit()
         return layer
+
+    def _update_label_map(self, threshold: float | None) -> None:
+        """The label map of the current prompts again, in place (after a refinement:
+        same prompts, so same colours and features)."""
+        (data, kwargs, _), legend = self.text.label_layer_data(threshold)
+        if kwargs["name"] not in self.viewer.layers:
+            return
+        layer = self.viewer.layers[kwargs["name"]]
+        layer.data = data
+        layer.metadata = kwargs["metadata"]
+        self._show_legend(legend)
+
+    def _show_legend(self, legend: list) -> None:
+        self.legend.setText(legend_html(legend))
+        self.legend.setMinimumHeight(self.legend.sizeHint().height())
 
 
 def legend_html(legend: list) -> str:
