@@ -188,11 +188,11 @@ class AttentionUpsampler(Upsampler):
         )
 
     def _param_version(self) -> int:
-        return sum(p._version for p in self.parameters())
+        return sum(_version(p) for p in self.parameters())
 
     def _prepared(self, lowres: torch.Tensor, image: torch.Tensor, keep: bool) -> list[Prepared]:
         dt = self._dtype(lowres)
-        key = (lowres._version, image._version, dt, lowres.device, self._param_version())
+        key = (_version(lowres), _version(image), dt, lowres.device, self._param_version())
         c = self._cache
         if c is not None and c[0] is lowres and c[1] is image and c[2] == key:
             return c[3]
@@ -219,7 +219,7 @@ class AttentionUpsampler(Upsampler):
         self, prep: Prepared, rows: slice, record=None, out: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Output (C, R, W) of ``rows``, in tiles of :meth:`tile_rows`."""
-        (H, W), c = prep.size, prep.values.shape[0]
+        W, c = prep.size[1], prep.values.shape[0]
         if out is None:
             out = prep.values.new_empty(c, rows.stop - rows.start, W)
         step = self.tile_rows(prep)
@@ -310,6 +310,15 @@ class AttentionUpsampler(Upsampler):
                 )
         self.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
         self.clear_cache()
+
+
+def _version(t: torch.Tensor) -> int:
+    """In-place modification counter (inference tensors have none: they cannot be
+    modified outside inference mode, so identity is the check there)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return -1
 
 
 def heads_softmax_mean(scores: torch.Tensor, dim_heads: int = 1) -> torch.Tensor:

@@ -113,11 +113,15 @@ class Upsampler(nn.Module):
     #: ``factored`` -- :meth:`factors` gives fewer per-pixel factors than channels;
     #: ``cheap_projection`` -- a 1-channel projection through the kernels costs no more
     #: than a compact-field query (bilinear: one resize), so text queries take it exactly.
+    #: ``content_linear`` -- the output is weights computed once from the image *and*
+    #: the features (all C channels) applied to the low-res values (attention
+    #: upsamplers): :meth:`content_kernels` returns them as :class:`Kernels`.
     linear: ClassVar[bool] = False
     tileable: ClassVar[bool] = False
     fits_per_image: ClassVar[bool] = False
     factored: ClassVar[bool] = False
     cheap_projection: ClassVar[bool] = False
+    content_linear: ClassVar[bool] = False
     use_norm: bool = False
 
     @classmethod
@@ -179,6 +183,15 @@ class Upsampler(nn.Module):
             return self.kernels(image, tuple(lowres.shape[-2:]))(lowres, rows)
         out = self(lowres, image)
         return resize_bilinear(out, tuple(image.shape[-2:]), rows)
+
+    def content_kernels(
+        self, lowres: torch.Tensor, image: torch.Tensor, max_bytes: int = 1 << 30
+    ) -> Kernels | None:
+        """For ``content_linear`` upsamplers: the weights of this (features, image) pair
+        as :class:`Kernels`, so a K-channel projection of the output is the same weights
+        applied to the K-channel projection of ``lowres`` (B = 1). None (the default)
+        when there are none or they would take more than ``max_bytes``."""
+        return None
 
     def factors(
         self, lowres: torch.Tensor, image: torch.Tensor, rows: slice | None = None

@@ -1,0 +1,168 @@
+"""JAFAR's parameters (named as in its checkpoints' ``"jafar"`` state dict), its
+low-res key head and its global attention.
+
+The modules only hold weights; the full-resolution encoders run in
+:mod:`~napari_featup.upsamplers._pixel_encoders`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._attention_base import heads_softmax_mean
+from ..base import Kernels
+
+#: JAFAR's published configuration (``config/model/jafar.yaml``)
+QK_DIM = 128
+HEADS = 4
+GROUPS = 8
+
+
+class ResBlock(nn.Module):
+    """``x + conv2(silu(norm2(conv1(silu(norm1(x))))))`` with 1x1 convs."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(GROUPS, dim)
+        self.conv1 = nn.Conv2d(dim, dim, 1, bias=False)
+        self.norm2 = nn.GroupNorm(GROUPS, dim)
+        self.conv2 = nn.Conv2d(dim, dim, 1, bias=False)
+
+    def parts(self) -> tuple:
+        return self.norm1, self.conv1, self.norm2, self.conv2
+
+
+class RoPE(nn.Module):
+    """RoPE angular frequencies ``freqs`` (2, D) (row, column)."""
+
+    def __init__(self, dim: int, theta: float = 100.0):
+        super().__init__()
+        f = theta ** torch.linspace(0, -1, dim // 4)
+        f = torch.cat([f, f])
+        freqs = torch.zeros(2, dim)
+        freqs[0, : dim // 2] = f
+        freqs[1, -dim // 2 :] = f
+        self.freqs = nn.Parameter(freqs * 2 * torch.pi)
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, dim: int, value_dim: int, heads: int):
+        super().__init__()
+        self.norm_q = nn.RMSNorm(dim)
+        self.norm_k = nn.RMSNorm(dim)
+        self.norm_v = nn.RMSNorm(value_dim)  # feeds only the unused value path
+        self.attention = nn.MultiheadAttention(
+            dim, heads, vdim=value_dim, dropout=0.0, batch_first=True
+        )
+
+
+class CrossDecode(nn.Module):
+    def __init__(self, dim: int, value_dim: int, heads: int):
+        super().__init__()
+        self.cross_attn = CrossAttention(dim, value_dim, heads)
+        self.conv2d = nn.Conv2d(dim, dim, 3, padding=1, bias=False)
+
+
+class SFT(nn.Module):
+    """Spatial feature transform of the keys: ``gamma(f) * GN(keys) + beta(f)``."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.gamma = nn.Conv2d(dim, dim, 1, bias=False)
+        self.beta = nn.Conv2d(dim, dim, 1, bias=False)
+
+
+def _encoder(first: nn.Module, dim: int) -> nn.Sequential:
+    return nn.Sequential(first, ResBlock(dim), ResBlock(dim))
+
+
+def add_modules(m: nn.Module, channels: int, dim: int = QK_DIM, heads: int = HEADS) -> None:
+    """Give ``m`` JAFAR's submodules for ``channels``-d features (its ``state_dict()``
+    keys then equal a checkpoint's ``"jafar"`` entry)."""
+    m.image_encoder = _encoder(nn.Conv2d(3, dim, 1, bias=False), dim)
+    m.key_encoder = _encoder(nn.Conv2d(dim, dim, 1, bias=False), dim)
+    m.query_encoder = _encoder(nn.Conv2d(dim, dim, 1, bias=False), dim)
+    m.key_features_encoder = _encoder(nn.Conv2d(channels, dim, 1, bias=False), dim)
+    m.cross_decode = CrossDecode(dim, channels, heads)
+    m.sft_key = SFT(dim)
+    m.rope = RoPE(dim)
+
+
+def _resblock_lowres(blk: ResBlock, x: torch.Tensor) -> torch.Tensor:
+    n1, c1, n2, c2 = blk.parts()
+    y = F.silu(F.group_norm(x[None], GROUPS, n1.weight.to(x), n1.bias.to(x), n1.eps))
+    y = F.conv2d(y, c1.weight.to(x))
+    y = F.silu(F.group_norm(y, GROUPS, n2.weight.to(x), n2.bias.to(x), n2.eps))
+    return x + F.conv2d(y, c2.weight.to(x))[0]
+
+
+def key_head(m: nn.Module, pooled: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+    """JAFAR's keys before their RMSNorm, (h*w, D): the pooled image keys (h, w, D),
+    group-normalised over the grid, modulated by the encoded features (C, h, w)."""
+    kfe = m.key_features_encoder
+    f = F.conv2d(F.normalize(feats, dim=0)[None], kfe[0].weight.to(feats))[0]
+    for blk in kfe[1:]:
+        f = _resblock_lowres(blk, f)
+    keys = F.group_norm(pooled.permute(2, 0, 1)[None], GROUPS, eps=1e-5)
+    sft = m.sft_key
+    gamma = F.conv2d(f[None], sft.gamma.weight.to(f))
+    beta = F.conv2d(f[None], sft.beta.weight.to(f))
+    k = (gamma * keys + beta)[0]
+    return k.reshape(k.shape[0], -1).t()
+
+
+def attention_rows(n_keys: int, heads: int, width: int, budget: int = 64 << 20) -> int:
+    """Output rows per attention product, so the (heads, N, h*w) scores stay in budget."""
+    return max(1, budget // (8 * heads * n_keys * max(1, width)))
+
+
+def global_attend(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    out: torch.Tensor,
+    record=None,
+    r0: int = 0,
+) -> None:
+    """Write ``out`` (C, R, W) for queries ``q`` (R*W, heads, d) over all keys
+    (h*w, heads, d); values (C, h*w). ``record(r, A)`` receives weights (N, h*w)."""
+    c, n_rows, width = out.shape
+    n_heads = q.shape[1]
+    kt = keys.permute(1, 2, 0)  # (heads, d, h*w)
+    step = attention_rows(keys.shape[0], n_heads, width)
+    for a in range(0, n_rows, step):
+        b = min(n_rows, a + step)
+        qq = q[a * width : b * width].transpose(0, 1)  # (heads, N, d)
+        att = heads_softmax_mean(torch.bmm(qq, kt), dim_heads=0)  # (N, h*w)
+        if record is not None:
+            record(r0 + a, r0 + b, att)
+        # whole rows of one channel are adjacent in out: the product lands in place
+        torch.mm(values, att.t(), out=out[:, a:b].view(c, -1))
+
+
+class DenseKernels(Kernels):
+    """JAFAR's attention weights (every pixel over every key) for one (features, image)
+    pair; any K-channel low-res map upsamples through them as the features do."""
+
+    def __init__(self, size: tuple[int, int]):
+        self.out_size = size
+        self.parts: list[tuple[int, int, torch.Tensor]] = []
+
+    def record(self, a: int, b: int, att: torch.Tensor) -> None:
+        self.parts.append((a, b, att))
+
+    def apply_linear(self, values: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
+        H, W = self.out_size
+        r0, r1, _ = (rows or slice(0, H)).indices(H)
+        bsz, k = values.shape[:2]
+        out = values.new_empty(bsz, k, r1 - r0, W)
+        for bi in range(bsz):
+            vals = values[bi].reshape(k, -1)
+            for a, b, att in self.parts:
+                s, t = max(a, r0), min(b, r1)
+                if s < t:
+                    part = att[(s - a) * W : (t - a) * W].to(vals.dtype)
+                    torch.mm(vals, part.t(), out=out[bi, :, s - r0 : t - r0].view(k, -1))
+        return out
