@@ -69,11 +69,15 @@ def anyup_weights_file(name: str = "anyup", progress: bool = True) -> Path:
     return release_file(RELEASES[name], "anyup", progress=progress)
 
 
+def download_weights(progress: bool = True) -> list[tuple[str, Path]]:
+    """Fetch both published AnyUp checkpoints into the cache: (name, path) pairs."""
+    return [(name, anyup_weights_file(name, progress)) for name in RELEASES]
+
+
 @register_upsampler(
     "anyup",
     description=(
-        "AnyUp, learned window attention for any backbone (weights trained on DINOv2 "
-        "ViT-S/14; CC-BY-4.0, Wimmer et al. ICLR 2026)"
+        "AnyUp: learned window attention, one model for any backbone (trained on DINOv2 ViT-S/14)"
     ),
     options=AnyUpOptions,
     takes_weights=True,
@@ -172,10 +176,7 @@ class AnyUp(AttentionUpsampler):
 
 @register_upsampler(
     "anyup-multi",
-    description=(
-        "AnyUp trained on several backbones (DINOv2 S and S-reg, CLIP B, SigLIP B, ViT-B; "
-        "generalises better to unseen ones; CC-BY-4.0)"
-    ),
+    description="AnyUp trained on several backbones (DINOv2 S, S-reg, CLIP B, SigLIP B, ViT-B)",
     options=AnyUpOptions,
     takes_weights=True,
     licence=LICENCE,

@@ -115,11 +115,21 @@ def jafar_weights_file(release: Release, progress: bool = True) -> Path:
     return release_file(release.url, "jafar", progress=progress)
 
 
+def download_weights(backbones: list[str], progress: bool = True) -> list[tuple[str, Path]]:
+    """Fetch the published JAFAR checkpoints of ``backbones`` (those that have one)."""
+    out = []
+    for name in backbones:
+        rel = release_for(backbone_facts(name)["timm"])
+        if rel is not None:
+            out.append((f"jafar {name} ({rel.key})", jafar_weights_file(rel, progress)))
+    return out
+
+
 @register_upsampler(
     "jafar",
     description=(
-        "JAFAR, learned global attention, one checkpoint per backbone (ViT-B/16, DINO-B/16, "
-        "DINOv2 S/B/S-reg4, CLIP-B/16, SigLIP2-B/16; Apache-2.0, Couairon et al. NeurIPS 2025)"
+        "JAFAR: learned global attention, one checkpoint per backbone (DINOv2 S/B/S-reg4, "
+        "DINO-B, ViT-B, CLIP-B, SigLIP2-B)"
     ),
     options=JAFAROptions,
     takes_weights=True,
