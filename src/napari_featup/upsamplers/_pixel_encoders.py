@@ -71,6 +71,9 @@ class EncoderWeights:
     groups: int = 8
     eps: float = 1e-5
 
+    def __post_init__(self):
+        self.wkq = torch.cat([self.wk0, self.wq0], dim=1).contiguous()  # both first convs
+
     @property
     def dim(self) -> int:
         return int(self.w0.shape[1])
@@ -93,18 +96,20 @@ class GroupStats:
         self.groups, self.eps = groups, eps
         self._acc: dict[str, list] = {}
         self._known: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # mean, rstd (G,)
-        self._affine: dict[tuple[str, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._affine: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def known(self, name: str) -> bool:
         return name in self._known
 
-    def observe(self, name: str, x: torch.Tensor) -> None:
+    def observe(self, name: str, x: torch.Tensor, scratch: torch.Tensor) -> None:
+        """Add chunk ``x`` (N, C) to ``name``'s statistics (``scratch``: an (N, C) buffer)."""
         n, c = x.shape
         xf = x.float()
         # two passes per channel (var_mean over grouped dims is several times slower),
         # then the groups by the law of total variance
         m = xf.mean(0)
-        v = (xf - m).square_().mean(0)
+        sq = torch.sub(xf, m, out=scratch) if scratch.dtype == xf.dtype else xf - m
+        v = sq.square_().mean(0)
         m, v = m.view(self.groups, -1), v.view(self.groups, -1)
         mean = m.mean(1)
         var = v.mean(1) + (m - mean[:, None]).square().mean(1)
@@ -126,48 +131,57 @@ class GroupStats:
             self._known[name] = (mean, torch.rsqrt(m2 / n + self.eps))
         self._acc.clear()
 
-    def scale_shift(
-        self, name: str, affine: tuple[torch.Tensor, torch.Tensor] | None, like: torch.Tensor
+    def merged(
+        self, names: list[str], affines: list, like: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel (s, t) with ``GN(x) = x * s + t`` (cached per dtype)."""
-        key = (name, like.dtype)
+        """Per-channel (s, t) with ``GN(x) = x * s + t`` for branches side by side
+        (``affines``: (weight, bias) or None each); cached per names and dtype."""
+        key = (tuple(names), like.dtype)
         if key not in self._affine:
-            mean, rstd = self._known[name]
-            c = like.shape[1]
-            rep = c // self.groups
-            s = rstd.repeat_interleave(rep)
-            t = -mean.repeat_interleave(rep) * s
-            if affine is not None:
-                w, b = (v.double() for v in affine)
-                s, t = s * w, t * w + b
-            self._affine[key] = (s.to(like), t.to(like))
+            rep = like.shape[1] // len(names) // self.groups
+            ss, ts = [], []
+            for name, affine in zip(names, affines):
+                mean, rstd = self._known[name]
+                s = rstd.repeat_interleave(rep)
+                t = -mean.repeat_interleave(rep) * s
+                if affine is not None:
+                    w, b = (v.double() for v in affine)
+                    s, t = s * w, t * w + b
+                ss.append(s)
+                ts.append(t)
+            self._affine[key] = (torch.cat(ss).to(like), torch.cat(ts).to(like))
         return self._affine[key]
 
 
-def _norm(stats: GroupStats, items: list) -> Generator[None, None, list[torch.Tensor]]:
-    """GroupNorm (+ SiLU) of several same-level tensors: ``items`` are
-    ``(name, x, affine, silu)``. Pauses once if their statistics are unknown."""
-    if not stats.known(items[0][0]):
-        for name, x, _, _ in items:
-            stats.observe(name, x)
+@dataclass
+class Workspace:
+    """The buffers of one chunk of N pixels, reused op after op so that no megabyte-sized
+    temporary is allocated (and page-faulted) per op. Both branches sit side by side:
+    columns [0, D) key, [D, 2D) query; the image encoder uses the first half."""
+
+    r: torch.Tensor  # (N, 2D) residual streams
+    z: torch.Tensor  # (N, 2D) activations awaiting their GroupNorm
+
+    @classmethod
+    def new(cls, n: int, d: int, like: torch.Tensor) -> Workspace:
+        return cls(like.new_empty(n, 2 * d), like.new_empty(n, 2 * d))
+
+
+def _norm(
+    stats: GroupStats, names: list[str], src, dst, affines: list, act: bool = True
+) -> Generator[None, None, None]:
+    """``dst = silu(GN(src))`` for ``len(names)`` branches side by side in (N, k*D)
+    ``src``/``dst`` (``dst`` doubles as scratch). Pauses once if the statistics are
+    unknown (all branches of one level become known together)."""
+    d = src.shape[1] // len(names)
+    if not stats.known(names[0]):
+        for i, name in enumerate(names):
+            stats.observe(name, src[:, i * d : (i + 1) * d], dst[:, i * d : (i + 1) * d])
         yield
-    out = []
-    for name, x, affine, act in items:
-        s, t = stats.scale_shift(name, affine, x)
-        y = torch.addcmul(t, x, s)
-        out.append(F.silu(y, inplace=True) if act else y)
-    return out
-
-
-def _blocks(
-    stats: GroupStats, names: list[str], xs: list[torch.Tensor], blocks: list[Block], defer: list
-) -> Generator[None, None, list]:
-    """One ResBlock per branch, in lockstep (their GroupNorms share pauses). A branch
-    with ``defer`` returns ``(silu(GN2(.)), x)`` without the last conv and residual."""
-    a = yield from _norm(stats, [(f"{n}.n1", x, b.n1, True) for n, x, b in zip(names, xs, blocks)])
-    z = [ai @ b.w1 for ai, b in zip(a, blocks)]
-    a = yield from _norm(stats, [(f"{n}.n2", zi, b.n2, True) for n, zi, b in zip(names, z, blocks)])
-    return [(ai, x) if d else torch.addmm(x, ai, b.w2) for ai, x, b, d in zip(a, xs, blocks, defer)]
+    s, t = stats.merged(names, affines, src)
+    torch.addcmul(t, src, s, out=dst)
+    if act:
+        F.silu(dst, inplace=True)
 
 
 def rope_tables(
@@ -186,20 +200,22 @@ def rope_tables(
     return tuple(t.to(dev, dt) for t in (a.cos(), a.sin(), b.cos(), b.sin()))
 
 
-def apply_rope(
-    x: torch.Tensor, rows: slice, tables: tuple[torch.Tensor, ...], width: int
-) -> torch.Tensor:
-    """RoPE of (N, D) pixels of ``rows`` (full width): ``x cos + rot(x) sin`` with
-    ``rot([x1, x2]) = [-x2, x1]`` over the two channel halves."""
-    ca, sa, cb, sb = (t.to(x.dtype) for t in tables)
+def apply_rope(x, rows: slice, tables: tuple, width: int, out, cos, sin) -> None:
+    """``out = x cos + rot(x) sin`` (RoPE) for (N, D) pixels of ``rows`` (full width),
+    ``rot([x1, x2]) = [-x2, x1]`` over the channel halves; ``cos``/``sin`` are (N, D)
+    scratch buffers."""
+    ca, sa, cb, sb = tables
+    d = x.shape[1]
+    c3, s3 = cos.view(-1, width, d), sin.view(-1, width, d)
     ca, sa = ca[rows, None, :], sa[rows, None, :]
-    cos = (ca * cb - sa * sb).view(-1, x.shape[1])
-    sin = (sa * cb + ca * sb).view(-1, x.shape[1])
-    h = x.shape[1] // 2
-    out = x * cos
+    torch.mul(ca, cb, out=c3)
+    c3.addcmul_(sa, sb, value=-1)
+    torch.mul(sa, cb, out=s3)
+    s3.addcmul_(ca, sb)
+    h = d // 2
+    torch.mul(x, cos, out=out)
     out[:, :h].addcmul_(x[:, h:], sin[:, :h], value=-1)
     out[:, h:].addcmul_(x[:, :h], sin[:, h:])
-    return out
 
 
 def encode_chunk(
@@ -209,51 +225,57 @@ def encode_chunk(
     rows: slice,
     tables: tuple[torch.Tensor, ...],
     width: int,
-    keys: bool,
-    queries: bool,
-) -> Generator[None, None, dict]:
+    ws: Workspace,
+    scratch: torch.Tensor,
+    on_keys: Callable | None = None,
+    on_queries: Callable | None = None,
+) -> Generator[None, None, None]:
     """The per-pixel network on one chunk: ``pixels`` (N, 3) of image ``rows``.
 
-    Returns ``{"key": (a, residual)}`` (the key encoder's output before its last conv,
-    which commutes with the pooling that follows) and/or ``{"query": q}`` (N, D).
+    ``on_keys(a, residual)`` receives the key encoder's output before its last conv
+    (which commutes with the pooling that follows), ``on_queries(q)`` the queries
+    (N, D); either branch runs only if asked for. ``ws`` holds the chunk's state
+    across pauses; ``scratch`` (>= N, 2D) is free at every pause, so chunks share it.
     """
+    n, d = pixels.shape[0], ew.dim
+    a = scratch[:n]
     x = pixels
     if ew.guidance is not None:
         x = torch.addcmul(ew.guidance[1], x, ew.guidance[0])
-    z = x @ ew.w0
+    r, z, a1 = ws.r[:, :d], ws.z[:, :d], a[:, :d]
+    torch.mm(x, ew.w0, out=r)
     for i, blk in enumerate(ew.image):
-        (z,) = yield from _blocks(stats, [f"image.{i}"], [z], [blk], [False])
-    e = apply_rope(z, rows, tables, width)
-    del z
-    names, xs, blocks, defer = [], [], [], []
-    n = len(ew.key)
-    if keys and queries:
-        kq = e @ torch.cat([ew.wk0, ew.wq0], dim=1)
-        xs = [kq[:, : ew.dim], kq[:, ew.dim :]]
-    elif keys or queries:
-        xs = [e @ (ew.wk0 if keys else ew.wq0)]
-    del e
-    if keys:
-        names.append("key")
-        blocks.append(ew.key)
-        defer.append(True)
-    if queries:
-        names.append("query")
-        blocks.append(ew.query)
-        defer.append(False)
-    for i in range(n):
-        last = i == n - 1
-        xs = yield from _blocks(
-            stats,
-            [f"{b}.{i}" for b in names],
-            xs,
-            [bl[i] for bl in blocks],
-            [d and last for d in defer],
-        )
-    out = dict(zip(names, xs))
-    if queries and ew.query_norm:
-        (out["query"],) = yield from _norm(stats, [("query.norm", out["query"], None, False)])
-    return out
+        yield from _norm(stats, [f"image.{i}.n1"], r, a1, [blk.n1])
+        torch.mm(a1, blk.w1, out=z)
+        yield from _norm(stats, [f"image.{i}.n2"], z, a1, [blk.n2])
+        r.addmm_(a1, blk.w2)
+    apply_rope(r, rows, tables, width, a1, ws.z[:, :d], ws.z[:, d:])
+    branches = [b for b, on in (("key", on_keys), ("query", on_queries)) if on is not None]
+    if not branches:
+        return
+    cols = slice(0, 2 * d) if len(branches) == 2 else (slice(0, d) if on_keys else slice(d, 2 * d))
+    r, z, ab = ws.r[:, cols], ws.z[:, cols], a[:, cols]
+    torch.mm(a1, ew.wkq[:, cols], out=r)
+    blocks = [ew.key if b == "key" else ew.query for b in branches]
+    last = len(ew.key) - 1
+    for i in range(len(ew.key)):
+        blk = [bl[i] for bl in blocks]
+        part = [slice(j * d, (j + 1) * d) for j in range(len(branches))]
+        yield from _norm(stats, [f"{b}.{i}.n1" for b in branches], r, ab, [b.n1 for b in blk])
+        for p, b in zip(part, blk):
+            torch.mm(ab[:, p], b.w1, out=z[:, p])
+        yield from _norm(stats, [f"{b}.{i}.n2" for b in branches], z, ab, [b.n2 for b in blk])
+        for name, p, b in zip(branches, part, blk):
+            if name == "key" and i == last:
+                on_keys(ab[:, p], r[:, p])  # consumed now, before the buffers are reused
+            else:
+                r[:, p].addmm_(ab[:, p], b.w2)
+    if on_queries is not None:
+        q, zq = r[:, -d:], z[:, -d:]
+        if ew.query_norm:
+            yield from _norm(stats, ["query.norm"], q, zq, [None], act=False)
+            q = zq
+        on_queries(q)
 
 
 def row_chunks(height: int, width: int, start: int = 0, stop: int | None = None) -> list[slice]:
@@ -263,43 +285,38 @@ def row_chunks(height: int, width: int, start: int = 0, stop: int | None = None)
     return [slice(r, min(stop, r + step)) for r in range(start, stop, step)]
 
 
-def run_kept(gens: list[Generator], on_done: Callable[[int, dict], None], stats: GroupStats):
+def run_kept(gens: list[Generator], stats: GroupStats) -> None:
     """Advance all chunk generators level by level (each kept alive with its
-    activations), finalising the statistics whenever all have paused."""
-    active = list(range(len(gens)))
+    workspace), finalising the statistics whenever all have paused."""
+    active = gens
     while active:
         still = []
-        for i in active:
+        for g in active:
             try:
-                next(gens[i])
-                still.append(i)
-            except StopIteration as stop:
-                on_done(i, stop.value)
+                next(g)
+                still.append(g)
+            except StopIteration:
+                pass
         stats.finalise()
         active = still
 
 
-def run_swept(
-    make: Callable[[int], Generator], n: int, on_done: Callable[[int, dict], None], stats
-) -> int:
+def run_swept(make: Callable[[int], Generator], n: int, stats: GroupStats) -> int:
     """Sweep fresh chunk generators until one sweep needs no new statistics; returns the
-    number of sweeps. ``on_done`` only sees the complete final sweep."""
+    number of sweeps. (Chunks behave alike within a sweep: all pause or none.)"""
     sweeps = 0
     while True:
         sweeps += 1
         paused = False
-        done: list[tuple[int, dict]] = []
         for i in range(n):
             g = make(i)
             try:
                 next(g)
                 paused = True
                 g.close()
-            except StopIteration as stop:
-                done.append((i, stop.value))
+            except StopIteration:
+                pass
         if not paused:
-            for i, out in done:
-                on_done(i, out)
             return sweeps
         stats.finalise()
 
@@ -360,14 +377,10 @@ def guidance_affine(
     return (s0 / s1).to(like), ((m0 - m1) / s1).to(like)
 
 
-def _finish(gen: Generator) -> dict:
-    """Run a chunk generator whose statistics are all known to its result."""
-    try:
-        next(gen)
-    except StopIteration as stop:
-        return stop.value
-    gen.close()
-    raise RuntimeError("GroupNorm statistics missing after the statistics pass")
+def _finish(gen: Generator) -> None:
+    """Run a chunk generator whose statistics are all known to its end."""
+    for _ in gen:
+        raise RuntimeError("GroupNorm statistics missing after the statistics pass")
 
 
 class EncodedImage:
@@ -379,8 +392,9 @@ class EncodedImage:
     stored statistics: the same numbers).
     """
 
-    #: activations alive per pixel in a kept run, in units of D values
-    KEPT_PER_PIXEL = 6
+    #: values per pixel a kept run holds, in units of D: two (N, 2D) buffers per chunk
+    #: and the kept queries
+    KEPT_PER_PIXEL = 5
 
     def __init__(
         self, ew: EncoderWeights, image: torch.Tensor, grid: tuple[int, int], budget_bytes: int
@@ -395,37 +409,64 @@ class EncodedImage:
         self.kept = self.H * self.W * d * item * self.KEPT_PER_PIXEL <= budget_bytes
         chunks = row_chunks(self.H, self.W)
         like = self.pixels
+        self.scratch = like.new_empty(max(c.stop - c.start for c in chunks) * self.W, 2 * d)
         pool_a = RowBandPool((self.H, self.W), grid, d, like)
         pool_r = RowBandPool((self.H, self.W), grid, d, like)
         self.queries = like.new_empty(self.H * self.W, d) if self.kept else None
         query_norms = ew.norm_names("query")
+        pooled = [False]
 
-        def make(i: int) -> Generator:
+        def make(i: int, ws: Workspace) -> Generator:
             rows = chunks[i]
-            q = self.kept or not all(self.stats.known(n) for n in query_norms)
-            return self._chunk(rows, keys=True, queries=q)
 
-        def done(i: int, out: dict) -> None:
-            rows = chunks[i]
-            a, res = out["key"]
-            pool_a.add(rows, a)
-            pool_r.add(rows, res)
-            if self.queries is not None:
-                self.queries[rows.start * self.W : rows.stop * self.W] = out["query"]
+            def keys(a, res):
+                pool_a.add(rows, a)
+                pool_r.add(rows, res)
+                pooled[0] = pooled[0] or i == len(chunks) - 1
+
+            def queries(q):
+                if self.queries is not None:
+                    self.queries[rows.start * self.W : rows.stop * self.W] = q
+
+            need_q = self.kept or not all(self.stats.known(n) for n in query_norms)
+            return self._chunk(
+                rows,
+                ws,
+                on_keys=None if pooled[0] else keys,
+                on_queries=queries if need_q else None,
+            )
 
         if self.kept:
-            run_kept([make(i) for i in range(len(chunks))], done, self.stats)
+            gens = [
+                make(i, Workspace.new((c.stop - c.start) * self.W, d, like))
+                for i, c in enumerate(chunks)
+            ]
+            run_kept(gens, self.stats)
             self.sweeps = 1
         else:
-            self.sweeps = run_swept(make, len(chunks), done, self.stats)
+            ws = Workspace.new(self.scratch.shape[0], d, like)
+            self.sweeps = run_swept(lambda i: make(i, ws), len(chunks), self.stats)
         # the key encoder's last conv and residual, after the pooling they commute with
         self.pooled_keys = torch.addmm(
             pool_r.sum.view(-1, d), pool_a.sum.view(-1, d), ew.key[-1].w2
         ).view(*grid, d)
 
-    def _chunk(self, rows: slice, keys: bool, queries: bool) -> Generator:
+    def _chunk(self, rows: slice, ws: Workspace, on_keys=None, on_queries=None) -> Generator:
+        n = (rows.stop - rows.start) * self.W
         px = self.pixels[rows.start * self.W : rows.stop * self.W]
-        return encode_chunk(self.ew, self.stats, px, rows, self.tables, self.W, keys, queries)
+        ws = Workspace(ws.r[:n], ws.z[:n])
+        return encode_chunk(
+            self.ew,
+            self.stats,
+            px,
+            rows,
+            self.tables,
+            self.W,
+            ws,
+            self.scratch,
+            on_keys,
+            on_queries,
+        )
 
     def release_queries(self) -> None:
         """Drop the kept queries (later bands are recomputed, to the same values)."""
@@ -437,9 +478,13 @@ class EncodedImage:
         if self.queries is not None:
             return self.queries[r0 * self.W : r1 * self.W].view(r1 - r0, self.W, d)
         out = self.pixels.new_empty(r1 - r0, self.W, d)
+        ws = Workspace.new(self.scratch.shape[0], d, self.pixels)
         for band in row_chunks(self.H, self.W, r0, r1):
-            q = _finish(self._chunk(band, keys=False, queries=True))["query"]
-            out[band.start - r0 : band.stop - r0] = q.view(-1, self.W, d)
+
+            def put(q, band=band):
+                out[band.start - r0 : band.stop - r0] = q.view(-1, self.W, d)
+
+            _finish(self._chunk(band, ws, on_queries=put))
         return out
 
     def query_rows(self, rows: slice, conv: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._attention_base import heads_softmax_mean
+from .._attention_base import SCORE_BYTES, heads_softmax_mean
 from ..base import Kernels
 
 
@@ -126,20 +126,25 @@ def window_attend(
     qv = q.view(-1, W, n_heads, d)
     kv = keys.view(h, w, n_heads, d)
     vals = values.view(values.shape[0], h, w)
-    for a, b, lo, hi in win.segments(rows):
-        n, kr = b - a, hi - lo
+    for s0, s1, lo, hi in win.segments(rows):
+        kr = hi - lo
         for bi, blk in enumerate(win.blocks):
             bw, kb = blk.x1 - blk.x0, blk.k1 - blk.k0
-            qq = qv[a - rows.start : b - rows.start, blk.x0 : blk.x1]  # (n, bw, heads, d)
-            qq = qq.permute(2, 0, 1, 3).reshape(n_heads, n * bw, d)
-            kk = kv[lo:hi, blk.k0 : blk.k1].permute(2, 3, 0, 1).reshape(n_heads, d, kr * kb)
-            s = torch.bmm(qq, kk).view(n_heads, n, bw, kr, kb)
-            s.masked_fill_(blk.invalid[None, None, :, None, :], float("-inf"))
-            att = heads_softmax_mean(s.view(n_heads, n * bw, kr * kb), dim_heads=0)
-            if record is not None:
-                record(a, b, lo, hi, bi, att)
-            dst = out[:, a - rows.start : b - rows.start, blk.x0 : blk.x1]
-            apply_band(vals, att, lo, hi, blk, dst)
+            # rows of the segment per product, so that its scores stay in cache
+            step = max(1, SCORE_BYTES // (n_heads * bw * kr * kb * 4))
+            for a in range(s0, s1, step):
+                b = min(s1, a + step)
+                n = b - a
+                qq = qv[a - rows.start : b - rows.start, blk.x0 : blk.x1]  # (n, bw, heads, d)
+                qq = qq.permute(2, 0, 1, 3).reshape(n_heads, n * bw, d)
+                kk = kv[lo:hi, blk.k0 : blk.k1].permute(2, 3, 0, 1).reshape(n_heads, d, kr * kb)
+                s = torch.bmm(qq, kk).view(n_heads, n, bw, kr, kb)
+                s.masked_fill_(blk.invalid[None, None, :, None, :], float("-inf"))
+                att = heads_softmax_mean(s.view(n_heads, n * bw, kr * kb))
+                if record is not None:
+                    record(a, b, lo, hi, bi, att)
+                dst = out[:, a - rows.start : b - rows.start, blk.x0 : blk.x1]
+                apply_band(vals, att, lo, hi, blk, dst)
 
 
 class WindowKernels(Kernels):

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._attention_base import heads_softmax_mean
+from .._attention_base import SCORE_BYTES, heads_softmax_mean
 from ..base import Kernels
 
 #: JAFAR's published configuration (``config/model/jafar.yaml``)
@@ -113,11 +113,6 @@ def key_head(m: nn.Module, pooled: torch.Tensor, feats: torch.Tensor) -> torch.T
     return k.reshape(k.shape[0], -1).t()
 
 
-def attention_rows(n_keys: int, heads: int, width: int, budget: int = 64 << 20) -> int:
-    """Output rows per attention product, so the (heads, N, h*w) scores stay in budget."""
-    return max(1, budget // (8 * heads * n_keys * max(1, width)))
-
-
 def global_attend(
     q: torch.Tensor,
     keys: torch.Tensor,
@@ -127,19 +122,28 @@ def global_attend(
     r0: int = 0,
 ) -> None:
     """Write ``out`` (C, R, W) for queries ``q`` (R*W, heads, d) over all keys
-    (h*w, heads, d); values (C, h*w). ``record(r, A)`` receives weights (N, h*w)."""
+    (h*w, heads, d); values (C, h*w). ``record(a, b, A)`` receives the weights (N, h*w)
+    of output rows [a, b). Queries go in groups whose scores fit in cache."""
     c, n_rows, width = out.shape
-    n_heads = q.shape[1]
+    n_heads, n_keys = q.shape[1], keys.shape[0]
     kt = keys.permute(1, 2, 0)  # (heads, d, h*w)
-    step = attention_rows(keys.shape[0], n_heads, width)
-    for a in range(0, n_rows, step):
-        b = min(n_rows, a + step)
-        qq = q[a * width : b * width].transpose(0, 1)  # (heads, N, d)
-        att = heads_softmax_mean(torch.bmm(qq, kt), dim_heads=0)  # (N, h*w)
-        if record is not None:
-            record(r0 + a, r0 + b, att)
-        # whole rows of one channel are adjacent in out: the product lands in place
-        torch.mm(values, att.t(), out=out[:, a:b].view(c, -1))
+    per_query = n_heads * n_keys * 4
+    rows = max(1, SCORE_BYTES // (per_query * width))
+    cols = width if per_query * width <= SCORE_BYTES else max(1, SCORE_BYTES // per_query)
+    for a in range(0, n_rows, rows):
+        b = min(n_rows, a + rows)
+        for x0 in range(0, width, cols):
+            x1 = min(width, x0 + cols)
+            qq = q.view(n_rows, width, n_heads, -1)[a:b, x0:x1].reshape(-1, n_heads, q.shape[2])
+            att = heads_softmax_mean(torch.bmm(qq.transpose(0, 1), kt))  # (N, h*w)
+            if record is not None:
+                record(r0 + a, r0 + b, x0, x1, att)
+            dst = out[:, a:b, x0:x1]
+            if x1 - x0 == width or b - a == 1:
+                # whole rows (or part of one): a (C, N) view, the product lands in place
+                torch.mm(values, att.t(), out=dst.view(c, -1))
+            else:
+                dst.copy_((values @ att.t()).view(c, b - a, -1))
 
 
 class DenseKernels(Kernels):
@@ -150,8 +154,8 @@ class DenseKernels(Kernels):
         self.out_size = size
         self.parts: list[tuple[int, int, torch.Tensor]] = []
 
-    def record(self, a: int, b: int, att: torch.Tensor) -> None:
-        self.parts.append((a, b, att))
+    def record(self, a: int, b: int, x0: int, x1: int, att: torch.Tensor) -> None:
+        self.parts.append((a, b, x0, x1, att))
 
     def apply_linear(self, values: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
         H, W = self.out_size
@@ -160,9 +164,12 @@ class DenseKernels(Kernels):
         out = values.new_empty(bsz, k, r1 - r0, W)
         for bi in range(bsz):
             vals = values[bi].reshape(k, -1)
-            for a, b, att in self.parts:
+            for a, b, x0, x1, att in self.parts:
                 s, t = max(a, r0), min(b, r1)
-                if s < t:
-                    part = att[(s - a) * W : (t - a) * W].to(vals.dtype)
-                    torch.mm(vals, part.t(), out=out[bi, :, s - r0 : t - r0].view(k, -1))
+                if s >= t:
+                    continue
+                w = x1 - x0
+                part = att.view(b - a, w, -1)[s - a : t - a].reshape((t - s) * w, -1)
+                o = vals @ part.to(vals.dtype).t()
+                out[bi, :, s - r0 : t - r0, x0:x1] = o.view(k, t - s, w)
         return out
