@@ -74,6 +74,7 @@ class AttentionUpsampler(Upsampler):
         self.weights_source = ""
         self.release: str | None = None
         self._cache: tuple | None = None
+        self._work: torch.Tensor | None = None  # working buffers kept between calls
 
     # ------------------------------------------------------------ subclass hooks
     def encoder_weights(self, like: torch.Tensor) -> EncoderWeights:
@@ -166,10 +167,10 @@ class AttentionUpsampler(Upsampler):
     @torch.no_grad()
     def prepare(self, feats: torch.Tensor, image: torch.Tensor) -> Prepared:
         """Encode one (C, h, w) feature grid and its (3, H, W) image."""
-        like = feats
+        like = self._like = feats
         ew = self.encoder_weights(like)
         grid, size = tuple(feats.shape[-2:]), tuple(image.shape[-2:])
-        enc = EncodedImage(ew, image.to(like), grid, self._budget())
+        enc = EncodedImage(ew, image.to(like), grid, self._budget(), self._arena)
         wq, bq, wk, bk = self.projections(like)
         k = self.key_head(enc.pooled_keys, feats)
         keys = torch.addmm(bk, rms_normalise(k), wk)
@@ -186,6 +187,23 @@ class AttentionUpsampler(Upsampler):
             geometry=self.geometry(size, grid),
         )
 
+    def _arena(self, numel: int) -> torch.Tensor:
+        """A flat float buffer of at least ``numel`` for the encoders' workspaces (used
+        by one encoding at a time), kept for the next call up to half of ``memory_mb``:
+        fresh memory is page-faulted (and zeroed by the OS) on every call."""
+        like = self._like
+        buf = self._work
+        if (
+            buf is None
+            or buf.numel() < numel
+            or buf.dtype != like.dtype
+            or buf.device != like.device
+        ):
+            buf = like.new_empty(numel)
+        keep = buf.numel() * buf.element_size() <= self._budget() // 2
+        self._work = buf if keep else None
+        return buf[:numel]
+
     def _param_version(self) -> int:
         return sum(_version(p) for p in self.parameters())
 
@@ -201,8 +219,9 @@ class AttentionUpsampler(Upsampler):
         return preps
 
     def clear_cache(self) -> None:
-        """Forget the encoded image kept between :meth:`upsample` calls."""
+        """Forget the encoded image and the working buffers kept between calls."""
         self._cache = None
+        self._work = None
 
     # ------------------------------------------------------------ evaluation
     def tile_rows(self, prep: Prepared) -> int:

@@ -397,9 +397,17 @@ class EncodedImage:
     KEPT_PER_PIXEL = 5
 
     def __init__(
-        self, ew: EncoderWeights, image: torch.Tensor, grid: tuple[int, int], budget_bytes: int
+        self,
+        ew: EncoderWeights,
+        image: torch.Tensor,
+        grid: tuple[int, int],
+        budget_bytes: int,
+        arena: Callable[[int], torch.Tensor] | None = None,
     ):
         self.ew = ew
+        # working buffers come from ``arena(numel)`` (a flat tensor the caller may keep
+        # for the next image: fresh memory costs page faults on every call)
+        self._arena = arena or (lambda n: image.new_empty(n))
         _, self.H, self.W = image.shape
         self.grid = grid
         self.pixels = image.permute(1, 2, 0).reshape(-1, 3).contiguous()
@@ -409,7 +417,16 @@ class EncodedImage:
         self.kept = self.H * self.W * d * item * self.KEPT_PER_PIXEL <= budget_bytes
         chunks = row_chunks(self.H, self.W)
         like = self.pixels
-        self.scratch = like.new_empty(max(c.stop - c.start for c in chunks) * self.W, 2 * d)
+        self.nmax = max(c.stop - c.start for c in chunks) * self.W
+        sizes = [(c.stop - c.start) * self.W for c in chunks] if self.kept else [self.nmax]
+        flat = self._arena((1 + 2 * len(sizes)) * self.nmax * 2 * d)
+        self.scratch = flat[: self.nmax * 2 * d].view(self.nmax, 2 * d)
+        spaces, at = [], self.nmax * 2 * d
+        for n in sizes:
+            r = flat[at : at + n * 2 * d].view(n, 2 * d)
+            z = flat[at + n * 2 * d : at + 2 * n * 2 * d].view(n, 2 * d)
+            spaces.append(Workspace(r, z))
+            at += 2 * n * 2 * d
         pool_a = RowBandPool((self.H, self.W), grid, d, like)
         pool_r = RowBandPool((self.H, self.W), grid, d, like)
         self.queries = like.new_empty(self.H * self.W, d) if self.kept else None
@@ -437,15 +454,10 @@ class EncodedImage:
             )
 
         if self.kept:
-            gens = [
-                make(i, Workspace.new((c.stop - c.start) * self.W, d, like))
-                for i, c in enumerate(chunks)
-            ]
-            run_kept(gens, self.stats)
+            run_kept([make(i, ws) for i, ws in enumerate(spaces)], self.stats)
             self.sweeps = 1
         else:
-            ws = Workspace.new(self.scratch.shape[0], d, like)
-            self.sweeps = run_swept(lambda i: make(i, ws), len(chunks), self.stats)
+            self.sweeps = run_swept(lambda i: make(i, spaces[0]), len(chunks), self.stats)
         # the key encoder's last conv and residual, after the pooling they commute with
         self.pooled_keys = torch.addmm(
             pool_r.sum.view(-1, d), pool_a.sum.view(-1, d), ew.key[-1].w2
@@ -478,7 +490,9 @@ class EncodedImage:
         if self.queries is not None:
             return self.queries[r0 * self.W : r1 * self.W].view(r1 - r0, self.W, d)
         out = self.pixels.new_empty(r1 - r0, self.W, d)
-        ws = Workspace.new(self.scratch.shape[0], d, self.pixels)
+        flat = self._arena(3 * self.nmax * 2 * d)
+        self.scratch = flat[: self.nmax * 2 * d].view(self.nmax, 2 * d)
+        ws = Workspace(*flat[self.nmax * 2 * d :].view(2, self.nmax, 2 * d))
         for band in row_chunks(self.H, self.W, r0, r1):
 
             def put(q, band=band):
