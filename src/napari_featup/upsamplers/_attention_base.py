@@ -66,7 +66,7 @@ class AttentionUpsampler(Upsampler):
     content_linear = True
     heads: ClassVar[int] = 4
     #: query pixels per attention tile
-    tile_pixels: ClassVar[int] = 16384
+    tile_pixels: ClassVar[int] = 8192
 
     def __init__(self, memory_mb: int = 1024):
         super().__init__()
@@ -198,6 +198,8 @@ class AttentionUpsampler(Upsampler):
             or buf.numel() < numel
             or buf.dtype != like.dtype
             or buf.device != like.device
+            # made under inference_mode: not writable outside it
+            or (buf.is_inference() and not torch.is_inference_mode_enabled())
         ):
             buf = like.new_empty(numel)
         keep = buf.numel() * buf.element_size() <= self._budget() // 2

@@ -88,8 +88,10 @@ class EncoderWeights:
 class GroupStats:
     """GroupNorm statistics over the whole image, accumulated chunk by chunk.
 
-    Per chunk the group means and variances are computed in float32 (two passes),
-    then combined across chunks in float64 (Chan et al.'s pairwise update).
+    Per chunk, each channel's mean and variance are computed in float32 (two passes);
+    at :meth:`finalise` the chunks are combined exactly in float64 (pooled variance:
+    within-chunk plus between-chunk parts), then the channels into groups (the same
+    decomposition over the group's channels).
     """
 
     def __init__(self, groups: int, eps: float):
@@ -103,32 +105,25 @@ class GroupStats:
 
     def observe(self, name: str, x: torch.Tensor, scratch: torch.Tensor) -> None:
         """Add chunk ``x`` (N, C) to ``name``'s statistics (``scratch``: an (N, C) buffer)."""
-        n, c = x.shape
         xf = x.float()
-        # two passes per channel (var_mean over grouped dims is several times slower),
-        # then the groups by the law of total variance
+        # two passes per channel (var_mean is several times slower on CPU)
         m = xf.mean(0)
         sq = torch.sub(xf, m, out=scratch) if scratch.dtype == xf.dtype else xf - m
-        v = sq.square_().mean(0)
-        m, v = m.view(self.groups, -1), v.view(self.groups, -1)
-        mean = m.mean(1)
-        var = v.mean(1) + (m - mean[:, None]).square().mean(1)
-        nb = n * (c // self.groups)
-        acc = self._acc.get(name)
-        if acc is None:
-            self._acc[name] = [nb, mean.double(), var.double() * nb]
-            return
-        na = acc[0]
-        tot = na + nb
-        delta = mean.double() - acc[1]
-        acc[1] = acc[1] + delta * (nb / tot)
-        acc[2] = acc[2] + var.double() * nb + delta * delta * (na * nb / tot)
-        acc[0] = tot
+        self._acc.setdefault(name, []).append((x.shape[0], m, sq.square_().mean(0)))
 
     def finalise(self) -> None:
         """Turn every accumulated name into known statistics."""
-        for name, (n, mean, m2) in self._acc.items():
-            self._known[name] = (mean, torch.rsqrt(m2 / n + self.eps))
+        for name, parts in self._acc.items():
+            n = torch.tensor([p[0] for p in parts], dtype=torch.float64, device=parts[0][1].device)
+            m = torch.stack([p[1] for p in parts]).double()  # (chunks, C)
+            v = torch.stack([p[2] for p in parts]).double()
+            w = (n / n.sum())[:, None]
+            mean_c = (w * m).sum(0)
+            var_c = (w * (v + (m - mean_c) ** 2)).sum(0)
+            mc, vc = mean_c.view(self.groups, -1), var_c.view(self.groups, -1)
+            mean = mc.mean(1)
+            var = (vc + (mc - mean[:, None]) ** 2).mean(1)
+            self._known[name] = (mean, torch.rsqrt(var + self.eps))
         self._acc.clear()
 
     def merged(

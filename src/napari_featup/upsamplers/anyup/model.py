@@ -119,32 +119,31 @@ def feature_unification(feats: torch.Tensor, basis: torch.Tensor) -> torch.Tenso
     # |feature| <= 1 (unit norm over channels) bounds every response by the filter's L1
     # norm over the fewest taps; below 60 exp cannot overflow float32 without shifting
     shift = bool(bf.abs().sum(1).max() / count.min() >= 60)
-    out = x.new_empty(d, h * w)
+    out = x.new_empty(h * w, d)
     padded = F.pad(x[:, None], (p, p, p, p))  # (C, 1, h+2p, w+2p)
     # C*D responses per cell (196 kB at C=384): a few cells at a time stay in cache
     band = max(1, (16 << 20) // max(1, c * k * k * w * 4))
     cells = max(1, (2 << 20) // (c * d * 4))
     inv_count = count.reciprocal().flatten()
+    bt = bf.t().contiguous()  # (k*k, D)
     for r0 in range(0, h, band):
         r1 = min(h, r0 + band)
-        patches = F.unfold(padded[:, :, r0 : r1 + 2 * p], k)  # (C, k*k, R*w)
-        for q0 in range(0, patches.shape[2], cells):
-            q1 = min(patches.shape[2], q0 + cells)
+        patches = F.unfold(padded[:, :, r0 : r1 + 2 * p], k).permute(2, 0, 1)  # (R*w, C, k*k)
+        for q0 in range(0, patches.shape[0], cells):
+            q1 = min(patches.shape[0], q0 + cells)
             o0 = r0 * w + q0
-            n = q1 - q0
-            pt = patches[:, :, q0:q1].transpose(0, 1).reshape(k * k, c * n)
-            resp = (bf @ pt).view(d, c, n)  # filter j, channel i: one wide product
-            resp *= inv_count[o0 : o0 + n]
-            # channel-major (i*D + j) read as (D, C): a transpose, then a reshape (not a
-            # transpose): the reinterpretation the checkpoints were trained with
-            resp = resp.transpose(0, 1).reshape(d, c, n)
+            # per cell, channel-major responses (channel i, filter j at i*D + j) ...
+            resp = torch.matmul(patches[q0:q1], bt)  # (n, C, D)
+            resp *= inv_count[o0 : o0 + q1 - q0, None, None]
+            # ... read as (D, C): a reshape, not a transpose (what the weights expect)
+            resp = resp.view(q1 - q0, d, c)
             if shift:
-                resp -= resp.amax(0, keepdim=True)
+                resp -= resp.amax(1, keepdim=True)
             resp.exp_()
             # softmax over a, then the mean over the C columns, as one weighted sum
-            inv = resp.sum(0).mul_(c).reciprocal_()  # (C, n)
-            out[:, o0 : o0 + q1 - q0] = (resp * inv).sum(1)
-    return out.view(d, h, w).to(feats.dtype)
+            inv = resp.sum(1).mul_(c).reciprocal_()  # (n, C)
+            out[o0 : o0 + q1 - q0] = (resp * inv[:, None, :]).sum(2)
+    return out.t().reshape(d, h, w).to(feats.dtype)
 
 
 def key_head(m: nn.Module, pooled: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
