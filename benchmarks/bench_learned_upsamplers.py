@@ -4,9 +4,9 @@
    and upstream's (AnyUp @ 351807a, JAFAR @ 94d4d54, plain-PyTorch attention), one
    thread, median of 3 after a warm-up; each (code, model, size) in a fresh process.
    Memory is the peak resident set during the timed forwards above the resident set
-   before the warm-up (so buffers kept between calls count). Also: the FLOPs each code performs, the FLOPs the model needs (AnyUp's
-   window keys only), and the floor they set at the GEMM rate measured in the same
-   process.
+   before the warm-up (so buffers kept between calls count). Also: the FLOPs each code
+   performs, the FLOPs the model needs (AnyUp's window keys only), and the floor they
+   set at the GEMM rate measured in the same process.
 2. ``--large 2048 4096``: our output at S x S (same 16 x 16 grid), computed in row tiles
    and consumed tile by tile (per-channel means), with its peak resident memory.
 3. ``--click``: a click (similarity map) on a 1024 x 1024 image with 384-d features on a
@@ -107,6 +107,13 @@ def _gemm_gflops() -> float:
     return best
 
 
+def _inputs(size: int):
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(1, C, 16, 16, generator=g), torch.randn(1, 3, size, size, generator=g)
+
+
 def _build(code: str, model: str, upstream: str, pydeps: str):
     import torch
 
@@ -138,7 +145,10 @@ def child_forward(code: str, model: str, size: int, repeats: int, upstream: str,
     torch.set_num_threads(1)
     fwd = _build(code, model, upstream, pydeps)
     g = torch.Generator().manual_seed(0)
-    feats, image = torch.randn(1, C, 16, 16, generator=g), torch.randn(1, 3, size, size, generator=g)
+    feats, image = (
+        torch.randn(1, C, 16, 16, generator=g),
+        torch.randn(1, 3, size, size, generator=g),
+    )
     with torch.no_grad():
         # memory is counted from before the warm-up, so buffers a code keeps between
         # calls (ours keeps its encoder workspace) count as its own
@@ -175,7 +185,10 @@ def child_large(model: str, size: int, rows: int):
     base = _rss_mb()
     up = nf.load_upsampler(model, weights=FIXTURES / CKPT[model], device="cpu")
     g = torch.Generator().manual_seed(0)
-    feats, image = torch.randn(1, C, 16, 16, generator=g), torch.randn(1, 3, size, size, generator=g)
+    feats, image = (
+        torch.randn(1, C, 16, 16, generator=g),
+        torch.randn(1, 3, size, size, generator=g),
+    )
     t0, c0 = time.perf_counter(), time.process_time()
     means = torch.zeros(C, dtype=torch.float64)
     with torch.no_grad():
@@ -244,7 +257,7 @@ def spawn(args: list[str]) -> dict:
 # ----------------------------------------------------------------------- main
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[224, 448])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[224, 448])
     ap.add_argument("--models", nargs="+", default=["anyup", "jafar"])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--upstream", default="/work/scratch/upstream")

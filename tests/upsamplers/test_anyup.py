@@ -135,6 +135,19 @@ def test_kernel_reuse_equals_full_computation():
     assert (k.project(feats, wgt) - proj).abs().max() <= 1e-4
 
 
+def test_kernels_in_half_precision_when_float32_does_not_fit():
+    up = random_up()
+    feats, image = inputs()
+    full = up(feats, image)
+    n = up.kernel_entries(tuple(image.shape[-2:]), tuple(feats.shape[-2:]))
+    k = up.content_kernels(feats, image, max_bytes=3 * n)  # room for 2 bytes a weight
+    assert k.store == torch.bfloat16 and k.segments[0][-1].dtype == torch.bfloat16
+    out = k(feats)
+    assert out.dtype == torch.float32
+    assert (out - full).abs().max() <= 2e-2 * full.abs().max()
+    assert up.content_kernels(feats, image, max_bytes=n) is None
+
+
 def test_feature_field_projects_through_kernels():
     up = random_up()
     feats, image = inputs(size=(56, 64), grid=(4, 4))

@@ -108,7 +108,8 @@ class AttentionUpsampler(Upsampler):
         """Number of attention weights :meth:`make_kernels` would keep."""
         raise NotImplementedError
 
-    def make_kernels(self, prep: Prepared) -> Kernels:
+    def make_kernels(self, prep: Prepared, store: torch.dtype) -> Kernels:
+        """The attention weights of ``prep`` (kept in ``store`` precision)."""
         raise NotImplementedError
 
     def check_features(self, lowres: torch.Tensor) -> None:
@@ -131,11 +132,11 @@ class AttentionUpsampler(Upsampler):
             wq, wk = att.in_proj_weight[:d], att.in_proj_weight[d : 2 * d]
         else:
             wq, wk = att.q_proj_weight, att.k_proj_weight
-        b = att.in_proj_bias.detach().double()
-        gq, gk = (g.detach().double() for g in self.norms_qk())
+        b = att.in_proj_bias.detach().cpu().double()  # CPU: MPS has no float64
+        gq, gk = (g.detach().cpu().double() for g in self.norms_qk())
         scale = 1.0 / math.sqrt(d // self.heads)
-        wq = (wq.detach().double().t() * gq[:, None]) * scale
-        wk = wk.detach().double().t() * gk[:, None]
+        wq = (wq.detach().cpu().double().t() * gq[:, None]) * scale
+        wk = wk.detach().cpu().double().t() * gk[:, None]
         return tuple(t.to(like).contiguous() for t in (wq, b[:d] * scale, wk, b[d : 2 * d]))
 
     def _dtype(self, lowres: torch.Tensor) -> torch.dtype:
@@ -290,10 +291,18 @@ class AttentionUpsampler(Upsampler):
             return None
         size, grid = tuple(image.shape[-2:]), tuple(lowres.shape[-2:])
         n = self.kernel_entries(size, grid)
-        if n * lowres.element_size() > max_bytes or n > lowres.shape[1] * size[0] * size[1]:
+        if n > lowres.shape[1] * size[0] * size[1]:
+            return None  # more weights than output values: keeping the output is cheaper
+        # weights in half precision when float32 does not fit (bfloat16 on the CPU, whose
+        # bfloat16 products are fast; float16 elsewhere): ~3 significant digits
+        half = torch.bfloat16 if lowres.device.type == "cpu" else torch.float16
+        store = next(
+            (dt for dt in (self._dtype(lowres), half) if n * dt.itemsize <= max_bytes), None
+        )
+        if store is None:
             return None
         prep = self._prepared(lowres, image, keep=False)[0]
-        return self.make_kernels(prep)
+        return self.make_kernels(prep, store)
 
     def extra_metadata(self) -> dict:
         return {

@@ -114,9 +114,10 @@ class GroupStats:
     def finalise(self) -> None:
         """Turn every accumulated name into known statistics."""
         for name, parts in self._acc.items():
-            n = torch.tensor([p[0] for p in parts], dtype=torch.float64, device=parts[0][1].device)
-            m = torch.stack([p[1] for p in parts]).double()  # (chunks, C)
-            v = torch.stack([p[2] for p in parts]).double()
+            n = torch.tensor([p[0] for p in parts], dtype=torch.float64)
+            # float64 on the CPU (MPS has no float64): a few hundred numbers
+            m = torch.stack([p[1] for p in parts]).cpu().double()  # (chunks, C)
+            v = torch.stack([p[2] for p in parts]).cpu().double()
             w = (n / n.sum())[:, None]
             mean_c = (w * m).sum(0)
             var_c = (w * (v + (m - mean_c) ** 2)).sum(0)
@@ -140,7 +141,7 @@ class GroupStats:
                 s = rstd.repeat_interleave(rep)
                 t = -mean.repeat_interleave(rep) * s
                 if affine is not None:
-                    w, b = (v.double() for v in affine)
+                    w, b = (v.detach().cpu().double() for v in affine)
                     s, t = s * w, t * w + b
                 ss.append(s)
                 ts.append(t)
@@ -187,7 +188,7 @@ def rope_tables(
     (H, D) and (W, D) tables give every pixel's by the angle-sum identities
     (transcendentals per row and column instead of per pixel)."""
     dev = freqs.device
-    f = freqs.detach().double().cpu()
+    f = freqs.detach().cpu().double()
     ys = torch.linspace(0, 1, height, dtype=torch.float32).double()
     xs = torch.linspace(0, 1, width, dtype=torch.float32).double()
     a, b = ys[:, None] * f[0], xs[:, None] * f[1]

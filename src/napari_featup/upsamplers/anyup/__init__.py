@@ -160,8 +160,8 @@ class AnyUp(AttentionUpsampler):
     def kernel_entries(self, size: tuple[int, int], grid: tuple[int, int]) -> int:
         return Windows.build(size, grid, self.window_ratio, "cpu").entries()
 
-    def make_kernels(self, prep: Prepared) -> Kernels:
-        k = WindowKernels(prep.geometry)
+    def make_kernels(self, prep: Prepared, store: torch.dtype) -> Kernels:
+        k = WindowKernels(prep.geometry, store)
         self.rows_of(prep, slice(0, prep.size[0]), record=k.record)
         return k
 

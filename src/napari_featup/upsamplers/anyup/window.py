@@ -153,12 +153,12 @@ class WindowKernels(Kernels):
     projection, a query's dot products) upsamples through them exactly as the features
     do; the weights themselves came from all C channels."""
 
-    def __init__(self, win: Windows):
-        self.win, self.out_size = win, win.size
+    def __init__(self, win: Windows, store: torch.dtype | None = None):
+        self.win, self.out_size, self.store = win, win.size, store
         self.segments: list[tuple[int, int, int, int, int, torch.Tensor]] = []
 
     def record(self, a: int, b: int, lo: int, hi: int, bi: int, att: torch.Tensor) -> None:
-        self.segments.append((a, b, lo, hi, bi, att))
+        self.segments.append((a, b, lo, hi, bi, att.to(self.store or att.dtype)))
 
     def nbytes(self) -> int:
         return sum(s[-1].numel() * s[-1].element_size() for s in self.segments)
@@ -170,6 +170,7 @@ class WindowKernels(Kernels):
         out = values.new_empty(values.shape[0], values.shape[1], r1 - r0, W)
         for bi_ in range(values.shape[0]):
             vals = values[bi_].reshape(values.shape[1], h, w)
+            low = vals.to(self.store or vals.dtype)  # products in the weights' precision
             for a, e, lo, hi, bi, att in self.segments:
                 s, t = max(a, r0), min(e, r1)
                 if s >= t:
@@ -179,5 +180,9 @@ class WindowKernels(Kernels):
                 # only the wanted rows of the segment: their slice of the weights
                 att_rows = att.view(e - a, bw, -1)[s - a : t - a].reshape((t - s) * bw, -1)
                 dst = out[bi_, :, s - r0 : t - r0, blk.x0 : blk.x1]
-                apply_band(vals, att_rows.to(vals.dtype), lo, hi, blk, dst)
+                if low.dtype == dst.dtype:
+                    apply_band(low, att_rows, lo, hi, blk, dst)
+                else:
+                    v = low[:, lo:hi, blk.k0 : blk.k1].reshape(low.shape[0], -1)
+                    dst.copy_((v @ att_rows.t()).view(dst.shape))
         return out

@@ -260,8 +260,8 @@ class JAFAR(AttentionUpsampler):
     def kernel_entries(self, size: tuple[int, int], grid: tuple[int, int]) -> int:
         return size[0] * size[1] * grid[0] * grid[1]
 
-    def make_kernels(self, prep: Prepared) -> Kernels:
-        k = DenseKernels(prep.size)
+    def make_kernels(self, prep: Prepared, store: torch.dtype) -> Kernels:
+        k = DenseKernels(prep.size, store)
         self.rows_of(prep, slice(0, prep.size[0]), record=k.record)
         return k
 

@@ -150,12 +150,12 @@ class DenseKernels(Kernels):
     """JAFAR's attention weights (every pixel over every key) for one (features, image)
     pair; any K-channel low-res map upsamples through them as the features do."""
 
-    def __init__(self, size: tuple[int, int]):
-        self.out_size = size
-        self.parts: list[tuple[int, int, torch.Tensor]] = []
+    def __init__(self, size: tuple[int, int], store: torch.dtype | None = None):
+        self.out_size, self.store = size, store
+        self.parts: list[tuple[int, int, int, int, torch.Tensor]] = []
 
     def record(self, a: int, b: int, x0: int, x1: int, att: torch.Tensor) -> None:
-        self.parts.append((a, b, x0, x1, att))
+        self.parts.append((a, b, x0, x1, att.to(self.store or att.dtype)))
 
     def apply_linear(self, values: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
         H, W = self.out_size
@@ -163,13 +163,12 @@ class DenseKernels(Kernels):
         bsz, k = values.shape[:2]
         out = values.new_empty(bsz, k, r1 - r0, W)
         for bi in range(bsz):
-            vals = values[bi].reshape(k, -1)
+            vals = values[bi].reshape(k, -1).to(self.store or values.dtype)
             for a, b, x0, x1, att in self.parts:
                 s, t = max(a, r0), min(b, r1)
                 if s >= t:
                     continue
                 w = x1 - x0
                 part = att.view(b - a, w, -1)[s - a : t - a].reshape((t - s) * w, -1)
-                o = vals @ part.to(vals.dtype).t()
-                out[bi, :, s - r0 : t - r0, x0:x1] = o.view(k, t - s, w)
+                out[bi, :, s - r0 : t - r0, x0:x1] = (vals @ part.t()).view(k, t - s, w)
         return out
