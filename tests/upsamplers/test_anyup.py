@@ -251,3 +251,18 @@ def test_cli_list_shows_licence_and_citation(capsys):
     text = capsys.readouterr().out
     assert "anyup" in text and "CC-BY-4.0" in text and "Apache-2.0" in text
     assert "arXiv:2510.12764" in text and "arXiv:2506.11136" in text
+
+
+def test_cli_extract_with_anyup(tmp_path, rgb_image):
+    import tifffile
+
+    from napari_featup.cli import main
+
+    img = tmp_path / "img.tif"
+    tifffile.imwrite(img, rgb_image)
+    out = tmp_path / "feats.npz"
+    args = ["extract", str(img), "--backbone", "dinov2", "--weights", "random"]
+    args += ["--upsampler", "anyup", "--upsampler-weights", "random", "--out", str(out), "-q"]
+    assert main(args) == 0
+    z = np.load(out, allow_pickle=False)
+    assert any(v.shape[-2:] == rgb_image.shape[:2] for v in z.values() if v.ndim == 3)

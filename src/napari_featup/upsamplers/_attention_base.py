@@ -25,7 +25,7 @@ from torch import nn
 
 from .. import weights as _weights
 from ..errors import UpsamplerError, WeightsFileError
-from ._pixel_encoders import Block, EncodedImage, EncoderWeights, rms_normalise
+from ._pixel_encoders import Block, EncodedImage, EncoderWeights, rms_project
 from .base import Kernels, Upsampler
 
 #: label of untrained weights in metadata and messages
@@ -174,7 +174,7 @@ class AttentionUpsampler(Upsampler):
         enc = EncodedImage(ew, image.to(like), grid, self._budget(), self._arena)
         wq, bq, wk, bk = self.projections(like)
         k = self.key_head(enc.pooled_keys, feats)
-        keys = torch.addmm(bk, rms_normalise(k), wk)
+        keys = rms_project(k, wk, bk)
         d = keys.shape[1]
         return Prepared(
             enc=enc,
@@ -233,7 +233,7 @@ class AttentionUpsampler(Upsampler):
     def queries(self, prep: Prepared, rows: slice) -> torch.Tensor:
         """Projected, scaled queries of ``rows``: (R*W, heads, head_dim)."""
         q = prep.enc.query_rows(rows, prep.conv).reshape(-1, prep.wq.shape[0])
-        q = torch.addmm(prep.bq, rms_normalise(q), prep.wq)
+        q = rms_project(q, prep.wq, prep.bq)
         return q.view(q.shape[0], self.heads, -1)
 
     def rows_of(

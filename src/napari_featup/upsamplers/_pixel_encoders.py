@@ -341,11 +341,19 @@ class RowBandPool:
         self.sum += torch.einsum("hr,drw->hwd", self.rows[:, rows], cols)
 
 
-def rms_normalise(x: torch.Tensor) -> torch.Tensor:
-    """``x / rms(x)`` over the last dim, eps = the dtype's machine epsilon
-    (``nn.RMSNorm(eps=None)``); the learned weight is folded into what follows."""
-    ms = x.float().pow(2).mean(-1, keepdim=True)
-    return x * torch.rsqrt(ms + torch.finfo(x.dtype).eps).to(x.dtype)
+def inv_rms(x: torch.Tensor) -> torch.Tensor:
+    """``1 / rms(x)`` over the last dim as (N, 1), eps = the dtype's machine epsilon
+    (``nn.RMSNorm(eps=None)``)."""
+    ms = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32) ** 2
+    return torch.rsqrt(ms / x.shape[-1] + torch.finfo(x.dtype).eps).to(x.dtype)
+
+
+def rms_project(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``RMSNorm(x) @ w + b`` for (N, D) rows, with RMSNorm's weight folded into ``w``:
+    the row scale commutes with the product, so it is applied to the product (no
+    normalised copy of ``x``)."""
+    y = x @ w
+    return torch.addcmul(b, y, inv_rms(x), out=y)
 
 
 def conv3x3_rows(q: torch.Tensor, weight: torch.Tensor, top: bool, bottom: bool) -> torch.Tensor:
@@ -425,7 +433,16 @@ class EncodedImage:
             at += 2 * n * 2 * d
         pool_a = RowBandPool((self.H, self.W), grid, d, like)
         pool_r = RowBandPool((self.H, self.W), grid, d, like)
-        self.queries = like.new_empty(self.H * self.W, d) if self.kept else None
+        # kept queries sit inside a zero border: the 3x3 conv reads bands of it in place
+        self.queries = like.new_empty(self.H + 2, self.W + 2, d) if self.kept else None
+        if self.queries is not None:
+            for edge in (
+                self.queries[0],
+                self.queries[-1],
+                self.queries[:, 0],
+                self.queries[:, -1],
+            ):
+                edge.zero_()
         query_norms = ew.norm_names("query")
         pooled = [False]
 
@@ -439,7 +456,7 @@ class EncodedImage:
 
             def queries(q):
                 if self.queries is not None:
-                    self.queries[rows.start * self.W : rows.stop * self.W] = q
+                    self.queries[1 + rows.start : 1 + rows.stop, 1:-1] = q.view(-1, self.W, d)
 
             need_q = self.kept or not all(self.stats.known(n) for n in query_norms)
             return self._chunk(
@@ -483,8 +500,6 @@ class EncodedImage:
     def _pre_conv(self, r0: int, r1: int) -> torch.Tensor:
         """Queries (before the 3x3 conv) of rows [r0, r1): (R, W, D)."""
         d = self.ew.dim
-        if self.queries is not None:
-            return self.queries[r0 * self.W : r1 * self.W].view(r1 - r0, self.W, d)
         out = self.pixels.new_empty(r1 - r0, self.W, d)
         flat = self._arena(3 * self.nmax * 2 * d)
         self.scratch = flat[: self.nmax * 2 * d].view(self.nmax, 2 * d)
@@ -500,5 +515,8 @@ class EncodedImage:
     def query_rows(self, rows: slice, conv: torch.Tensor) -> torch.Tensor:
         """The 3x3-convolved queries of ``rows``: (R, W, D), zero-padded at the border."""
         r0, r1 = rows.start, rows.stop
+        if self.queries is not None:  # padded rows r0 - 1 .. r1 + 1 hold the halo
+            band = self.queries[r0 : r1 + 2].unsqueeze(0).permute(0, 3, 1, 2)
+            return F.conv2d(band, conv)[0].permute(1, 2, 0)
         a, b = max(0, r0 - 1), min(self.H, r1 + 1)
         return conv3x3_rows(self._pre_conv(a, b), conv, top=a == r0, bottom=b == r1)
