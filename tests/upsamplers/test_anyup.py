@@ -165,6 +165,15 @@ def test_feature_field_projects_through_kernels():
     assert np.abs(dense.similarity([(20, 30)]) - sim).max() < 1e-4
 
 
+def test_batch_items_are_independent():
+    up = random_up()
+    f1, i1 = inputs(c=8, grid=(3, 4), size=(30, 41), seed=1)
+    f2, i2 = inputs(c=8, grid=(3, 4), size=(30, 41), seed=2)
+    both = up(torch.cat([f1, f2]), torch.cat([i1, i2]))
+    assert (both[:1] - up(f1, i1)).abs().max() <= 1e-6
+    assert (both[1:] - up(f2, i2)).abs().max() <= 1e-6
+
+
 def test_non_square_and_uneven_sizes():
     up = random_up()
     for size, grid in [((45, 120), (3, 9)), ((121, 37), (10, 2)), ((17, 19), (2, 2))]:

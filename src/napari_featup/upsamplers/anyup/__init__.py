@@ -7,7 +7,7 @@ Each output pixel is a convex combination of the unmodified low-res feature vect
 window around it (about 4 x 4 cells of a 16 x 16 grid), weighted by the head-averaged
 attention between a full-resolution image query and keys made from the image and the
 features (all C channels, through a learned feature unification). Evaluated exactly in
-row bands (see :mod:`.._attention_base`), with sparse window weights
+row bands (see :mod:`.._attention.upsampler`), with sparse window weights
 (:mod:`.window`) reusable for cheap projections. The guidance is the ImageNet-normalised
 image, as AnyUp expects; features go in raw (``use_norm=False``).
 """
@@ -21,7 +21,8 @@ from typing import Any
 import torch
 
 from ...errors import UpsamplerError
-from .._attention_base import (
+from .._attention.encoder import EncoderWeights
+from .._attention.upsampler import (
     RANDOM_LABEL,
     AttentionUpsampler,
     Prepared,
@@ -30,7 +31,6 @@ from .._attention_base import (
     release_file,
     seeded,
 )
-from .._pixel_encoders import EncoderWeights
 from .._registry import register_upsampler
 from ..base import Kernels
 from .model import GROUPS, HEADS, QK_DIM, WINDOW_RATIO, add_modules, key_head

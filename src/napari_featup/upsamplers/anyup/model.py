@@ -1,7 +1,7 @@
 """AnyUp's parameters (named as in the published state dicts) and its low-res key head.
 
 The modules here only hold weights; the computation is
-:mod:`~napari_featup.upsamplers._pixel_encoders` (full-resolution encoders, chunked),
+:mod:`~napari_featup.upsamplers._attention.encoder` (full-resolution encoders, chunked),
 :func:`key_head` below (low resolution) and :mod:`.window` (the attention).
 """
 

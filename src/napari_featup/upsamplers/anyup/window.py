@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._attention_base import SCORE_BYTES, heads_softmax_mean
+from .._attention.upsampler import SCORE_BYTES, heads_softmax_mean
 from ..base import Kernels
 
 

@@ -6,7 +6,7 @@ release files (training save dicts) load as they are, without unpickling their c
 Every output pixel is a convex combination of all low-res feature vectors, weighted by
 the head-averaged attention between a full-resolution image query and keys made from
 the image and the features (SFT modulation). Evaluated exactly in row bands (see
-:mod:`.._attention_base`). JAFAR normalises the guidance image with the backbone's own
+:mod:`.._attention.upsampler`). JAFAR normalises the guidance image with the backbone's own
 mean / std; the pipeline passes the ImageNet-normalised image, so it is re-normalised
 here when they differ (``mean`` / ``std`` options, else the checkpoint's, else the
 backbone's).
@@ -21,7 +21,9 @@ from typing import Any
 import torch
 
 from ...errors import UpsamplerError, WeightsFileError
-from .._attention_base import (
+from .._attention.encoded import guidance_affine
+from .._attention.encoder import IMAGENET_MEAN, IMAGENET_STD, EncoderWeights
+from .._attention.upsampler import (
     RANDOM_LABEL,
     AttentionUpsampler,
     Prepared,
@@ -30,7 +32,6 @@ from .._attention_base import (
     release_file,
     seeded,
 )
-from .._pixel_encoders import IMAGENET_MEAN, IMAGENET_STD, EncoderWeights, guidance_affine
 from .._registry import register_upsampler
 from ..base import Kernels
 from .model import GROUPS, HEADS, QK_DIM, DenseKernels, add_modules, global_attend, key_head

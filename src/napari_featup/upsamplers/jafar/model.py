@@ -2,7 +2,7 @@
 low-res key head and its global attention.
 
 The modules only hold weights; the full-resolution encoders run in
-:mod:`~napari_featup.upsamplers._pixel_encoders`.
+:mod:`~napari_featup.upsamplers._attention.encoder`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._attention_base import SCORE_BYTES, heads_softmax_mean
+from .._attention.upsampler import SCORE_BYTES, heads_softmax_mean
 from ..base import Kernels
 
 #: JAFAR's published configuration (``config/model/jafar.yaml``)

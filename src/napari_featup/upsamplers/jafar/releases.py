@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .._pixel_encoders import IMAGENET_MEAN, IMAGENET_STD
+from .._attention.encoder import IMAGENET_MEAN, IMAGENET_STD
 
 URL = "https://github.com/PaulCouairon/JAFAR/releases/download/Weights/{file}"
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -3,7 +3,7 @@ unmodified low-res feature vectors, with attention weights between full-resoluti
 image queries and low-res keys computed from the image and all C feature channels.
 
 :class:`AttentionUpsampler` evaluates any band of output rows exactly: the image is
-encoded once per (image, features) pair (:class:`~._pixel_encoders.EncodedImage`:
+encoded once per (image, features) pair (:class:`~.encoded.EncodedImage`:
 whole-image GroupNorm statistics and the pooled keys), then each band needs only its
 own queries (plus one halo row for their 3x3 conv) and the keys. Subclasses give the
 weights, the low-res key head and the attention pattern.
@@ -23,10 +23,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .. import weights as _weights
-from ..errors import UpsamplerError, WeightsFileError
-from ._pixel_encoders import Block, EncodedImage, EncoderWeights, rms_project
-from .base import Kernels, Upsampler
+from ... import weights as _weights
+from ...errors import UpsamplerError, WeightsFileError
+from ..base import Kernels, Upsampler
+from .encoded import EncodedImage, rms_project
+from .encoder import Block, EncoderWeights
 
 #: label of untrained weights in metadata and messages
 RANDOM_LABEL = "random (untrained weights, for tests and demos only)"
