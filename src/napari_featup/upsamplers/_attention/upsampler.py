@@ -238,16 +238,22 @@ class AttentionUpsampler(Upsampler):
         return q.view(q.shape[0], self.heads, -1)
 
     def rows_of(
-        self, prep: Prepared, rows: slice, record=None, out: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Output (C, R, W) of ``rows``, in tiles of :meth:`tile_rows`."""
+        self,
+        prep: Prepared,
+        rows: slice,
+        record=None,
+        out: torch.Tensor | None = None,
+        weights_only: bool = False,
+    ) -> torch.Tensor | None:
+        """Output (C, R, W) of ``rows``, in tiles of :meth:`tile_rows` (with
+        ``weights_only``: only the attention weights, for ``record``)."""
         W, c = prep.size[1], prep.values.shape[0]
-        if out is None:
+        if out is None and not weights_only:
             out = prep.values.new_empty(c, rows.stop - rows.start, W)
         step = self.tile_rows(prep)
         for r0 in range(rows.start, rows.stop, step):
             sub = slice(r0, min(rows.stop, r0 + step))
-            dst = out[:, r0 - rows.start : sub.stop - rows.start]
+            dst = None if out is None else out[:, r0 - rows.start : sub.stop - rows.start]
             self.attend(prep, self.queries(prep, sub), sub, dst, record)
         return out
 

@@ -154,7 +154,7 @@ class AnyUp(AttentionUpsampler):
     def geometry(self, size: tuple[int, int], grid: tuple[int, int]) -> Windows:
         return Windows.build(size, grid, self.window_ratio, self.rope.freqs.device)
 
-    def attend(self, prep: Prepared, q, rows: slice, out: torch.Tensor, record=None) -> None:
+    def attend(self, prep: Prepared, q, rows: slice, out: torch.Tensor | None, record=None):
         window_attend(prep.geometry, q, prep.keys, prep.values, rows, out, record)
 
     def kernel_entries(self, size: tuple[int, int], grid: tuple[int, int]) -> int:
@@ -162,7 +162,7 @@ class AnyUp(AttentionUpsampler):
 
     def make_kernels(self, prep: Prepared, store: torch.dtype) -> Kernels:
         k = WindowKernels(prep.geometry, store)
-        self.rows_of(prep, slice(0, prep.size[0]), record=k.record)
+        self.rows_of(prep, slice(0, prep.size[0]), record=k.record, weights_only=True)
         return k
 
     def extra_metadata(self) -> dict:

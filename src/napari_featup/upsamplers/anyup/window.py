@@ -61,6 +61,8 @@ class Windows:
     blocks: list[Block]
     size: tuple[int, int]
     grid: tuple[int, int]
+    col_lo: torch.Tensor  # (W,) first key column of each output column's window
+    kc: int  # the widest window, in key columns
 
     @classmethod
     def build(cls, size: tuple[int, int], grid: tuple[int, int], ratio: float, device) -> Windows:
@@ -79,12 +81,13 @@ class Windows:
             u = torch.arange(k0, k1)
             bad = (u[None] < lo[x0:x1, None]) | (u[None] >= hi[x0:x1, None])
             blocks.append(Block(x0, x1, k0, k1, bad.to(device)))
-        return cls(rows, blocks, size, grid)
+        kc = int((hi - lo).max())
+        return cls(rows, blocks, size, grid, lo.clamp(max=w - kc).to(device), kc)
 
     def entries(self) -> int:
-        """Attention weights kept for the whole output (band entries, masked included)."""
-        per_row = sum((b.x1 - b.x0) * (b.k1 - b.k0) for b in self.blocks)
-        return sum((e - s) * (hi - lo) * per_row for s, e, lo, hi in self.rows)
+        """Attention weights :class:`WindowKernels` keeps: per pixel its window's rows
+        times the widest window's columns."""
+        return sum((e - s) * (hi - lo) for s, e, lo, hi in self.rows) * self.size[1] * self.kc
 
     def segments(self, rows: slice):
         """(a, b, lo, hi): parts of row groups inside ``rows``."""
@@ -116,7 +119,7 @@ def window_attend(
     out: torch.Tensor,
     record=None,
 ) -> None:
-    """Write the output of ``rows`` into ``out`` (C, R, W).
+    """Write the output of ``rows`` into ``out`` (C, R, W) (None: weights only).
 
     ``q`` (R*W, heads, d) scaled queries of the rows, ``keys`` (h*w, heads, d),
     ``values`` (C, h*w). ``record(a, b, lo, hi, block_index, A)`` receives the weights.
@@ -143,46 +146,72 @@ def window_attend(
                 att = heads_softmax_mean(s.view(n_heads, n * bw, kr * kb))
                 if record is not None:
                     record(a, b, lo, hi, bi, att)
-                dst = out[:, a - rows.start : b - rows.start, blk.x0 : blk.x1]
-                apply_band(vals, att, lo, hi, blk, dst)
+                if out is not None:
+                    dst = out[:, a - rows.start : b - rows.start, blk.x0 : blk.x1]
+                    apply_band(vals, att, lo, hi, blk, dst)
 
 
 class WindowKernels(Kernels):
-    """AnyUp's attention weights for one (features, image) pair, kept per (row group,
-    column block) over that band's keys only. Any K-channel low-res map (a PCA
-    projection, a query's dot products) upsamples through them exactly as the features
-    do; the weights themselves came from all C channels."""
+    """AnyUp's attention weights for one (features, image) pair, kept per row group and
+    output column over that column's window only: (W, n, kr * kc) per row group, ``kc``
+    the widest window (narrower ones padded with zero weights). Any K-channel low-res
+    map (a PCA projection, a query's dot products) upsamples through them exactly as
+    the features do; the weights themselves came from all C channels."""
 
     def __init__(self, win: Windows, store: torch.dtype | None = None):
         self.win, self.out_size, self.store = win, win.size, store
-        self.segments: list[tuple[int, int, int, int, int, torch.Tensor]] = []
+        self.groups: dict[int, torch.Tensor] = {}  # row-group start -> (W, n, kr*kc)
+        w, kc = win.grid[1], win.kc
+        # flat key-cell index of (column, key row i, key column j) for a window starting
+        # on grid row 0; a row group starting on row lo reads from cell lo * w on
+        self._base: dict[int, torch.Tensor] = {}
+        self._cols = (win.col_lo[:, None] + torch.arange(kc, device=win.col_lo.device)).view(
+            -1, 1, kc
+        )
+        self._w = w
+
+    def _index(self, kr: int) -> torch.Tensor:
+        if kr not in self._base:
+            r = torch.arange(kr, device=self._cols.device)[None, :, None] * self._w
+            self._base[kr] = (r + self._cols).flatten()
+        return self._base[kr]
 
     def record(self, a: int, b: int, lo: int, hi: int, bi: int, att: torch.Tensor) -> None:
-        self.segments.append((a, b, lo, hi, bi, att.to(self.store or att.dtype)))
+        """Store a band's weights (n*bw, kr*kb) in the per-column window layout."""
+        win, blk = self.win, self.win.blocks[bi]
+        s, e = next((s, e) for s, e, lo_, _ in win.rows if s <= a < e and lo_ == lo)
+        kr, kb, bw, kc = hi - lo, blk.k1 - blk.k0, blk.x1 - blk.x0, win.kc
+        if s not in self.groups:
+            dt = self.store or att.dtype
+            self.groups[s] = att.new_zeros(win.size[1], e - s, kr * kc, dtype=dt)
+        # the band padded with kc zero columns on both sides holds every column's window
+        a4 = torch.nn.functional.pad(att.view(b - a, bw, kr, kb), (kc, kc))
+        u0 = win.col_lo[blk.x0 : blk.x1] - blk.k0 + kc  # window start within the pad
+        cols = torch.arange(bw, device=att.device)
+        win_w = a4.unfold(3, kc, 1)[:, cols, :, u0]  # (bw, n, kr, kc)
+        self.groups[s][blk.x0 : blk.x1, a - s : b - s] = win_w.reshape(bw, b - a, -1)
 
     def nbytes(self) -> int:
-        return sum(s[-1].numel() * s[-1].element_size() for s in self.segments)
+        return sum(g.numel() * g.element_size() for g in self.groups.values())
 
     def apply_linear(self, values: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
         H, W = self.out_size
-        h, w = self.win.grid
         r0, r1, _ = (rows or slice(0, H)).indices(H)
-        out = values.new_empty(values.shape[0], values.shape[1], r1 - r0, W)
-        for bi_ in range(values.shape[0]):
-            vals = values[bi_].reshape(values.shape[1], h, w)
-            low = vals.to(self.store or vals.dtype)  # products in the weights' precision
-            for a, e, lo, hi, bi, att in self.segments:
-                s, t = max(a, r0), min(e, r1)
-                if s >= t:
+        bsz, k = values.shape[:2]
+        out = values.new_empty(bsz, k, r1 - r0, W)
+        for bi in range(bsz):
+            flat = values[bi].reshape(k, -1).to(self.store or values.dtype)
+            for s, e, lo, hi in self.win.rows:
+                a, b = max(s, r0), min(e, r1)
+                if a >= b:
                     continue
-                blk = self.win.blocks[bi]
-                bw = blk.x1 - blk.x0
-                # only the wanted rows of the segment: their slice of the weights
-                att_rows = att.view(e - a, bw, -1)[s - a : t - a].reshape((t - s) * bw, -1)
-                dst = out[bi_, :, s - r0 : t - r0, blk.x0 : blk.x1]
-                if low.dtype == dst.dtype:
-                    apply_band(low, att_rows, lo, hi, blk, dst)
+                att = self.groups[s][:, a - s : b - s]  # (W, n, kr*kc)
+                v = flat[:, lo * self._w :].index_select(1, self._index(hi - lo))
+                v = v.view(k, W, -1)
+                if k == 1:  # a click: multiply-add beats W tiny matrix-vector products
+                    o = (att * v[0, :, None, :]).sum(-1, dtype=torch.float32)  # (W, n)
+                    out[bi, 0, a - r0 : b - r0] = o.t()
                 else:
-                    v = low[:, lo:hi, blk.k0 : blk.k1].reshape(low.shape[0], -1)
-                    dst.copy_((v @ att_rows.t()).view(dst.shape))
+                    o = torch.bmm(att, v.permute(1, 2, 0))  # (W, n, K)
+                    out[bi, :, a - r0 : b - r0] = o.permute(2, 1, 0)
         return out

@@ -255,15 +255,16 @@ class JAFAR(AttentionUpsampler):
     def query_conv(self) -> torch.Tensor:
         return self.cross_decode.conv2d.weight
 
-    def attend(self, prep: Prepared, q, rows: slice, out: torch.Tensor, record=None) -> None:
-        global_attend(q, prep.keys, prep.values, out, record, r0=rows.start)
+    def attend(self, prep: Prepared, q, rows: slice, out: torch.Tensor | None, record=None):
+        shape = (rows.stop - rows.start, prep.size[1])
+        global_attend(q, prep.keys, prep.values, out, shape, record, r0=rows.start)
 
     def kernel_entries(self, size: tuple[int, int], grid: tuple[int, int]) -> int:
         return size[0] * size[1] * grid[0] * grid[1]
 
     def make_kernels(self, prep: Prepared, store: torch.dtype) -> Kernels:
         k = DenseKernels(prep.size, store)
-        self.rows_of(prep, slice(0, prep.size[0]), record=k.record)
+        self.rows_of(prep, slice(0, prep.size[0]), record=k.record, weights_only=True)
         return k
 
     def extra_metadata(self) -> dict:

@@ -117,14 +117,16 @@ def global_attend(
     q: torch.Tensor,
     keys: torch.Tensor,
     values: torch.Tensor,
-    out: torch.Tensor,
+    out: torch.Tensor | None,
+    shape: tuple[int, int],
     record=None,
     r0: int = 0,
 ) -> None:
-    """Write ``out`` (C, R, W) for queries ``q`` (R*W, heads, d) over all keys
-    (h*w, heads, d); values (C, h*w). ``record(a, b, A)`` receives the weights (N, h*w)
-    of output rows [a, b). Queries go in groups whose scores fit in cache."""
-    c, n_rows, width = out.shape
+    """Write ``out`` (C, R, W) (None: weights only) for queries ``q`` (R*W, heads, d)
+    of ``shape`` (R, W) over all keys (h*w, heads, d); values (C, h*w).
+    ``record(a, b, x0, x1, A)`` receives the weights (N, h*w) of output rows [a, b),
+    columns [x0, x1). Queries go in groups whose scores fit in cache."""
+    c, (n_rows, width) = values.shape[0], shape
     n_heads, n_keys = q.shape[1], keys.shape[0]
     kt = keys.permute(1, 2, 0)  # (heads, d, h*w)
     per_query = n_heads * n_keys * 4
@@ -138,6 +140,8 @@ def global_attend(
             att = heads_softmax_mean(torch.bmm(qq.transpose(0, 1), kt))  # (N, h*w)
             if record is not None:
                 record(r0 + a, r0 + b, x0, x1, att)
+            if out is None:
+                continue
             dst = out[:, a:b, x0:x1]
             if x1 - x0 == width or b - a == 1:
                 # whole rows (or part of one): a (C, N) view, the product lands in place
