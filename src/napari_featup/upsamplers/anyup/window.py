@@ -206,12 +206,29 @@ class WindowKernels(Kernels):
                 if a >= b:
                     continue
                 att = self.groups[s][:, a - s : b - s]  # (W, n, kr*kc)
+                dst = out[bi, :, a - r0 : b - r0]
+                if k > 8:  # many channels: per-column copies of the values would dominate
+                    self._apply_bands(flat.view(k, *self.win.grid), att, lo, hi, dst)
+                    continue
                 v = flat[:, lo * self._w :].index_select(1, self._index(hi - lo))
                 v = v.view(k, W, -1)
                 if k == 1:  # a click: multiply-add beats W tiny matrix-vector products
                     o = (att * v[0, :, None, :]).sum(-1, dtype=torch.float32)  # (W, n)
-                    out[bi, 0, a - r0 : b - r0] = o.t()
+                    dst[0] = o.t()
                 else:
-                    o = torch.bmm(att, v.permute(1, 2, 0))  # (W, n, K)
-                    out[bi, :, a - r0 : b - r0] = o.permute(2, 1, 0)
+                    dst.copy_(torch.bmm(att, v.permute(1, 2, 0)).permute(2, 1, 0))
         return out
+
+    def _apply_bands(self, vals, att, lo: int, hi: int, dst: torch.Tensor) -> None:
+        """``dst`` (K, n, W) from (W, n, kr*kc) window weights, block by block through
+        the dense key band (as the forward pass computes it)."""
+        kr, kc, n = hi - lo, self.win.kc, att.shape[1]
+        for blk in self.win.blocks:
+            bw, kb = blk.x1 - blk.x0, blk.k1 - blk.k0
+            band = att.new_zeros(n, bw, kr, kb + 2 * kc)
+            u0 = self.win.col_lo[blk.x0 : blk.x1] - blk.k0 + kc
+            cols = torch.arange(bw, device=att.device)
+            band.unfold(3, kc, 1)[:, cols, :, u0] = att[blk.x0 : blk.x1].view(bw, n, kr, kc)
+            band = band[..., kc : kc + kb].reshape(n * bw, kr * kb)
+            o = vals[:, lo:hi, blk.k0 : blk.k1].reshape(vals.shape[0], -1) @ band.t()
+            dst[:, :, blk.x0 : blk.x1] = o.view(vals.shape[0], n, bw)
