@@ -10,7 +10,8 @@
 2. ``--large 2048 4096``: our output at S x S (same 16 x 16 grid), computed in row tiles
    and consumed tile by tile (per-channel means), with its peak resident memory.
 3. ``--click``: a click (similarity map) on a 1024 x 1024 image with 384-d features on a
-   74 x 74 grid (DINOv2's at 1036 px), through FeatureField as the plugin uses it.
+   74 x 74 grid (DINOv2's at 1036 px; ``--click-grid 16`` for 16 x 16), through
+   FeatureField as the plugin uses it.
 
 Weights are the seeded fixture checkpoints (cost does not depend on the weights).
 The upstream code is never a dependency: pass ``--upstream DIR`` holding ``anyup/``
@@ -48,7 +49,9 @@ def window_keys(size: int, grid: int, band: bool = False) -> float:
     lo, hi = window_bounds(size, grid, 0.1)
     if not band:
         return float((hi - lo).double().mean()) ** 2
-    return Windows.build((size, size), (grid, grid), 0.1, "cpu").entries() / size**2
+    win = Windows.build((size, size), (grid, grid), 0.1, "cpu")
+    rows = sum((e - s) * (hi - lo) for s, e, lo, hi in win.rows)
+    return rows * sum((b.x1 - b.x0) * (b.k1 - b.k0) for b in win.blocks) / size**2
 
 
 def flops(model: str, code: str, size: int, grid: int = 16) -> float:
@@ -208,7 +211,7 @@ def child_large(model: str, size: int, rows: int):
     }
 
 
-def child_click(model: str, clicks: int):
+def child_click(model: str, clicks: int, grid: int = 74):
     import numpy as np
     import torch
 
@@ -218,7 +221,7 @@ def child_click(model: str, clicks: int):
     torch.set_num_threads(1)
     up = nf.load_upsampler(model, weights=FIXTURES / CKPT[model], device="cpu")
     g = torch.Generator().manual_seed(0)
-    grid, pad = 74, 1036
+    pad = 1036 if grid == 74 else 1024
     feats = torch.randn(1, C, grid, grid, generator=g)
     yy, xx = torch.meshgrid(torch.arange(pad), torch.arange(pad), indexing="ij")
     image = torch.stack([torch.sin(yy / 37.0), torch.cos(xx / 23.0), torch.sin((xx + yy) / 51.0)])
@@ -267,6 +270,9 @@ def main() -> int:
     ap.add_argument("--large-rows", type=int, default=64, help="output rows per tile")
     ap.add_argument("--click", action="store_true")
     ap.add_argument("--clicks", type=int, default=20)
+    ap.add_argument(
+        "--click-grid", type=int, default=74, help="74 (DINOv2 at 1036 px) or 16 (16 x 16)"
+    )
     ap.add_argument("--out", help="also write the results as JSON here")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -278,7 +284,7 @@ def main() -> int:
         elif kind == "large":
             res = child_large(rest[0], int(rest[1]), int(rest[2]))
         else:
-            res = child_click(rest[0], a.clicks)
+            res = child_click(rest[0], a.clicks, int(rest[1]))
         print(json.dumps(res))
         return 0
 
@@ -344,14 +350,15 @@ def main() -> int:
             )
     if a.click:
         for model in a.models:
-            r = spawn(["click", model])
-            r.update(model=model)
+            r = spawn(["click", model, str(a.click_grid)])
+            r.update(model=model, grid=a.click_grid)
             results["click"].append(r)
             if "error" in r:
                 print(f"click {model}: failed: {r['error']}")
                 continue
             print(
-                f"\nclick on 1024 x 1024, 384-d, 74 x 74 grid, {model}: median "
+                f"\nclick on 1024 x 1024, 384-d, {a.click_grid} x {a.click_grid} grid, {model}: "
+                f"median "
                 f"{r['click_ms_median']:.0f} ms (p90 {r['click_ms_p90']:.0f}) via {r['path']}; "
                 f"one-off setup {r['setup_s']:.1f} s, peak RSS {r['peak_rss_mb'] / 1024:.2f} GiB"
             )
