@@ -152,27 +152,31 @@ def global_attend(
 
 class DenseKernels(Kernels):
     """JAFAR's attention weights (every pixel over every key) for one (features, image)
-    pair; any K-channel low-res map upsamples through them as the features do."""
+    pair, one (H*W, h*w) matrix; any K-channel low-res map upsamples through them as
+    the features do."""
 
     def __init__(self, size: tuple[int, int], store: torch.dtype | None = None):
         self.out_size, self.store = size, store
-        self.parts: list[tuple[int, int, int, int, torch.Tensor]] = []
+        self.weights: torch.Tensor | None = None  # (H, W, h*w)
 
     def record(self, a: int, b: int, x0: int, x1: int, att: torch.Tensor) -> None:
-        self.parts.append((a, b, x0, x1, att.to(self.store or att.dtype)))
+        if self.weights is None:
+            dt = self.store or att.dtype
+            self.weights = att.new_empty(*self.out_size, att.shape[-1], dtype=dt)
+        # a copy: ``att`` may be a view of a larger per-head buffer
+        self.weights[a:b, x0:x1] = att.view(b - a, x1 - x0, -1)
 
     def apply_linear(self, values: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
         H, W = self.out_size
         r0, r1, _ = (rows or slice(0, H)).indices(H)
         bsz, k = values.shape[:2]
         out = values.new_empty(bsz, k, r1 - r0, W)
+        step = max(1, (32 << 20) // max(1, 4 * k * W))  # output rows per product
         for bi in range(bsz):
-            vals = values[bi].reshape(k, -1).to(self.store or values.dtype)
-            for a, b, x0, x1, att in self.parts:
-                s, t = max(a, r0), min(b, r1)
-                if s >= t:
-                    continue
-                w = x1 - x0
-                part = att.view(b - a, w, -1)[s - a : t - a].reshape((t - s) * w, -1)
-                out[bi, :, s - r0 : t - r0, x0:x1] = (vals @ part.t()).view(k, t - s, w)
+            vals = values[bi].reshape(k, -1).to(self.weights.dtype)
+            for a in range(r0, r1, step):
+                b = min(r1, a + step)
+                part = self.weights[a:b].view((b - a) * W, -1)
+                o = vals @ part.t()
+                out[bi, :, a - r0 : b - r0] = o.view(k, b - a, W)
         return out
