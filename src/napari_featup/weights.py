@@ -334,8 +334,10 @@ def _materialise(obj: Any, zf: zipfile.ZipFile, root: str, flat: dict, src: str)
             data = zf.read(f"{root}data/{st.key}")
             if len(data) != st.numel * st.dtype.itemsize:
                 raise WeightsFileError(f"{src!r}: storage {st.key} is truncated")
-            flat[st.key] = torch.frombuffer(bytearray(data), dtype=st.dtype) if data else (
-                torch.empty(0, dtype=st.dtype)
+            flat[st.key] = (
+                torch.frombuffer(bytearray(data), dtype=st.dtype)
+                if data
+                else (torch.empty(0, dtype=st.dtype))
             )
         base = flat[st.key]
         extent = obj.offset + sum((n - 1) * s for n, s in zip(obj.size, obj.stride)) + 1
