@@ -114,7 +114,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         for o in outs:
             if o.exists():
                 raise CLIError(f"{str(o)!r} exists; pass --overwrite to replace it", EXIT_EXISTS)
-    check_weights_or_fail(args)
+    check_weights_or_fail(args, options)
     stage = {"now": "backbone"}  # of the latest progress event: whose weights failed
     for image_path, out in zip(args.images, outs):
         image = read_image(image_path)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -145,6 +146,25 @@ class Upsampler(nn.Module):
         up = cls(**dataclasses.asdict(options))
         up.use_norm = bool(use_norm)
         return up
+
+    @classmethod
+    def published_weights(
+        cls, backbone: str, use_norm: bool | None = None, options: Any = None
+    ) -> tuple[Path, str] | None:
+        """(cache path, URL) of the published weights :meth:`build` fetches when given
+        no ``weights``, for the pre-run check that they are cached or reachable; None
+        when there are none (or the library's own error says why at load time)."""
+        return None
+
+    @classmethod
+    def cost(
+        cls, channels: int, grid: tuple[int, int], size: tuple[int, int], options: Any = None
+    ) -> tuple[float, int, int | None] | None:
+        """For run estimates, where a per-channel cost per pixel does not describe the
+        upsampler: (GFLOP, working bytes, bytes of kept kernels or None when the output
+        is kept dense instead) of evaluating a (channels, *grid) map at ``size``. None:
+        the estimate's per-channel figures apply."""
+        return None
 
     def native_size(self, grid: tuple[int, int], image_size: tuple[int, int]) -> tuple[int, int]:
         """(H', W') of ``forward``'s output for a grid and an image size."""

@@ -26,6 +26,7 @@ from torch import nn
 from ... import weights as _weights
 from ...errors import UpsamplerError, WeightsFileError
 from ..base import Kernels, Upsampler
+from .cost import attention_cost
 from .encoded import EncodedImage, rms_project
 from .encoder import Block, EncoderWeights
 
@@ -104,6 +105,19 @@ class AttentionUpsampler(Upsampler):
         """Write the output of ``rows`` into ``out`` (C, R, W), from their queries ``q``
         (R*W, heads, head_dim); ``record`` collects attention weights for kernels."""
         raise NotImplementedError
+
+    @classmethod
+    def keys_per_pixel(cls, grid: tuple[int, int], size: tuple[int, int]) -> float:
+        """Mean keys an output pixel attends to (all of them unless windowed)."""
+        return float(grid[0] * grid[1])
+
+    @classmethod
+    def cost(
+        cls, channels: int, grid: tuple[int, int], size: tuple[int, int], options: Any = None
+    ) -> tuple[float, int, int | None]:
+        """See :meth:`Upsampler.cost` (:func:`.cost.attention_cost`)."""
+        memory_mb = getattr(options, "memory_mb", 1024)
+        return attention_cost(channels, cls.keys_per_pixel(grid, size), size, memory_mb)
 
     def kernel_entries(self, size: tuple[int, int], grid: tuple[int, int]) -> int:
         """Number of attention weights :meth:`make_kernels` would keep."""
@@ -402,10 +416,14 @@ def read_state(
     return obj
 
 
+def release_path(url: str, folder: str) -> Path:
+    """Where the published weights file ``url`` is cached: ``cache_dir()/folder/NAME``."""
+    return _weights.cache_dir() / folder / url.rsplit("/", 1)[-1]
+
+
 def release_file(url: str, folder: str, progress: bool = True) -> Path:
     """A published weights file in the cache (``cache_dir()/folder``), downloaded once."""
-    dest = _weights.cache_dir() / folder / url.rsplit("/", 1)[-1]
-    return _weights.download(url, dest, progress=progress)
+    return _weights.download(url, release_path(url, folder), progress=progress)
 
 
 @contextlib.contextmanager

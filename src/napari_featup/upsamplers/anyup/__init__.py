@@ -29,12 +29,13 @@ from .._attention.upsampler import (
     conv_mat,
     read_state,
     release_file,
+    release_path,
     seeded,
 )
 from .._registry import register_upsampler
 from ..base import Kernels
 from .model import GROUPS, HEADS, QK_DIM, WINDOW_RATIO, add_modules, key_head
-from .window import WindowKernels, Windows, window_attend
+from .window import WindowKernels, Windows, window_attend, window_bounds
 
 #: the published checkpoints (torch.hub entries ``anyup`` and ``anyup_multi_backbone``)
 RELEASES = {
@@ -94,6 +95,14 @@ class AnyUp(AttentionUpsampler):
         super().__init__(memory_mb)
         add_modules(self, QK_DIM, HEADS)
         self.window_ratio = WINDOW_RATIO
+
+    @classmethod
+    def published_weights(
+        cls, backbone: str, use_norm: bool | None = None, options: Any = None
+    ) -> tuple[Path, str]:
+        """The release file (one for every backbone): (cache path, URL)."""
+        url = RELEASES[cls.release_name]
+        return release_path(url, "anyup"), url
 
     @classmethod
     def build(
@@ -156,6 +165,13 @@ class AnyUp(AttentionUpsampler):
 
     def attend(self, prep: Prepared, q, rows: slice, out: torch.Tensor | None, record=None):
         window_attend(prep.geometry, q, prep.keys, prep.values, rows, out, record)
+
+    @classmethod
+    def keys_per_pixel(cls, grid: tuple[int, int], size: tuple[int, int]) -> float:
+        """Keys per output pixel its kernels keep: the mean window height times the
+        widest window width (:meth:`.window.Windows.entries`)."""
+        (lo_r, hi_r), (lo_c, hi_c) = (window_bounds(n, g, WINDOW_RATIO) for n, g in zip(size, grid))
+        return float((hi_r - lo_r).double().mean()) * int((hi_c - lo_c).max())
 
     def kernel_entries(self, size: tuple[int, int], grid: tuple[int, int]) -> int:
         return Windows.build(size, grid, self.window_ratio, "cpu").entries()

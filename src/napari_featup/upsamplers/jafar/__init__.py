@@ -30,6 +30,7 @@ from .._attention.upsampler import (
     conv_mat,
     read_state,
     release_file,
+    release_path,
     seeded,
 )
 from .._registry import register_upsampler
@@ -113,6 +114,7 @@ def jafar_release(backbone: Any = None, checkpoint: str | None = None) -> Releas
 
 
 def jafar_weights_file(release: Release, progress: bool = True) -> Path:
+    """The release file of ``release`` in the cache, downloaded once."""
     return release_file(release.url, "jafar", progress=progress)
 
 
@@ -151,6 +153,18 @@ class JAFAR(AttentionUpsampler):
         self.channels = int(channels)
         self.mean, self.std = tuple(mean), tuple(std)
         add_modules(self, self.channels, QK_DIM, HEADS)
+
+    @classmethod
+    def published_weights(
+        cls, backbone: str, use_norm: bool | None = None, options: Any = None
+    ) -> tuple[Path, str] | None:
+        """The release file for ``backbone`` (or ``options.checkpoint``): (cache path,
+        URL); None where none is published (loading then says so)."""
+        try:
+            release = jafar_release(backbone, getattr(options, "checkpoint", None))
+        except UpsamplerError:
+            return None
+        return release_path(release.url, "jafar"), release.url
 
     @classmethod
     def build(
