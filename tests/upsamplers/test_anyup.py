@@ -14,6 +14,7 @@ from napari_featup.field import FeatureField
 from napari_featup.upsamplers import upsampler_info
 from napari_featup.upsamplers.anyup import RELEASES
 from napari_featup.upsamplers.anyup.window import window_bounds
+from napari_featup.upsamplers.jafar import jafar_release
 
 CASE = "anyup_384_16x16_224"
 
@@ -276,3 +277,28 @@ def test_cli_extract_with_anyup(tmp_path, rgb_image):
     assert main(args) == 0
     z = np.load(out, allow_pickle=False)
     assert any(v.shape[-2:] == rgb_image.shape[:2] for v in z.values() if v.ndim == 3)
+
+
+@pytest.mark.parametrize("backbone", nf.list_backbones())
+def test_every_backbone_has_anyup_and_jafar_where_published(backbone):
+    """AnyUp takes every registered backbone's channel count; JAFAR loads for those
+    with a published checkpoint of the same width and says so for the others."""
+    from napari_featup.backbones import get_spec
+    from napari_featup.upsamplers.jafar import JAFAR
+
+    dim = get_spec(backbone).dim
+    g = torch.Generator().manual_seed(0)
+    feats, image = torch.randn(1, dim, 3, 4, generator=g), torch.randn(1, 3, 21, 30, generator=g)
+    up = nf.load_upsampler("anyup", backbone=backbone, weights="random", device="cpu")
+    with torch.no_grad():
+        out = up(feats, image)
+    assert out.shape == (1, dim, 21, 30) and torch.isfinite(out).all()
+    published = JAFAR.published_weights(backbone)
+    if published is None:
+        with pytest.raises(UpsamplerError, match="no published JAFAR checkpoint"):
+            nf.load_upsampler("jafar", backbone=backbone, device="cpu")  # before any download
+    else:
+        assert jafar_release(backbone).dim == dim and published[1] == jafar_release(backbone).url
+        up = nf.load_upsampler("jafar", backbone=backbone, weights="random", device="cpu")
+        with torch.no_grad():
+            assert up(feats, image).shape == (1, dim, 21, 30)
