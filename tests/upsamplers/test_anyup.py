@@ -201,7 +201,7 @@ def test_checkpoint_errors(fx, tmp_path):
     with pytest.raises(WeightsUnavailableError):
         nf.load_upsampler("anyup", weights=tmp_path / "missing.pth", device="cpu")
     # wrong keys: a JAFAR checkpoint
-    with pytest.raises(WeightsFileError, match="not a anyup checkpoint"):
+    with pytest.raises(WeightsFileError, match="not a checkpoint of anyup"):
         nf.load_upsampler("anyup", weights=fx / "jafar_384_seed2001.pth", device="cpu")
     # truncated
     data = (fx / "anyup_seed1001.pth").read_bytes()

@@ -351,7 +351,9 @@ class AttentionUpsampler(Upsampler):
                 )
             if bad:
                 parts.append(f"non-tensor entries {bad[:3]}")
-            raise WeightsFileError(f"{source} is not a {self.name} checkpoint: {'; '.join(parts)}")
+            raise WeightsFileError(
+                f"{source} is not a checkpoint of {self.name}: {'; '.join(parts)}"
+            )
         for k, v in own.items():
             if tuple(state[k].shape) != tuple(v.shape):
                 raise WeightsFileError(
