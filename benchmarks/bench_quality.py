@@ -14,9 +14,10 @@ registered upsampler that can run here without downloads is scored on recovering
   proj3_s      seconds for a 3-channel projection through reused kernels (linear only)
 
 ``featup-jbu`` runs with the random-weight fixture checkpoint when it is registered and
-the synthetic dim is 384: that shows it runs, its score means nothing (trained weights
-are needed for a fair score). ``featup-implicit`` fits to a backbone run on jittered
-views of the image; here that backbone is the scene itself: a view's features are F
+the synthetic dim is 384, and the other learned upsamplers (``anyup``, ``anyup-multi``,
+``jafar``) with seeded random weights: that shows they run, their scores mean nothing
+(trained weights are needed for a fair score). ``featup-implicit`` fits to a backbone
+run on jittered views of the image; here that backbone is the scene itself: a view's features are F
 under the same jitter (reflect pad, zoom, crop, flip), average-pooled over 16 px patches,
 exactly how the scene's own low-res grid is made from F (``--implicit-settings`` picks
 the preset; FeatUp's fits at most 2 x 224^2 px, so 448 px scenes are fitted at 316 px).
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -41,7 +43,12 @@ from _harness import header
 
 from napari_featup import synthetic as syn
 from napari_featup.backbones import pad_to_stride
-from napari_featup.upsamplers import list_upsamplers, load_upsampler, parse_options
+from napari_featup.upsamplers import (
+    list_upsamplers,
+    load_upsampler,
+    parse_options,
+    upsampler_info,
+)
 from napari_featup.upsamplers.implicit import ImplicitFitter, resolve_config
 
 FIXTURE = Path("/work/shared/fixtures/featup-jbu/dinov2.ckpt")
@@ -71,6 +78,13 @@ def configs(dim: int, fixture: Path) -> list[tuple[str, str, dict]]:
             continue
         if name == "featup-implicit":
             continue  # run by implicit_row: its "backbone" is the scene's F
+        if upsampler_info(name).takes_weights:
+            # learned upsamplers (AnyUp, JAFAR) without downloads: seeded random weights
+            # show that they run here; their score says nothing of their learned quality
+            scene_bb = SimpleNamespace(name="synthetic scene", dim=dim)
+            kw = {"use_norm": False, "weights": "random", "backbone": scene_bb}
+            out.append((f"{name} (random weights: runs, not quality)", name, kw))
+            continue
         out.append((name, name, {"use_norm": False}))
     return out
 
@@ -145,13 +159,17 @@ def run_one(
         out = up.upsample(low, img)
     t2 = time.perf_counter()
     proj = None
-    if up.linear:
+    if up.linear or up.content_linear:
         w = torch.randn(3, low.shape[1], generator=torch.Generator().manual_seed(0))
         with torch.inference_mode():
-            k = up.kernels(img, tuple(low.shape[-2:]))
-            t3 = time.perf_counter()
-            k.project(low, w)
-            proj = time.perf_counter() - t3
+            if up.linear:
+                k = up.kernels(img, tuple(low.shape[-2:]))
+            else:  # attention weights from the image and all channels, reused
+                k = up.content_kernels(low, img)
+            if k is not None:
+                t3 = time.perf_counter()
+                k.project(low, w)
+                proj = time.perf_counter() - t3
     return out, t1 - t0, t2 - t1, proj
 
 

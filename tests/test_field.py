@@ -27,6 +27,8 @@ def test_query_vectors_match_materialised_features(rgb_image, rng, upsampler):
         ("bilinear", {}),
         ("jbu-classic", {}),
         ("featup-jbu", {"upsampler_weights": "random"}),
+        ("anyup", {"upsampler_weights": "random"}),  # through its attention kernels
+        ("jafar", {"upsampler_weights": "random"}),
         (
             "featup-implicit",
             {"upsampler_options": dict(steps=2, views=4, pca_views=4, batch=2, view_batch=4)},

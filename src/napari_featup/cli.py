@@ -114,7 +114,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         for o in outs:
             if o.exists():
                 raise CLIError(f"{str(o)!r} exists; pass --overwrite to replace it", EXIT_EXISTS)
-    check_weights_or_fail(args)
+    check_weights_or_fail(args, options)
     stage = {"now": "backbone"}  # of the latest progress event: whose weights failed
     for image_path, out in zip(args.images, outs):
         image = read_image(image_path)
@@ -213,13 +213,18 @@ def _cmd_download(args: argparse.Namespace) -> int:
         for use_norm in FEATUP_CHECKPOINTS.get(name, ()):
             path = download_featup_checkpoint(name, use_norm)
             print(f"featup-jbu {name} ({'norm' if use_norm else 'no_norm'}): {path}")
+    if not args.no_learned:
+        from .upsamplers import anyup, jafar
+
+        for label, path in anyup.download_weights() + jafar.download_weights(names):
+            print(f"{label}: {path}")
     return EXIT_OK
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from .backbones import describe_backbones
     from .text import has_text_tower
-    from .upsamplers import describe_upsamplers, upsampler_options
+    from .upsamplers import describe_upsamplers, upsampler_info, upsampler_options
 
     infos = describe_backbones()
     wn = max(map(len, infos))
@@ -239,6 +244,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
         if opts:
             shown = " ".join(f"{k}={v}" for k, v in opts.items())
             print(f"  {'':<16} options (--upsampler-option KEY=VALUE): {shown}")
+        info = upsampler_info(name)
+        if info.licence or info.citation:
+            print(f"  {'':<16} licence {info.licence or '-'}; cite: {info.citation or '-'}")
     return EXIT_OK
 
 
@@ -381,6 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-jbu",
         action="store_true",
         help="skip FeatUp's JBU checkpoints (fetched by default where published)",
+    )
+    dl.add_argument(
+        "--no-learned",
+        action="store_true",
+        help="skip AnyUp's checkpoints and JAFAR's for the backbones (fetched by default)",
     )
     dl.set_defaults(func=_cmd_download)
 

@@ -9,16 +9,22 @@ import argparse
 import sys
 
 
-def check_weights_or_fail(args: argparse.Namespace) -> None:
+def check_weights_or_fail(args: argparse.Namespace, options: dict | None = None) -> None:
     """Fail at once, naming the flag to use, when needed weights are neither cached
-    nor reachable (instead of after the hub's retries)."""
+    nor reachable (instead of after the hub's retries). ``options``: the upsampler's
+    (they can pick its published checkpoint, e.g. JAFAR's ``checkpoint``)."""
     from .errors import WeightsUnavailableError
     from .session.availability import check_weights
     from .session.messages import weights_advice
 
     try:
         check_weights(
-            args.backbone, args.weights, args.upsampler, args.upsampler_weights, args.use_norm
+            args.backbone,
+            args.weights,
+            args.upsampler,
+            args.upsampler_weights,
+            args.use_norm,
+            options,
         )
     except WeightsUnavailableError as exc:
         part = getattr(exc, "part", "backbone")

@@ -319,6 +319,14 @@ def estimate_run(
         # its kernel cache (512 MB) on a whole image; per block, its working set
         # (the 16x level's windows and tap matrices), measured 400-500 MB
         parts["JBU working set"] = 512 * MB if whole else 480 * MB
+    # upsamplers that count their own cost (AnyUp, JAFAR: encoder working memory and
+    # the attention weights kept as kernels, or else the dense field the PCA reads)
+    cost = cls.cost(c, grid, (h, w))
+    if cost is not None:
+        dense = 4 * c * h * w if 4 * c * h * w <= 512 * MB else 2 * c * h * w
+        parts[f"{up_name} encoder and weights"] = cost[1] + (
+            cost[2] if cost[2] is not None else dense
+        )
     if highres and not to_store:
         parts["full-res features"] = (
             c * h * w * torch.empty(0, dtype=getattr(torch, highres_dtype)).element_size()
@@ -344,6 +352,10 @@ def estimate_run(
             if k and cls.linear and not cls.fits_per_image:
                 t_px = calibrate_upsampler(up, c, s, 3, bb.device)
                 timing["upsampling"] = h * w * t_px * (k / 3 if k > 3 else 1)
+            elif k and cost is not None:  # a timed 24 x 24-cell block, scaled by arithmetic
+                block = (24 * s, 24 * s)
+                t_block = calibrate_upsampler(up, c, s, 3, bb.device) * block[0] * block[1]
+                timing["upsampling"] = t_block * cost[0] / cls.cost(c, (24, 24), block)[0]
         except Exception as exc:  # noqa: BLE001 - an estimate must never fail the run
             notes.append(f"upsampler not timed ({type(exc).__name__}: {exc})")
         seconds = float(sum(timing.values()))

@@ -4,6 +4,9 @@ A :class:`FeatureField` keeps the low-res features, the guidance image and the
 upsampler. For channel-linear upsamplers it computes the upsampling kernels once and
 answers PCA colours and similarity queries as 3- or 1-channel upsamples of low-res
 projections; the per-pixel feature norms (not linear) are computed once, in tiles.
+Attention upsamplers (``content_linear``: weights from the image and all channels,
+applied to the low-res values) are used the same way through their
+``content_kernels`` when these fit ``kernel_budget_bytes``.
 Other upsamplers are evaluated once, in row tiles, and kept (float32 up to 512 MB,
 else float16); those whose output is an affine map of fewer per-pixel factors
 (``Upsampler.factors``, e.g. FeatUp's implicit model: 128 PCA coordinates for 384
@@ -50,6 +53,7 @@ class FeatureField:
         tile_budget_bytes: int = 256 << 20,
         dense_dtype: torch.dtype | None = None,
         dense_float32_bytes: int = 512 << 20,
+        kernel_budget_bytes: int = 1 << 30,
     ):
         self.lowres = lowres
         self.image = image
@@ -60,7 +64,9 @@ class FeatureField:
         # reads it directly; converting float16 cost more than the product), else float16
         self.dense_dtype = dense_dtype
         self.dense_float32_bytes = int(dense_float32_bytes)
+        self.kernel_budget_bytes = int(kernel_budget_bytes)
         self._kernels: Kernels | None = None
+        self._no_kernels = False  # content kernels asked for and not available
         self._dense: torch.Tensor | None = None  # (C or P, H, W), float32 or float16
         self._affine: tuple[torch.Tensor, torch.Tensor] | None = None  # A (C, P), m (C,)
         self._norms: torch.Tensor | None = None
@@ -73,15 +79,27 @@ class FeatureField:
 
     @property
     def linear(self) -> bool:
-        """Whether the upsampler is channel-linear (queries go through its kernels)."""
-        return bool(self.upsampler.linear)
+        """Projections go through reusable kernels (channel-linear upsamplers, and
+        content-linear ones whose kernels fit the budget)."""
+        if self.upsampler.linear:
+            return True
+        return bool(self.upsampler.content_linear) and self.kernels is not None
 
     @property
-    def kernels(self) -> Kernels:
-        """The upsampler's kernels for this image, computed once (linear upsamplers only)."""
-        if self._kernels is None:
+    def kernels(self) -> Kernels | None:
+        """The upsampler's kernels for this image, computed once: channel-linear
+        upsamplers' own, content-linear ones' attention weights (None when they do not
+        fit ``kernel_budget_bytes``)."""
+        if self._kernels is None and not self._no_kernels:
+            up = self.upsampler
             with torch.inference_mode():
-                self._kernels = self.upsampler.kernels(self.image, tuple(self.lowres.shape[-2:]))
+                if up.linear:
+                    self._kernels = up.kernels(self.image, tuple(self.lowres.shape[-2:]))
+                else:
+                    self._kernels = up.content_kernels(
+                        self.lowres, self.image, self.kernel_budget_bytes
+                    )
+                    self._no_kernels = self._kernels is None
         return self._kernels
 
     def tile_rows(self, channels: int | None = None) -> int:

@@ -47,7 +47,10 @@ def test_groups_headers_and_tooltips(viewer_widget):
     assert "(no_norm)" in tips["maskclip"] and "text queries: yes" in tips["maskclip"]
     assert "text queries: not yet" in tips["siglip2-b"] and "text queries: no" in tips["dinov2"]
     for name in modern:
-        assert "no published learned upsampler: train your own JBU" in tips[name], name
+        assert "no published JBU: train your own JBU" in tips[name], name
+        assert "AnyUp (anyup, anyup-multi: any backbone" in tips[name], name
+    assert "JAFAR's checkpoint" in tips["dinov2"] and "JAFAR" in tips["dinov2-reg"]
+    assert "JAFAR" not in tips["dino16"] and "JAFAR" not in tips["dinov3-s"]
     assert "DINOv3 License" in tips["dinov3-s"]
     # the combo's own tooltip follows the choice
     widget.backbone_combo.setCurrentText("dinov3-s")

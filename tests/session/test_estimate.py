@@ -70,3 +70,58 @@ def test_weights_check_names_whose_weights(monkeypatch, tmp_path):
     availability.check_weights("dinov2", "random", "featup-jbu", upsampler_weights="random")
     monkeypatch.setattr(hf, "HF_HUB_OFFLINE", True)  # the library fails at once itself
     availability.check_weights("vit", "pretrained")
+
+
+def test_weights_check_covers_every_upsampler_with_published_weights(monkeypatch, tmp_path):
+    """AnyUp's and JAFAR's release files are checked like FeatUp's stacks (the class
+    says where its published weights live), and JAFAR's choice follows the backbone
+    and the ``checkpoint`` option."""
+    import napari_featup.upsamplers.anyup as anyup
+    import napari_featup.upsamplers.jafar.releases as releases
+
+    monkeypatch.setenv("NAPARI_FEATUP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(anyup.RELEASES, "anyup", "http://127.0.0.1:9/anyup_paper.pth")
+    monkeypatch.setattr(releases, "URL", "http://127.0.0.1:9/{file}")
+    with pytest.raises(WeightsUnavailableError) as info:
+        availability.check_weights("dino16", "random", "anyup")
+    assert info.value.part == "upsampler" and "anyup_paper.pth" in str(info.value)
+    with pytest.raises(WeightsUnavailableError) as info:
+        availability.check_weights("dinov2", "random", "jafar")
+    assert "vit_small_patch14_dinov2.lvd142m.pth" in str(info.value)
+    # no JAFAR release for dino16 (ViT-S/16): nothing to check, loading says so itself
+    availability.check_weights("dino16", "random", "jafar")
+    with pytest.raises(WeightsUnavailableError, match="vit_base_patch16_224.dino.pth"):
+        availability.check_weights(
+            "dino16", "random", "jafar", upsampler_options={"checkpoint": "dino-b16"}
+        )
+    # a cached release file needs no server
+    cached = tmp_path / "cache" / "anyup" / "anyup_paper.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"x")
+    availability.check_weights("dino16", "random", "anyup")
+    availability.check_weights("dino16", "random", "anyup", upsampler_weights="random")
+
+
+def test_attention_upsamplers_count_their_own_cost(monkeypatch):
+    from napari_featup.upsamplers.anyup import AnyUp
+    from napari_featup.upsamplers.jafar import JAFAR
+
+    # AnyUp's mean window equals the weights its kernels keep (non-square on purpose)
+    size, grid = (70, 45), (5, 3)
+    up = AnyUp()
+    assert AnyUp.keys_per_pixel(grid, size) * 70 * 45 == pytest.approx(
+        up.kernel_entries(size, grid)
+    )
+    assert JAFAR.keys_per_pixel(grid, size) == 15
+    gflop, _, kept = AnyUp.cost(384, (16, 16), (224, 224))
+    assert kept == pytest.approx(224 * 224 * AnyUp.keys_per_pixel((16, 16), (224, 224)) * 4)
+    # JAFAR over DINOv2's 74 x 74 grid: more weights than output values, so none kept
+    assert JAFAR.cost(384, (74, 74), (1036, 1036))[2] is None
+    # past memory_mb the encoder is swept (statistics passes): dearer per pixel
+    per_px = [AnyUp.cost(384, (16, 16), (s, s))[0] / s**2 for s in (256, 2048)]
+    assert per_px[1] > 2 * per_px[0]
+    e_any = estimate.estimate_run("dinov2", "anyup", (1024, 1024))
+    e_jafar = estimate.estimate_run("dinov2", "jafar", (1024, 1024))
+    assert e_jafar.seconds > e_any.seconds  # every key against a window's
+    monkeypatch.setattr(AnyUp, "cost", classmethod(lambda cls, *a, **k: (1e6, 0, 0)))
+    assert estimate.estimate_run("dinov2", "anyup", (224, 224)).seconds > 1e6 / 1e4

@@ -116,6 +116,22 @@ def test_kernel_reuse_equals_full_computation(name, backbone, inputs):
     assert other.shape == fast.shape
 
 
+@pytest.mark.parametrize("name", [n for n in NAMES if upsampler_info(n).cls.content_linear])
+def test_content_kernels_equal_full_computation(name, backbone, inputs):
+    """Weights made from this (features, image) pair, applied to a projection of the
+    low-res features, give the projection of the output (a click's cheap path)."""
+    low, img = inputs
+    up = _make(name, backbone)
+    w, b = torch.randn(2, low.shape[1]), torch.randn(2)
+    with torch.inference_mode():
+        k = up.content_kernels(low, img)
+        assert k is not None
+        fast = k.project(low, w, b)
+        slow = torch.einsum("kc,bchw->bkhw", w, up.upsample(low, img)) + b[:, None, None]
+        assert up.content_kernels(low, img, max_bytes=0) is None  # the budget is kept
+    torch.testing.assert_close(fast, slow, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("name", [n for n in NAMES if upsampler_info(n).cls.fits_per_image])
 def test_fit_yields_progress_and_cancels(name, backbone, inputs, rgb_image):
     low, img = inputs

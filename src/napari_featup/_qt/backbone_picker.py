@@ -26,18 +26,32 @@ HEADERS = {
 }
 CUSTOM_TEXT = "timm / hf-hub name…"
 TRAIN_YOUR_OWN = (
-    "no published learned upsampler: train your own JBU (Train JBU widget) and give it "
-    "as Upsampler weights: file…; training-free upsamplers work as they are"
+    "learned upsamplers: AnyUp (anyup, anyup-multi: any backbone); no published JBU: "
+    "train your own JBU (Train JBU widget) and give it as Upsampler weights: file…; "
+    "training-free upsamplers work as they are"
 )
 
 
 def learned_upsampler_text(name: str) -> str:
-    """One line: whether a learned upsampler exists for backbone ``name``."""
+    """One line: which learned upsamplers have published weights for backbone ``name``
+    (AnyUp takes any; JAFAR and FeatUp's JBU only those they were trained on)."""
+    from ..upsamplers import upsampler_info
+
+    try:
+        jafar = upsampler_info("jafar").cls.published_weights(name) is not None
+    except FeatUpError:
+        jafar = False
     settings = featup_checkpoint_settings(name)
     if not settings:
-        return TRAIN_YOUR_OWN
+        return TRAIN_YOUR_OWN.replace(
+            "any backbone)", "any backbone" + (", and JAFAR's checkpoint)" if jafar else ")")
+        )
     kinds = " and ".join("use_norm" if s else "no_norm" for s in settings)
-    return f"learned upsampler: FeatUp's published JBU stack ({kinds}), or train your own"
+    also = ", JAFAR's checkpoint" if jafar else ""
+    return (
+        f"learned upsamplers: FeatUp's published JBU stack ({kinds}){also}, AnyUp (any "
+        "backbone), or train your own JBU"
+    )
 
 
 def backbone_tooltip(info: dict[str, Any]) -> str:
@@ -167,14 +181,14 @@ class BackbonePicker(QObject):
         elif name.lower().startswith("timm:hf-hub:"):
             self._show(
                 "checked when you Run: its config is read from the Hugging Face Hub or "
-                "cache; no published learned upsampler (train your own JBU)",
+                "cache; learned upsamplers: AnyUp (any backbone), or train your own JBU",
                 "",
             )
         else:
             spec = get_spec(name)
             self._show(
-                f"{spec.dim}-d, stride {spec.stride} px; no published learned upsampler "
-                "(train your own JBU)",
+                f"{spec.dim}-d, stride {spec.stride} px; learned upsamplers: AnyUp (any "
+                "backbone), or train your own JBU",
                 "",
             )
         return problem

@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ..backbones import get_spec
-from ..errors import WeightsUnavailableError
+from ..errors import UpsamplerError, WeightsUnavailableError
 
 PROBE_TIMEOUT_S = 3.0
 
@@ -93,18 +93,22 @@ def _from_hub(backbone: str) -> bool:
         return False
 
 
-def _published_checkpoint(upsampler: str, backbone: str, use_norm: bool | None):
+def _published_checkpoint(
+    upsampler: str, backbone: str, use_norm: bool | None, options: dict | None = None
+):
     """(cached path, URL) of the published weights ``upsampler`` loads when given none,
-    or None when it has none (or they cannot be located)."""
-    if upsampler != "featup-jbu":  # the only upsampler with published weights so far
-        return None
-    from ..upsamplers.featup_jbu import featup_checkpoint_path, featup_checkpoint_url
+    or None when it has none (or they cannot be located): asked of the upsampler class
+    (:meth:`~napari_featup.upsamplers.base.Upsampler.published_weights`)."""
+    from ..upsamplers import make_options, upsampler_info
 
-    norm = True if use_norm is None else bool(use_norm)
     try:
-        return featup_checkpoint_path(backbone, norm), featup_checkpoint_url(backbone, norm)
-    except WeightsUnavailableError:
-        return None  # none published for that backbone: the library says so itself
+        info = upsampler_info(upsampler)
+        opts = make_options(upsampler, options or {})
+    except (UpsamplerError, ValueError):  # the run itself reports a bad name or option
+        return None
+    if not info.takes_weights:
+        return None
+    return info.cls.published_weights(backbone, use_norm, opts)
 
 
 def check_weights(
@@ -113,6 +117,7 @@ def check_weights(
     upsampler: str = "bilinear",
     upsampler_weights: str | None = None,
     use_norm: bool | None = None,
+    upsampler_options: dict | None = None,
 ) -> None:
     """Raise :class:`~napari_featup.errors.WeightsUnavailableError` at once when
     weights this run needs are neither cached nor reachable. Its ``part`` attribute
@@ -132,7 +137,7 @@ def check_weights(
             exc.part = "backbone"
             raise exc
     if upsampler_weights is None:
-        published = _published_checkpoint(upsampler, backbone, use_norm)
+        published = _published_checkpoint(upsampler, backbone, use_norm, upsampler_options)
         if published is not None and not published[0].is_file():
             path, url = published
             why = unreachable(url)

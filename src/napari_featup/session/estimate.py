@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from ..backbones import get_spec
 from ..compact import COMPACT_BUDGET_BYTES
+from ..errors import UpsamplerError
 from ..estimate import LONG_SECONDS, available_memory
 from ..tiling import DEFAULT_OVERLAP, native_tile_for, plan_tiles
 from ..upsamplers import upsampler_info
@@ -216,10 +217,15 @@ def estimate_run(
     # the worker evaluates the C-channel field once (norms and compact field) and
     # three channels for the PCA colours; a large run neither (its layers are
     # computed per chunk as they are shown)
-    per = PER_CHANNEL_PIXEL_S.get(
-        info.name, PER_CHANNEL_PIXEL_S["linear" if info.cls.linear else "other"]
-    )
-    seconds += per * (0 if large else channels + 3) * h * w * slow
+    grid = (math.ceil(work[0] / spec.stride), math.ceil(work[1] / spec.stride))
+    cost = None if large else info.cls.cost(channels, grid, (h, w), _options(upsampler, options))
+    if cost is None:
+        per = PER_CHANNEL_PIXEL_S.get(
+            info.name, PER_CHANNEL_PIXEL_S["linear" if info.cls.linear else "other"]
+        )
+        seconds += per * (0 if large else channels + 3) * h * w * slow
+    else:  # counted by the upsampler (attention ones: its encoder and its keys)
+        seconds += cost[0] / gflops
     if large:
         from ..estimate import estimate_run as core_estimate
 
@@ -256,10 +262,23 @@ def estimate_run(
                 threads=threads,
             )
             tips.append(f"On CPU, {flag} takes about {_duration(preview.seconds)}.")
+    elif cost is not None:  # its working memory, and its kernels or the dense field
+        memory += cost[1] + (cost[2] if cost[2] is not None else _dense_bytes(channels, h * w))
     elif not info.cls.linear:
         memory += _dense_bytes(channels, h * w)  # a non-linear field is kept dense
     avail = available_memory()
     return Estimate(seconds * planes, int(memory), kind, calibrated, tips, avail, large)
+
+
+def _options(upsampler: str, options: dict | None):
+    """The upsampler's typed options, or its defaults when these are not valid (the
+    run reports them)."""
+    from ..upsamplers import make_options
+
+    try:
+        return make_options(upsampler, options or {})
+    except (UpsamplerError, ValueError):
+        return make_options(upsampler, {})
 
 
 def _dense_bytes(channels: int, pixels: int) -> int:

@@ -175,6 +175,7 @@ def _check_weights(kwargs: dict, out: RunOutput) -> None:
             str(kwargs.get("upsampler", "bilinear")),
             kwargs.get("upsampler_weights"),
             kwargs.get("use_norm"),
+            kwargs.get("upsampler_options"),
         )
     except WeightsUnavailableError as exc:
         out.stage = getattr(exc, "part", "backbone")  # "upsampler": its weights

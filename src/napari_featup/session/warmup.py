@@ -37,7 +37,10 @@ def weights_here(extract: dict) -> bool:
         return False
     if extract.get("upsampler_weights") is None:
         published = _published_checkpoint(
-            str(extract.get("upsampler", "bilinear")), backbone, extract.get("use_norm")
+            str(extract.get("upsampler", "bilinear")),
+            backbone,
+            extract.get("use_norm"),
+            extract.get("upsampler_options"),
         )
         if published is not None and not published[0].is_file():
             return False

@@ -125,7 +125,7 @@ def options_dict(options: Any) -> dict[str, Any]:
 
 
 # The built-in upsamplers register themselves on import, in listing order.
-from . import bilinear, featup_jbu, guided, implicit  # noqa: E402, F401  isort: skip
+from . import bilinear, featup_jbu, guided, implicit, anyup, jafar  # noqa: E402, F401  isort: skip
 
 __all__ = [
     "Kernels",

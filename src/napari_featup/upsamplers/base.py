@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -113,11 +114,15 @@ class Upsampler(nn.Module):
     #: ``factored`` -- :meth:`factors` gives fewer per-pixel factors than channels;
     #: ``cheap_projection`` -- a 1-channel projection through the kernels costs no more
     #: than a compact-field query (bilinear: one resize), so text queries take it exactly.
+    #: ``content_linear`` -- the output is weights computed once from the image *and*
+    #: the features (all C channels) applied to the low-res values (attention
+    #: upsamplers): :meth:`content_kernels` returns them as :class:`Kernels`.
     linear: ClassVar[bool] = False
     tileable: ClassVar[bool] = False
     fits_per_image: ClassVar[bool] = False
     factored: ClassVar[bool] = False
     cheap_projection: ClassVar[bool] = False
+    content_linear: ClassVar[bool] = False
     use_norm: bool = False
 
     @classmethod
@@ -141,6 +146,25 @@ class Upsampler(nn.Module):
         up = cls(**dataclasses.asdict(options))
         up.use_norm = bool(use_norm)
         return up
+
+    @classmethod
+    def published_weights(
+        cls, backbone: str, use_norm: bool | None = None, options: Any = None
+    ) -> tuple[Path, str] | None:
+        """(cache path, URL) of the published weights :meth:`build` fetches when given
+        no ``weights``, for the pre-run check that they are cached or reachable; None
+        when there are none (or the library's own error says why at load time)."""
+        return None
+
+    @classmethod
+    def cost(
+        cls, channels: int, grid: tuple[int, int], size: tuple[int, int], options: Any = None
+    ) -> tuple[float, int, int | None] | None:
+        """For run estimates, where a per-channel cost per pixel does not describe the
+        upsampler: (GFLOP, working bytes, bytes of kept kernels or None when the output
+        is kept dense instead) of evaluating a (channels, *grid) map at ``size``. None:
+        the estimate's per-channel figures apply."""
+        return None
 
     def native_size(self, grid: tuple[int, int], image_size: tuple[int, int]) -> tuple[int, int]:
         """(H', W') of ``forward``'s output for a grid and an image size."""
@@ -179,6 +203,15 @@ class Upsampler(nn.Module):
             return self.kernels(image, tuple(lowres.shape[-2:]))(lowres, rows)
         out = self(lowres, image)
         return resize_bilinear(out, tuple(image.shape[-2:]), rows)
+
+    def content_kernels(
+        self, lowres: torch.Tensor, image: torch.Tensor, max_bytes: int = 1 << 30
+    ) -> Kernels | None:
+        """For ``content_linear`` upsamplers: the weights of this (features, image) pair
+        as :class:`Kernels`, so a K-channel projection of the output is the same weights
+        applied to the K-channel projection of ``lowres`` (B = 1). None (the default)
+        when there are none or they would take more than ``max_bytes``."""
+        return None
 
     def factors(
         self, lowres: torch.Tensor, image: torch.Tensor, rows: slice | None = None

@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ...errors import UpsamplerError, WeightsFileError
+from ...errors import UpsamplerError, WeightsFileError, WeightsUnavailableError
 from .._registry import register_upsampler
 from ..base import Upsampler
-from .checkpoints import download_featup_checkpoint, read_featup_state
+from .checkpoints import (
+    download_featup_checkpoint,
+    featup_checkpoint_path,
+    featup_checkpoint_url,
+    read_featup_state,
+)
 from .kernels import JBUKernels
 from .layer import JBULayer
 
@@ -77,6 +83,17 @@ class FeatUpJBU(Upsampler):
         self.up1, self.up2, self.up3, self.up4 = (JBULayer() for _ in range(4))
         self.fixup_proj = nn.Sequential(nn.Dropout2d(0.2), nn.Conv2d(self.dim, self.dim, 1))
         self.source: str = "random init"
+
+    @classmethod
+    def published_weights(
+        cls, backbone: str, use_norm: bool | None = None, options: Any = None
+    ) -> tuple[Path, str] | None:
+        """FeatUp's published stack for ``backbone`` (None where none is published)."""
+        norm = True if use_norm is None else bool(use_norm)
+        try:
+            return featup_checkpoint_path(backbone, norm), featup_checkpoint_url(backbone, norm)
+        except WeightsUnavailableError:
+            return None  # none published for that backbone: the library says so itself
 
     @classmethod
     def build(
