@@ -87,14 +87,16 @@ class AttentionUpsampler(Upsampler):
         and the features (C, h, w)."""
         raise NotImplementedError
 
+    # both models name their cross-attention decoder alike (their checkpoints' keys)
     def attention(self) -> nn.MultiheadAttention:
-        raise NotImplementedError
+        return self.cross_decode.cross_attn.attention
 
     def norms_qk(self) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        ca = self.cross_decode.cross_attn
+        return ca.norm_q.weight, ca.norm_k.weight
 
     def query_conv(self) -> torch.Tensor:
-        raise NotImplementedError
+        return self.cross_decode.conv2d.weight
 
     def geometry(self, size: tuple[int, int], grid: tuple[int, int]) -> Any:
         return None

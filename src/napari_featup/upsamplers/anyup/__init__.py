@@ -150,16 +150,6 @@ class AnyUp(AttentionUpsampler):
     def key_head(self, pooled: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         return key_head(self, pooled, feats)
 
-    def attention(self):
-        return self.cross_decode.cross_attn.attention
-
-    def norms_qk(self):
-        ca = self.cross_decode.cross_attn
-        return ca.norm_q.weight, ca.norm_k.weight
-
-    def query_conv(self) -> torch.Tensor:
-        return self.cross_decode.conv2d.weight
-
     def geometry(self, size: tuple[int, int], grid: tuple[int, int]) -> Windows:
         return Windows.build(size, grid, self.window_ratio, self.rope.freqs.device)
 

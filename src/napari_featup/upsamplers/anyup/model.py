@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._attention.modules import RoPE, resblock_lowres
+
 #: AnyUp's published configuration (``AnyUp()``'s defaults)
 QK_DIM = 128
 HEADS = 4
@@ -47,19 +49,6 @@ class FeatureUnification(nn.Module):
         self.basis = nn.Parameter(torch.randn(dim, 1, kernel, kernel))
 
 
-class RoPE(nn.Module):
-    """RoPE angular frequencies ``freqs`` (2, D) (row, column)."""
-
-    def __init__(self, dim: int, theta: float = 100.0):
-        super().__init__()
-        f = theta ** torch.linspace(0, -1, dim // 4)
-        f = torch.cat([f, f])
-        freqs = torch.zeros(2, dim)
-        freqs[0, : dim // 2] = f
-        freqs[1, -dim // 2 :] = f
-        self.freqs = nn.Parameter(freqs * 2 * torch.pi)
-
-
 def encoder(first: nn.Module, dim: int) -> nn.Sequential:
     return nn.Sequential(first, ResBlock(dim), ResBlock(dim))
 
@@ -89,15 +78,6 @@ def add_modules(m: nn.Module, dim: int = QK_DIM, heads: int = HEADS) -> None:
     m.cross_decode = CrossDecode(dim, heads)
     m.aggregation = encoder(nn.Conv2d(2 * dim, dim, 3, bias=False), dim)
     m.rope = RoPE(dim)
-
-
-def _resblock_lowres(blk: ResBlock, x: torch.Tensor) -> torch.Tensor:
-    """A ResBlock on a small (D, h, w) map: GroupNorm over the whole grid."""
-    n1, c1, n2, c2 = blk.parts()
-    y = F.silu(F.group_norm(x[None], GROUPS, n1.weight.to(x), n1.bias.to(x), n1.eps))
-    y = F.conv2d(y, c1.weight.to(x))
-    y = F.silu(F.group_norm(y, GROUPS, n2.weight.to(x), n2.bias.to(x), n2.eps))
-    return x + F.conv2d(y, c2.weight.to(x))[0]
 
 
 def feature_unification(feats: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
@@ -156,10 +136,10 @@ def key_head(m: nn.Module, pooled: torch.Tensor, feats: torch.Tensor) -> torch.T
     kfe = m.key_features_encoder
     f = feature_unification(F.normalize(feats, dim=0), kfe[0].basis.detach())
     for blk in kfe[1:]:
-        f = _resblock_lowres(blk, f)
+        f = resblock_lowres(blk, f, GROUPS)
     agg = m.aggregation
     y = F.pad(torch.cat([x, f], dim=0)[None], (1, 1, 1, 1), mode="reflect")
     y = F.conv2d(y, agg[0].weight.to(y))[0]
     for blk in agg[1:]:
-        y = _resblock_lowres(blk, y)
+        y = resblock_lowres(blk, y, GROUPS)
     return y.reshape(y.shape[0], -1).t()

@@ -259,16 +259,6 @@ class JAFAR(AttentionUpsampler):
     def key_head(self, pooled: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         return key_head(self, pooled, feats)
 
-    def attention(self):
-        return self.cross_decode.cross_attn.attention
-
-    def norms_qk(self):
-        ca = self.cross_decode.cross_attn
-        return ca.norm_q.weight, ca.norm_k.weight
-
-    def query_conv(self) -> torch.Tensor:
-        return self.cross_decode.conv2d.weight
-
     def attend(self, prep: Prepared, q, rows: slice, out: torch.Tensor | None, record=None):
         shape = (rows.stop - rows.start, prep.size[1])
         global_attend(q, prep.keys, prep.values, out, shape, record, r0=rows.start)

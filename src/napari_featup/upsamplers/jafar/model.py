@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._attention.modules import RoPE, resblock_lowres
 from .._attention.upsampler import SCORE_BYTES, heads_softmax_mean
 from ..base import Kernels
 
@@ -32,19 +33,6 @@ class ResBlock(nn.Module):
 
     def parts(self) -> tuple:
         return self.norm1, self.conv1, self.norm2, self.conv2
-
-
-class RoPE(nn.Module):
-    """RoPE angular frequencies ``freqs`` (2, D) (row, column)."""
-
-    def __init__(self, dim: int, theta: float = 100.0):
-        super().__init__()
-        f = theta ** torch.linspace(0, -1, dim // 4)
-        f = torch.cat([f, f])
-        freqs = torch.zeros(2, dim)
-        freqs[0, : dim // 2] = f
-        freqs[1, -dim // 2 :] = f
-        self.freqs = nn.Parameter(freqs * 2 * torch.pi)
 
 
 class CrossAttention(nn.Module):
@@ -90,21 +78,13 @@ def add_modules(m: nn.Module, channels: int, dim: int = QK_DIM, heads: int = HEA
     m.rope = RoPE(dim)
 
 
-def _resblock_lowres(blk: ResBlock, x: torch.Tensor) -> torch.Tensor:
-    n1, c1, n2, c2 = blk.parts()
-    y = F.silu(F.group_norm(x[None], GROUPS, n1.weight.to(x), n1.bias.to(x), n1.eps))
-    y = F.conv2d(y, c1.weight.to(x))
-    y = F.silu(F.group_norm(y, GROUPS, n2.weight.to(x), n2.bias.to(x), n2.eps))
-    return x + F.conv2d(y, c2.weight.to(x))[0]
-
-
 def key_head(m: nn.Module, pooled: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
     """JAFAR's keys before their RMSNorm, (h*w, D): the pooled image keys (h, w, D),
     group-normalised over the grid, modulated by the encoded features (C, h, w)."""
     kfe = m.key_features_encoder
     f = F.conv2d(F.normalize(feats, dim=0)[None], kfe[0].weight.to(feats))[0]
     for blk in kfe[1:]:
-        f = _resblock_lowres(blk, f)
+        f = resblock_lowres(blk, f, GROUPS)
     keys = F.group_norm(pooled.permute(2, 0, 1)[None], GROUPS, eps=1e-5)
     sft = m.sft_key
     gamma = F.conv2d(f[None], sft.gamma.weight.to(f))
