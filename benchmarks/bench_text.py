@@ -104,18 +104,19 @@ def exactness(path: str) -> None:
         )
 
 
-def _features(size: int, upsampler: str):
+def _features(size: int, upsampler: str, backbone: str = "clip"):
     from napari_featup.progress import drive
     from napari_featup.session import FeatureStack, PlaneGeometry
     from napari_featup.session.run import RunRequest, iter_run
+    from napari_featup.upsamplers import upsampler_info
 
     yy, xx = np.mgrid[:size, :size]
     image = ((np.sin(yy / 37.0) + np.cos(xx / 23.0)) * 60 + 128).astype(np.uint8)
     image = np.stack([image, image[::-1], image[:, ::-1]], axis=-1)
-    opts = dict(backbone="clip", upsampler=upsampler, weights="random", device="cpu")
+    opts = dict(backbone=backbone, upsampler=upsampler, weights="random", device="cpu")
     if upsampler in FIT_OPTIONS:
         opts["upsampler_options"] = FIT_OPTIONS[upsampler]
-    if upsampler == "featup-jbu":
+    if upsampler_info(upsampler).takes_weights:  # learned: random weights, same cost
         opts["upsampler_weights"] = "random"
     t0 = time.perf_counter()
     out = drive(iter_run(RunRequest(image, [()], opts)))
@@ -128,9 +129,10 @@ def _features(size: int, upsampler: str):
 
 
 def enter_to_heatmap(upsampler: str, size: int, repeat: int, encoder) -> dict:
+    """One row of figures for ``upsampler`` on ``encoder``'s backbone (random weights)."""
     from napari_featup.text import StackText
 
-    stack, t_run = _features(size, upsampler)
+    stack, t_run = _features(size, upsampler, encoder.backbone)
     row = {"upsampler": upsampler, "image": f"{size}x{size}", "run_s": round(t_run, 1)}
     if upsampler in FIT_OPTIONS:
         row["options"] = FIT_OPTIONS[upsampler]

@@ -45,7 +45,8 @@ def test_groups_headers_and_tooltips(viewer_widget):
     tips = {r.text(): r.toolTip() for r in rows}
     assert "FeatUp's published JBU stack (use_norm and no_norm)" in tips["dinov2"]
     assert "(no_norm)" in tips["maskclip"] and "text queries: yes" in tips["maskclip"]
-    assert "text queries: not yet" in tips["siglip2-b"] and "text queries: no" in tips["dinov2"]
+    assert "text queries: with siglip2-b-dense" in tips["siglip2-b"]
+    assert "text queries: yes" in tips["siglip2-b-dense"] and "text queries: no" in tips["dinov2"]
     for name in modern:
         assert "no published JBU: train your own JBU" in tips[name], name
         assert "AnyUp (anyup, anyup-multi: any backbone" in tips[name], name

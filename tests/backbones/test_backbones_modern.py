@@ -25,6 +25,7 @@ NEW = [
     "dinov3-convnext-b",
     "siglip2-b",
     "radio-b",
+    "siglip2-b-dense",
 ]
 
 

@@ -83,26 +83,26 @@ def test_random_weights_are_seeded_and_flagged(random_encoder):
 
 
 def test_backbones_without_text_tower():
-    assert text_backbones() == ["clip", "maskclip"]
+    assert text_backbones() == ["clip", "maskclip", "siglip2-b-dense"]
     assert has_text_tower("clip") and not has_text_tower("dinov2")
     with pytest.raises(BackboneError, match="no text tower for backbone 'dinov2'.*clip, maskclip"):
         load_text_encoder("dinov2", "random")
     with pytest.raises(BackboneError, match="unknown backbone"):
         load_text_encoder("no-such-backbone", "random")
-    if "siglip2-b" in nf.list_backbones():  # flagged as having one, not wired yet
-        assert not has_text_tower("siglip2-b")
-        with pytest.raises(BackboneError, match="no text tower for backbone 'siglip2-b'.*SigLIP"):
-            load_text_encoder("siglip2-b", "random")
-        # the open_clip model named there pairs with this backbone's image tower
-        import open_clip
+    # siglip2-b's patch tokens are not in its text tower's space: siglip2-b-dense's are
+    assert not has_text_tower("siglip2-b")
+    with pytest.raises(BackboneError, match="'siglip2-b'.*Use 'siglip2-b-dense'"):
+        load_text_encoder("siglip2-b", "random")
+    import open_clip
 
-        from napari_featup.text.encoder import SIGLIP2_OPEN_CLIP
+    from napari_featup.text.encoder import SIGLIP2_OPEN_CLIP
 
-        cfg = open_clip.get_model_config(SIGLIP2_OPEN_CLIP)
-        timm_arch = nf.backbones.get_spec("siglip2-b").timm_name.split(".")[0]
-        assert cfg["vision_cfg"]["timm_model_name"] == timm_arch
-        assert cfg["embed_dim"] == nf.backbones.get_spec("siglip2-b").dim
-        assert "webli" in open_clip.list_pretrained_tags_by_model(SIGLIP2_OPEN_CLIP)
+    # the open_clip model paired with siglip2-b-dense has its image tower's architecture
+    cfg = open_clip.get_model_config(SIGLIP2_OPEN_CLIP)
+    spec = nf.backbones.get_spec("siglip2-b-dense")
+    assert cfg["vision_cfg"]["timm_model_name"] == spec.timm_name
+    assert cfg["embed_dim"] == spec.dim
+    assert encoder_mod.hub_repo("siglip2-b-dense") == "timm/ViT-B-16-SigLIP2"
 
 
 def test_loaded_backbone_brings_its_weights(random_encoder):
@@ -129,7 +129,9 @@ def test_offline_pretrained_says_what_to_do(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise OSError("no network")
 
-    monkeypatch.setattr(encoder_mod, "_hub_cache", lambda: str(tmp_path))
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
     assert encoder_mod.hub_repo("clip") == "timm/vit_base_patch16_clip_224.openai"
     with pytest.raises(WeightsUnavailableError) as info:

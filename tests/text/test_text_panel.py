@@ -23,6 +23,20 @@ def viewer_widget(make_napari_viewer):
     return viewer, widget
 
 
+def _run_then_enter(widget, qtbot, prompts: str):
+    """Run on the selected image, then type ``prompts`` (plain templates) and press Enter;
+    returns the Text row once its heatmaps are shown."""
+    with qtbot.waitSignal(widget.run_finished, timeout=RUN_TIMEOUT_MS) as run:
+        assert widget.run()
+    assert run.args[0] == "done"
+    panel = widget.text_panel
+    panel.templates_combo.setCurrentIndex(panel.templates_combo.findData("plain"))
+    panel.set_prompts(prompts)
+    with qtbot.waitSignal(panel.text_updated, timeout=RUN_TIMEOUT_MS):
+        qtbot.keyClick(panel.prompt_edit, Qt.Key_Return)  # Enter submits
+    return panel
+
+
 def test_disabled_without_text_tower(viewer_widget):
     _, widget = viewer_widget
     panel = widget.text_panel
@@ -32,6 +46,12 @@ def test_disabled_without_text_tower(viewer_widget):
     assert "dinov2" in panel.prompt_edit.toolTip()
     widget.backbone_combo.setCurrentText("maskclip")
     assert panel.prompt_edit.isEnabled() and panel.label_button.isEnabled()
+    # SigLIP 2: its patch tokens have no text partner, its dense head's do
+    widget.backbone_combo.setCurrentText("siglip2-b")
+    assert not panel.prompt_edit.isEnabled()
+    assert "choose siglip2-b-dense" in panel.prompt_edit.toolTip()
+    widget.backbone_combo.setCurrentText("siglip2-b-dense")
+    assert panel.prompt_edit.isEnabled() and panel.label_button.isEnabled()
 
 
 def test_prompts_to_heatmaps_and_label_map(viewer_widget, qtbot, tmp_path):
@@ -40,14 +60,7 @@ def test_prompts_to_heatmaps_and_label_map(viewer_widget, qtbot, tmp_path):
     img = np.zeros((40, 50, 3), np.uint8)
     img[:, 25:] = (200, 180, 40)
     viewer.add_image(img, name="cells")
-    with qtbot.waitSignal(widget.run_finished, timeout=RUN_TIMEOUT_MS) as run:
-        assert widget.run()
-    assert run.args[0] == "done"
-    panel = widget.text_panel
-    panel.templates_combo.setCurrentIndex(panel.templates_combo.findData("plain"))
-    panel.set_prompts("nucleus, membrane\nbackground")
-    with qtbot.waitSignal(panel.text_updated, timeout=RUN_TIMEOUT_MS):
-        qtbot.keyClick(panel.prompt_edit, Qt.Key_Return)  # Enter submits
+    panel = _run_then_enter(widget, qtbot, "nucleus, membrane\nbackground")
     names = [f"cells text: {p}" for p in ("nucleus", "membrane", "background")]
     assert all(n in viewer.layers for n in names)
     heat = viewer.layers[names[0]]
@@ -68,6 +81,17 @@ def test_prompts_to_heatmaps_and_label_map(viewer_widget, qtbot, tmp_path):
 
     out = widget.export(tmp_path / "cells.npz")
     assert load_features(out).metadata["text"]["prompts"] == ["nucleus"]
+
+
+def test_siglip2_dense_prompts_to_heatmaps(viewer_widget, qtbot, siglip2_tokenizer_cached):
+    """The same row on SigLIP 2 (random weights; the stand-in tokenizer in the cache)."""
+    viewer, widget = viewer_widget
+    widget.backbone_combo.setCurrentText("siglip2-b-dense")
+    viewer.add_image(np.random.default_rng(0).integers(0, 255, (40, 50, 3), np.uint8), name="c")
+    _run_then_enter(widget, qtbot, "nucleus, background")
+    heat = viewer.layers["c text: nucleus"]
+    assert heat.data.shape == (40, 50) and "c text: background" in viewer.layers
+    assert heat.metadata["napari_featup"]["random_weights"] is True
 
 
 def test_cli_text_layers_open_in_napari(make_napari_viewer, tmp_path):

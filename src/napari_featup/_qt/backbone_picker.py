@@ -67,10 +67,15 @@ def backbone_tooltip(info: dict[str, Any]) -> str:
 
 
 def _text_line(info: dict[str, Any]) -> str:
-    from ..text import has_text_tower
+    from ..text import TEXT_PARTNERS, has_text_tower
 
     if has_text_tower(info["name"]):
         return "text queries: yes (Similarity > Text)"
+    if info["name"] in TEXT_PARTNERS:
+        return (
+            f"text queries: with {TEXT_PARTNERS[info['name']]} (the same model; these patch "
+            "tokens are not in its text tower's space)"
+        )
     if info.get("text_tower"):
         return "text queries: not yet (its text tower is not wired in napari-featup)"
     return "text queries: no"

@@ -34,7 +34,7 @@ from qtpy.QtWidgets import (
 from ..io import META_KEY
 from ..session.geometry import current_plane
 from ..session.messages import explain
-from ..text import StackText, has_text_tower, parse_prompts, text_backbones
+from ..text import TEXT_PARTNERS, StackText, has_text_tower, parse_prompts, text_backbones
 from ..text.queries import encoder_for
 from ..text.refine import Refinement, apply_refinement, plan_refinement
 from .refine import Refiner
@@ -155,12 +155,13 @@ class TextPanel(QWidget):
         for w in (self.title, self.prompt_edit, self.templates_combo, self.label_button):
             w.setEnabled(ok)
         self.threshold_spin.setEnabled(ok)
+        partner = TEXT_PARTNERS.get(backbone)
         tip = (
             "Prompts, comma- or line-separated (Shift+Enter for a new line); Enter shows one "
             "heatmap per prompt"
             if ok
             else f"Text queries need a backbone with a text tower: {', '.join(text_backbones())}"
-            f" (this is {backbone})"
+            f" (this is {backbone}" + (f"; choose {partner} for its text)" if partner else ")")
         )
         for w in (self, self.title, self.prompt_edit):
             w.setToolTip(tip)

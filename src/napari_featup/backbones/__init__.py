@@ -1,5 +1,6 @@
 """Vision backbones built on timm: FeatUp's six (exactly as FeatUp runs them), modern ones
-(DINOv2 with registers, DINOv3, SigLIP 2, C-RADIOv3) and ``timm:<any model>``.
+(DINOv2 with registers, DINOv3, SigLIP 2 and its text-aligned dense map, C-RADIOv3) and
+``timm:<any model>``.
 
 ``load_backbone(name, weights=...)`` returns a :class:`Backbone`; ``bb(x)`` maps an
 ImageNet-normalised (B, 3, H, W) tensor to a (B, dim, ceil(H/s), ceil(W/s)) grid.
@@ -10,7 +11,7 @@ docs/backbones.md for the table, the exactness notes and the file formats accept
 from __future__ import annotations
 
 from ..errors import BackboneError
-from . import featup, modern, timm_any  # noqa: F401  (registration, in listing order)
+from . import featup, modern, siglip, timm_any  # noqa: F401  (registration, in listing order)
 from ._core import (
     RANDOM_SEED,
     Backbone,

@@ -21,7 +21,6 @@ from ..devices import resolve_device, resolve_dtype
 from ..errors import BackboneError, WeightsUnavailableError
 from ..weights import read_state_dict
 from ._registry import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec, get_spec
-from ._timm import hf_repo
 
 #: the seed random weights are drawn with, so "random" backbones are reproducible
 RANDOM_SEED = 0
@@ -166,6 +165,8 @@ def _build(spec: BackboneSpec, pretrained: bool) -> nn.Module:
 def _load_pretrained(spec: BackboneSpec) -> nn.Module:
     try:
         return _build(spec, pretrained=True)
+    except WeightsUnavailableError:  # a family's own message, naming its files
+        raise
     except Exception as exc:  # noqa: BLE001 - hub, network and cache errors differ by version
         raise WeightsUnavailableError(
             f"pretrained weights for backbone {spec.name!r} (timm model "
@@ -288,12 +289,14 @@ def pretrained_cached(name: str) -> bool:
     bool
     """
     try:
-        repo = hf_repo(get_spec(name).timm_name)
+        spec = get_spec(name)
+        repo = spec.family.hub_repo(spec) if spec.family is not None else None
         if not repo:
             return False
         from huggingface_hub import try_to_load_from_cache
 
-        for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+        files = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors")
+        for filename in files + ("open_clip_pytorch_model.bin",):
             if isinstance(try_to_load_from_cache(repo, filename), str):
                 return True
     except Exception:  # noqa: BLE001 - a cache look-up must never break the caller

@@ -69,7 +69,8 @@ class BackboneSpec:
     group
         ``"featup"`` (FeatUp's six), ``"modern"`` or ``"custom"`` (``timm:<name>``).
     text_tower
-        The published model has an aligned text encoder (CLIP family; not loaded here).
+        The published model has an aligned text encoder (CLIP family; see
+        :mod:`napari_featup.text` for the backbones whose features it answers).
     mean, std
         Input normalisation the weights were trained with, when it is not ImageNet's:
         the backbone converts its ImageNet-normalised input to it.
@@ -141,6 +142,13 @@ class BackboneFamily:
         from ._timm import create_timm
 
         return create_timm(spec.timm_name, pretrained, **cls.timm_kwargs(spec))
+
+    @classmethod
+    def hub_repo(cls, spec: BackboneSpec) -> str | None:
+        """The Hugging Face repository the pretrained weights come from (None: unknown)."""
+        from ._timm import hf_repo
+
+        return hf_repo(spec.timm_name)
 
     @classmethod
     def convert(

@@ -86,9 +86,8 @@ def _from_hub(backbone: str) -> bool:
     """Whether ``backbone``'s pretrained weights come from the Hugging Face hub (the
     only server the check knows how to reach)."""
     try:
-        from ..backbones._timm import hf_repo
-
-        return hf_repo(get_spec(backbone).timm_name) is not None
+        spec = get_spec(backbone)
+        return spec.family is not None and spec.family.hub_repo(spec) is not None
     except Exception:  # noqa: BLE001 - unknown: do not block the run
         return False
 

@@ -14,6 +14,7 @@ See docs/text-queries.md.
 
 from .encoder import (
     RANDOM_TEXT_LABEL,
+    TEXT_PARTNERS,
     TEXT_TOWERS,
     TextEncoder,
     download_text_tower,
@@ -42,6 +43,7 @@ __all__ = [
     "RANDOM_TEXT_LABEL",
     "TEMPLATE_SETS",
     "TEXT_KEY",
+    "TEXT_PARTNERS",
     "TEXT_TOWERS",
     "LegendEntry",
     "StackText",

@@ -1,16 +1,15 @@
 """Text towers of CLIP-family backbones: prompts -> unit vectors in the image feature space.
 
-The text transformer and its BPE tokenizer are open_clip's (the OpenAI vocabulary ships
-inside the open_clip package, so tokenising works offline). The weights always come from
-the checkpoint the backbone's image tower comes from:
+The text transformers and tokenizers are open_clip's: OpenAI's BPE vocabulary ships in
+the open_clip package (tokenising works offline); SigLIP 2's Gemma tokenizer is read by
+``transformers`` from the files in the model's Hugging Face repository. The weights
+always come from the checkpoint the backbone's image tower comes from (see
+:mod:`.files`): ``"pretrained"`` (the Hugging Face cache, ``napari-featup download``), the
+path of the file the backbone was given, or ``"random"`` (seeded, flagged in metadata).
 
-* ``"pretrained"``: open_clip's file in the Hugging Face repository timm builds the image
-  tower from (``timm/vit_base_patch16_clip_224.openai``: ``model.safetensors`` is timm's
-  image tower, ``open_clip_model.safetensors`` the whole CLIP model, both converted from
-  OpenAI's ViT-B/16 release), through the Hugging Face cache (``napari-featup download``);
-* a path: the same file the backbone was given (OpenAI's ``ViT-B-16.pt`` TorchScript
-  archive, an open_clip state dict, or safetensors);
-* ``"random"``: seeded untrained weights, for tests and demos, flagged in metadata.
+Which space a text vector lives in decides which backbone it pairs with: CLIP's text
+meets ``clip`` and ``maskclip`` (projected patch tokens), SigLIP 2's text meets
+``siglip2-b-dense`` (patch tokens through the attention-pooling head), not ``siglip2-b``.
 """
 
 from __future__ import annotations
@@ -28,12 +27,11 @@ from torch import nn
 from ..backbones import RANDOM_SEED, Backbone, get_spec, list_backbones
 from ..devices import resolve_device
 from ..errors import BackboneError, WeightsFileError, WeightsUnavailableError
-from ..weights import load_state_dict_file
+from ..weights import read_state_dict
+from . import files
 from .templates import DEFAULT_TEMPLATES, expand, resolve_templates, templates_name
 
 RANDOM_TEXT_LABEL = "random (untrained text tower, for tests and demos only)"
-#: open_clip's file names in a Hugging Face repository, the safetensors one first
-HUB_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
 @dataclass(frozen=True)
@@ -44,17 +42,42 @@ class TowerSpec:
     tag: str  # open_clip pretrained tag (gives the Hugging Face repository)
     quick_gelu: bool  # OpenAI's CLIP uses QuickGELU in both towers
     description: str
+    both_towers: str  # a local file holding both towers, for messages
+    image_file: str  # where the pretrained image tower is, in the same repository
+    checkpoint: str  # what the pretrained checkpoint is
 
 
 _OPENAI_B16 = TowerSpec(
-    "ViT-B-16", "openai", True, "OpenAI CLIP ViT-B/16 text transformer (open_clip, QuickGELU)"
+    "ViT-B-16",
+    "openai",
+    True,
+    "OpenAI CLIP ViT-B/16 text transformer (open_clip, QuickGELU)",
+    "OpenAI's ViT-B-16.pt",
+    "model.safetensors (timm's image tower)",
+    "OpenAI CLIP ViT-B/16, converted",
 )
-#: open_clip's model with the image tower of ``siglip2-b`` (timm
-#: ``vit_base_patch16_siglip_224``, MAP head), pretrained tag ``webli`` in the Hugging Face
-#: repository ``timm/ViT-B-16-SigLIP2``; not wired (see tower_spec)
+#: open_clip's SigLIP 2 B/16: its image tower is timm's ``vit_base_patch16_siglip_224``
+#: (MAP head), pretrained tag ``webli`` in the Hugging Face repository timm/ViT-B-16-SigLIP2
 SIGLIP2_OPEN_CLIP = "ViT-B-16-SigLIP2"
+_SIGLIP2_B16 = TowerSpec(
+    SIGLIP2_OPEN_CLIP,
+    "webli",
+    False,
+    "SigLIP 2 ViT-B/16 text transformer (open_clip, Gemma tokenizer, 64 tokens)",
+    "a copy of open_clip_model.safetensors (with tokenizer.json and tokenizer_config.json "
+    "beside it)",
+    "open_clip_model.safetensors (visual.trunk.*, the same file)",
+    "SigLIP 2 ViT-B/16 WebLI (big_vision), converted by timm",
+)
 #: backbones whose text tower napari-featup loads (the image tower's twin)
-TEXT_TOWERS: dict[str, TowerSpec] = {"clip": _OPENAI_B16, "maskclip": _OPENAI_B16}
+TEXT_TOWERS: dict[str, TowerSpec] = {
+    "clip": _OPENAI_B16,
+    "maskclip": _OPENAI_B16,
+    "siglip2-b-dense": _SIGLIP2_B16,
+}
+#: backbones whose published model has a text tower that does not answer their own
+#: features, and the backbone that does
+TEXT_PARTNERS = {"siglip2-b": "siglip2-b-dense"}
 
 
 def text_backbones() -> list[str]:
@@ -78,18 +101,12 @@ def tower_spec(backbone: str) -> TowerSpec:
     if spec.name in TEXT_TOWERS:
         return TEXT_TOWERS[spec.name]
     supported = ", ".join(text_backbones())
-    if getattr(spec, "text_tower", False):  # its published model has one we do not load
-        why = (
-            f" (its twin is open_clip's {SIGLIP2_OPEN_CLIP}, whose text transformer builds "
-            "offline, but whose Gemma tokenizer needs `transformers` and files from the "
-            "Hugging Face Hub; and SigLIP aligns text with its attention-pooled image "
-            "embedding, not with the patch tokens this backbone outputs)"
-            if "siglip" in spec.name or "siglip" in spec.timm_name
-            else ""
-        )
+    if spec.name in TEXT_PARTNERS:
         raise BackboneError(
-            f"no text tower for backbone {spec.name!r} in napari-featup yet: its published "
-            f"model has one, but it is not wired here{why}. Text queries work with {supported}."
+            f"backbone {spec.name!r} gives SigLIP 2's normed patch tokens, which its text "
+            "tower does not answer: SigLIP aligns text with the embedding its attention-"
+            f"pooling head makes. Use {TEXT_PARTNERS[spec.name]!r}, which sends each patch "
+            f"token through that head, for text queries (they work with {supported})."
         )
     raise BackboneError(
         f"no text tower for backbone {spec.name!r}: text queries need a CLIP-family "
@@ -100,114 +117,49 @@ def tower_spec(backbone: str) -> TowerSpec:
 def hub_repo(backbone: str) -> str:
     """The Hugging Face repository both towers of ``backbone`` are read from.
 
-    Raises BackboneError when timm's image tower and open_clip's text tower would come
-    from different repositories (different checkpoints).
+    Raises BackboneError when the image tower and the text tower would come from
+    different repositories (different checkpoints).
     """
-    import open_clip
-    import timm
-
     ts = tower_spec(backbone)
-    text_repo = str(open_clip.get_pretrained_cfg(ts.model, ts.tag)["hf_hub"]).rstrip("/")
-    timm_name = get_spec(backbone).timm_name
-    image_repo = timm.models.get_pretrained_cfg(timm_name).hf_hub_id
-    if image_repo != text_repo:
-        raise BackboneError(
-            f"backbone {backbone!r}: the image tower ({timm_name}) comes from {image_repo!r} "
-            f"but the text tower from {text_repo!r}; they must share one checkpoint"
-        )
-    return text_repo
-
-
-def _hub_cache() -> str:
-    from huggingface_hub import constants
-
-    return str(constants.HF_HUB_CACHE)
+    return files.hub_repo(get_spec(backbone).name, ts.model, ts.tag)
 
 
 def pretrained_file(backbone: str, download: bool = True) -> Path:
     """open_clip's weights file for ``backbone`` in the Hugging Face cache (fetched when
     ``download`` and missing); WeightsUnavailableError offline, saying what to do."""
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
-
-    repo = hub_repo(backbone)
-    cache = _hub_cache()
-    for name in HUB_FILES:  # a cached file first, so offline use never touches the network
-        hit = try_to_load_from_cache(repo, name, cache_dir=cache)
-        if isinstance(hit, str):
-            return Path(hit)
-    errors = []
-    for name in HUB_FILES if download else ():
-        try:
-            return Path(hf_hub_download(repo, name, cache_dir=cache))
-        except Exception as exc:  # noqa: BLE001 - offline, missing file and hub errors differ
-            errors.append(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
-    raise WeightsUnavailableError(
-        f"the text tower of backbone {backbone!r} (open_clip's {HUB_FILES[0]} in the Hugging "
-        f"Face repository {repo}) is not in the cache ({cache}; moved by HF_HOME or "
-        f"HF_HUB_CACHE)"
-        + (f" and could not be downloaded ({'; '.join(errors)})" if errors else "")
-        + f". On a machine with internet run `napari-featup download {backbone}` and copy that "
-        "cache folder here, or pass weights=PATH to OpenAI's ViT-B-16.pt for both towers."
-    )
+    name = get_spec(backbone).name
+    return files.pretrained_file(name, hub_repo(name), tower_spec(name).both_towers, download)
 
 
-def _is_torchscript(path: Path) -> bool:
-    import zipfile
+def make_tokenizer(backbone: str, weights_file: Path | None = None, download: bool = True):
+    """(tokenizer, description) for ``backbone``'s text tower, as open_clip builds it.
 
+    OpenAI's BPE needs nothing; a Hugging Face tokenizer (SigLIP 2's Gemma) is read from
+    the files beside ``weights_file`` or in the cache (:func:`.files.tokenizer_folder`).
+    """
+    import open_clip
+
+    ts = tower_spec(backbone)
+    cfg = open_clip.get_model_config(ts.model)["text_cfg"]
+    if not cfg.get("hf_tokenizer_name"):
+        return open_clip.get_tokenizer(ts.model), "OpenAI BPE (open_clip's vocabulary)"
+    folder = files.tokenizer_folder(backbone, hub_repo(backbone), weights_file, download)
     try:
-        with zipfile.ZipFile(path) as zf:
-            return any(n.split("/", 1)[-1] == "constants.pkl" for n in zf.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
+        import transformers  # noqa: F401  (open_clip's HFTokenizer runs on it)
+    except ImportError as exc:
+        raise BackboneError(
+            f"the tokenizer of backbone {backbone!r} needs the `transformers` package: "
+            "pip install transformers"
+        ) from exc
+    from open_clip.tokenizer import HFTokenizer
 
-
-def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A state dict from safetensors, a torch file (``weights_only``) or a TorchScript
-    archive (OpenAI's format: ``torch.jit.load(...).state_dict()``, which restores
-    tensors without unpickling Python objects; the module is never run)."""
-    try:  # the backbones' reader, where it exists, handles every format they accept
-        from ..weights import read_state_dict  # type: ignore[attr-defined]
-
-        return read_state_dict(path)
-    except ImportError:
-        pass
-    path = Path(path)
-    if path.suffix != ".safetensors" and _is_torchscript(path):
-        import warnings
-
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation
-                module = torch.jit.load(str(path), map_location="cpu")
-        except Exception as exc:  # noqa: BLE001 - TorchScript raises RuntimeError and more
-            raise WeightsFileError(
-                f"{str(path)!r} is an unreadable TorchScript archive: {exc}"
-            ) from exc
-        return {k: v.detach().clone() for k, v in module.state_dict().items()}
-    return load_state_dict_file(path)
-
-
-def text_state(state: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
-    """The text-tower entries of a whole-CLIP state dict, keys as open_clip's
-    ``TextTransformer`` names them (``token_embedding.weight``, ``positional_embedding``,
-    ``transformer.*``, ``ln_final.*``, ``text_projection``), float32."""
-    anchor = next((k for k in state if k.endswith("token_embedding.weight")), None)
-    if anchor is None:
-        raise WeightsFileError(
-            f"{where} holds no CLIP text tower (no token_embedding.weight): an image-only "
-            "file such as timm's model.safetensors? Use OpenAI's ViT-B-16.pt or open_clip's "
-            "open_clip_model.safetensors, which hold both towers."
-        )
-    prefix = anchor[: -len("token_embedding.weight")]
-    keep = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.")
-    out = {}
-    for k, v in state.items():
-        if not k.startswith(prefix):
-            continue
-        name = k[len(prefix) :]
-        if name.startswith(keep) or name == "text_projection":
-            out[name] = v.float()
-    return out
+    tok = HFTokenizer(
+        str(folder),
+        context_length=cfg["context_length"],
+        tokenizer_mode=cfg.get("tokenizer_mode"),
+        **cfg.get("tokenizer_kwargs", {}),
+    )
+    return tok, f"Hugging Face tokenizer ({folder})"
 
 
 def build_tower(ts: TowerSpec) -> nn.Module:
@@ -228,14 +180,19 @@ class TextEncoder:
     ``metadata`` records where both towers' weights came from.
     """
 
-    def __init__(self, backbone: str, tower: nn.Module, device: torch.device, source: dict):
-        import open_clip
-
+    def __init__(
+        self,
+        backbone: str,
+        tower: nn.Module,
+        device: torch.device,
+        source: dict,
+        tokenizer: Any = None,
+    ):
         self.backbone = backbone
         self.tower = tower.eval().to(device)
         self.tower.requires_grad_(False)
         self.device = device
-        self.tokenizer = open_clip.get_tokenizer(tower_spec(backbone).model)
+        self.tokenizer = make_tokenizer(backbone)[0] if tokenizer is None else tokenizer
         self.dim = int(self.tower.output_dim)
         self.source = source
         self._cache: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
@@ -264,12 +221,15 @@ class TextEncoder:
     def sentence_embeddings(self, sentences: Sequence[str]) -> torch.Tensor:
         """(S, D) unnormalised embeddings of whole sentences (CLIP's ``encode_text``).
 
-        Tokens after the longest sentence's end-of-text token are dropped: the causal mask
-        keeps them from reaching any earlier position, so the result is the same as at the
-        full 77-token context, for a fraction of the work.
+        With a causal mask (CLIP), tokens after the longest sentence's end-of-text token
+        are dropped: the mask keeps them from reaching any earlier position, so the result
+        is the same as at the full 77-token context, for a fraction of the work. Without
+        one (SigLIP), every position sees the padding, so the whole context is run.
         """
         t = self.tower
         ids = self.tokenizer(list(sentences)).to(self.device)
+        if t.attn_mask is None:
+            return t(ids).float()
         eot = ids.argmax(dim=-1)  # the end-of-text token has the largest id (CLIP's rule)
         n = int(eot.max()) + 1
         ids = ids[:, :n]
@@ -362,6 +322,8 @@ def load_text_encoder(
     if key in _CACHE:
         enc = _CACHE[key]
         return enc if enc.backbone == name else _rename(enc, name)
+    weights_file = None if source in ("pretrained", "random") else Path(source)
+    tokenizer, tokenizer_record = make_tokenizer(name, weights_file)  # before the big read
     tower = build_tower(ts)
     if source == "random":
         record = dict(
@@ -376,13 +338,13 @@ def load_text_encoder(
         if source == "pretrained":
             path = pretrained_file(name)
             repo = hub_repo(name)
-            image_file = f"{repo}: model.safetensors (timm's image tower)"
-            checkpoint = f"Hugging Face {repo} (OpenAI CLIP ViT-B/16, converted)"
+            image_file = f"{repo}: {ts.image_file}"
+            checkpoint = f"Hugging Face {repo} ({ts.checkpoint})"
         else:
             path = Path(source)
             image_file = str(path)
             checkpoint = str(path)
-        state = text_state(read_weights(path), repr(str(path)))
+        state = files.text_state(read_state_dict(path), repr(str(path)))
         try:
             tower.load_state_dict(state, strict=True)
         except RuntimeError as exc:
@@ -397,7 +359,8 @@ def load_text_encoder(
             image_tower_file=image_file,
             text_tower_file=str(path),
         )
-    enc = TextEncoder(name, tower, dev, record)
+    record["tokenizer"] = tokenizer_record
+    enc = TextEncoder(name, tower, dev, record, tokenizer)
     if enc.dim != get_spec(name).dim:
         raise BackboneError(
             f"the text tower gives {enc.dim}-d vectors, backbone {name!r} {get_spec(name).dim}-d"
@@ -443,5 +406,22 @@ def encode_text(
 
 
 def download_text_tower(backbone: str) -> Path:
-    """Fetch ``backbone``'s text tower into the Hugging Face cache; return the file."""
-    return pretrained_file(backbone, download=True)
+    """Fetch ``backbone``'s text tower (and its tokenizer, where it has its own files)
+    into the Hugging Face cache; return the weights file.
+
+    Parameters
+    ----------
+    backbone : str
+        A name from :func:`text_backbones`.
+
+    Returns
+    -------
+    pathlib.Path
+        open_clip's whole-model file in the cache.
+    """
+    import open_clip
+
+    path = pretrained_file(backbone, download=True)
+    if open_clip.get_model_config(tower_spec(backbone).model)["text_cfg"].get("hf_tokenizer_name"):
+        files.tokenizer_folder(get_spec(backbone).name, hub_repo(backbone), optional=True)
+    return path
