@@ -6,10 +6,16 @@ iterating (``gen.close()``) cancels it at that point. :func:`drive` runs such a
 generator for scripts and the command line; napari runs it in a ``thread_worker``.
 :func:`relay` runs a nested generator inside a parent's range, so one bar moves
 smoothly through every stage.
+
+A step that takes long without yielding (an attention upsampler encoding a whole image)
+calls :func:`check_cancelled` in its loops: inside :func:`drive` or :func:`cancellable`
+it raises :class:`Cancelled` as soon as the consumer asks, instead of after the step.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from collections.abc import Callable, Generator, Iterator
 from typing import Any, NamedTuple, TypeVar
@@ -22,6 +28,52 @@ T = TypeVar("T")
 class Cancelled(FeatUpError):
     """Raised by :func:`drive` (and so by ``extract_features``) when ``should_cancel``
     returned True; the work stopped at the event named in the message."""
+
+
+#: what :func:`check_cancelled` asks, set by :func:`drive` and :func:`cancellable`
+_SHOULD_CANCEL: contextvars.ContextVar[Callable[[], bool] | None] = contextvars.ContextVar(
+    "napari_featup_should_cancel", default=None
+)
+
+
+def check_cancelled() -> None:
+    """Raise :class:`Cancelled` when the run this code is part of was asked to stop.
+
+    For loops inside one long step; outside :func:`drive` and :func:`cancellable` it
+    does nothing.
+
+    Raises
+    ------
+    Cancelled
+        The consumer's ``should_cancel`` returned True.
+    """
+    should_cancel = _SHOULD_CANCEL.get()
+    if should_cancel is not None and should_cancel():
+        raise Cancelled("cancelled inside a step")
+
+
+def cancellable(gen: Generator[Progress, None, T], should_cancel: Callable[[], bool]):
+    """``gen``, with :func:`check_cancelled` inside its steps answering ``should_cancel``
+    (for consumers other than :func:`drive`, e.g. napari's thread worker).
+
+    Parameters
+    ----------
+    gen : generator of Progress
+        The work.
+    should_cancel : callable
+        Returns True once the work should stop; may be called from the work's thread.
+
+    Yields
+    ------
+    Progress
+        ``gen``'s events; its return value is returned.
+    """
+    token = _SHOULD_CANCEL.set(should_cancel)
+    try:
+        return (yield from gen)
+    finally:
+        with contextlib.suppress(ValueError):  # closed from another thread's context
+            _SHOULD_CANCEL.reset(token)
 
 
 class Progress(NamedTuple):
@@ -87,18 +139,25 @@ def drive(
     Raises
     ------
     Cancelled
-        ``should_cancel`` returned True; the message names the last event.
+        ``should_cancel`` returned True; the message names the last event (or says the
+        work stopped inside a step, see :func:`check_cancelled`).
     """
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if on_event is not None:
-            on_event(ev)
-        if should_cancel is not None and should_cancel():
-            gen.close()
-            raise Cancelled(f"cancelled after {ev}")
+    # an inner drive without its own should_cancel keeps the outer one
+    token = _SHOULD_CANCEL.set(should_cancel) if should_cancel is not None else None
+    try:
+        while True:
+            try:
+                ev = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            if on_event is not None:
+                on_event(ev)
+            if should_cancel is not None and should_cancel():
+                gen.close()
+                raise Cancelled(f"cancelled after {ev}")
+    finally:
+        if token is not None:
+            _SHOULD_CANCEL.reset(token)
 
 
 def relay(

@@ -302,3 +302,28 @@ def test_every_backbone_has_anyup_and_jafar_where_published(backbone):
         up = nf.load_upsampler("jafar", backbone=backbone, weights="random", device="cpu")
         with torch.no_grad():
             assert up(feats, image).shape == (1, dim, 21, 30)
+
+
+@pytest.mark.parametrize("name", ["anyup", "jafar"])
+def test_cancel_stops_the_encoding_inside_its_step(fx, name):
+    """A whole image's encoding is one step of a run: Cancel is answered inside it."""
+    from napari_featup.progress import Cancelled, Progress, drive
+
+    weights = fx / ("anyup_seed1001.pth" if name == "anyup" else "jafar_384_seed2001.pth")
+    up = nf.load_upsampler(name, weights=weights, device="cpu")
+    feats, image = inputs(c=384, grid=(8, 8), size=(128, 128))
+
+    def one_step():
+        yield Progress(0, 1, "upsampling")
+        return up(feats, image)
+
+    assert drive(one_step()).shape == (1, 384, 128, 128)
+    polls = []
+
+    def should_cancel() -> bool:
+        polls.append(1)
+        return len(polls) >= 3  # the first poll follows the event, the rest are inside
+
+    with pytest.raises(Cancelled, match="inside a step"):
+        drive(one_step(), should_cancel=should_cancel)
+    assert len(polls) == 3

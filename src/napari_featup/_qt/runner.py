@@ -17,12 +17,18 @@ from napari.qt.threading import create_worker
 from napari.utils import progress
 from qtpy.QtCore import QObject, Signal
 
-from ..progress import Progress
+from ..progress import Cancelled, Progress, cancellable
 from ..session.run import RunOutput, RunRequest, iter_run, progress_text
 from ..session.warmup import iter_warm_up
 
 #: resolution of napari's progress bar: events carry fractions, the bar counts ticks
 BAR_TICKS = 1000
+
+
+def _iter_run(request: RunRequest, stop: threading.Event):
+    """iter_run, whose long steps (an attention upsampler's encoding) stop at ``stop``
+    too, not only between steps (napari's worker checks its abort flag there)."""
+    return (yield from cancellable(iter_run(request), stop.is_set))
 
 
 class JobController(QObject):
@@ -40,6 +46,7 @@ class JobController(QObject):
         self._pbar = None
         self._output: RunOutput | None = None
         self._cancelled = False
+        self._stop = threading.Event()
         self._on_done: Callable[[str, RunOutput | None], None] | None = None
 
     @property
@@ -60,11 +67,12 @@ class JobController(QObject):
             return False
         self._output = None
         self._cancelled = False
+        self._stop = threading.Event()
         self._on_done = on_done
         self._pbar = progress(total=BAR_TICKS, desc="FeatUp: starting")
         # The worker only iterates the generator; every Qt object is touched in the
         # slots below, which Qt runs on the GUI thread (never worker.run()).
-        worker = create_worker(iter_run, request, _start_thread=False)
+        worker = create_worker(_iter_run, request, self._stop, _start_thread=False)
         worker.yielded.connect(self._on_yielded)
         worker.returned.connect(self._on_returned)
         worker.aborted.connect(self._on_aborted)
@@ -79,6 +87,7 @@ class JobController(QObject):
         """Ask the run to stop at its next step (the viewer is left unchanged)."""
         if self._worker is not None:
             self._cancelled = True
+            self._stop.set()
             self._worker.quit()
 
     def shut_down(self) -> None:
@@ -118,7 +127,8 @@ class JobController(QObject):
             self._pbar = None
         self._worker = None
         out = self._output
-        if self._cancelled and (out is None or out.error is None):
+        stopped = out is None or out.error is None or isinstance(out.error, Cancelled)
+        if self._cancelled and stopped:
             status, out = "cancelled", None
         elif out is None:
             status = "cancelled"
@@ -190,7 +200,7 @@ class WarmUp(QObject):
         self._thread.start()
 
     def _work(self, extract: dict) -> None:
-        gen = iter_warm_up(extract)
+        gen = cancellable(iter_warm_up(extract), self._stop.is_set)
         result: dict = {}
         try:
             while True:
@@ -200,6 +210,8 @@ class WarmUp(QObject):
                     break
         except StopIteration as stop:
             result = stop.value or {}
+        except Cancelled:  # stopped inside a step
+            result = {"stopped": True}
         except Exception as exc:  # noqa: BLE001 - a warm-up failure only costs time later
             result = {"error": repr(exc)}
         finally:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Generator, Iterable
 import torch
 import torch.nn.functional as F
 
+from ...progress import check_cancelled
 from .encoder import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -212,6 +213,7 @@ class EncodedImage:
         self.scratch = flat[: self.nmax * 2 * d].view(self.nmax, 2 * d)
         ws = Workspace(*flat[self.nmax * 2 * d :].view(2, self.nmax, 2 * d))
         for band in row_chunks(self.H, self.W, r0, r1):
+            check_cancelled()
 
             def put(q, band=band):
                 out[band.start - r0 : band.stop - r0] = q.view(-1, self.W, d)

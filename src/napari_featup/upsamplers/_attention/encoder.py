@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ...progress import check_cancelled
+
 #: pixels per chunk: 128-wide float32 activations of 4096 pixels are 2 MB (cache-resident)
 CHUNK_PIXELS = 4096
 #: ImageNet mean / std: the normalisation of the guidance images upsamplers receive
@@ -287,6 +289,7 @@ def run_kept(gens: list[Generator], stats: GroupStats) -> None:
     while active:
         still = []
         for g in active:
+            check_cancelled()  # a whole image's encoding is one step of the run
             try:
                 next(g)
                 still.append(g)
@@ -304,6 +307,7 @@ def run_swept(make: Callable[[int], Generator], n: int, stats: GroupStats) -> in
         sweeps += 1
         paused = False
         for i in range(n):
+            check_cancelled()
             g = make(i)
             try:
                 next(g)

@@ -25,6 +25,7 @@ from torch import nn
 
 from ... import weights as _weights
 from ...errors import UpsamplerError, WeightsFileError
+from ...progress import check_cancelled
 from ..base import Kernels, Upsampler
 from .cost import attention_cost
 from .encoded import EncodedImage, rms_project
@@ -268,6 +269,7 @@ class AttentionUpsampler(Upsampler):
             out = prep.values.new_empty(c, rows.stop - rows.start, W)
         step = self.tile_rows(prep)
         for r0 in range(rows.start, rows.stop, step):
+            check_cancelled()  # a band of rows can take minutes at large sizes
             sub = slice(r0, min(rows.stop, r0 + step))
             dst = None if out is None else out[:, r0 - rows.start : sub.stop - rows.start]
             self.attend(prep, self.queries(prep, sub), sub, dst, record)

@@ -47,6 +47,9 @@ from .releases import (
 )
 
 LICENCE = "Apache-2.0"
+#: attention scores per tile of rows (queries x keys): bounds a tile's time (Cancel is
+#: answered between tiles) and memory; JAFAR attends to every key
+SCORES_PER_TILE = 1 << 25
 CITATION = (
     "Couairon, Chambon, Serrano, Haugeard, Cord, Thome: JAFAR: Jack up Any Feature at Any "
     "Resolution, NeurIPS 2025 (arXiv:2506.11136)"
@@ -258,6 +261,11 @@ class JAFAR(AttentionUpsampler):
 
     def key_head(self, pooled: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         return key_head(self, pooled, feats)
+
+    def tile_rows(self, prep: Prepared) -> int:
+        keys = prep.keys.shape[0]
+        pixels = min(self.tile_pixels, max(prep.size[1], SCORES_PER_TILE // keys))
+        return max(1, pixels // prep.size[1])
 
     def attend(self, prep: Prepared, q, rows: slice, out: torch.Tensor | None, record=None):
         shape = (rows.stop - rows.start, prep.size[1])
