@@ -22,11 +22,11 @@ JOBS = Path(__file__).with_name("_kill_jobs.py")
 class Forker:
     """A warm process that forks one child per job (see ``_kill_jobs.py``)."""
 
-    def __init__(self, script: Path, start_timeout: float = 120) -> None:
+    def __init__(self, script: Path, *args: str, start_timeout: float = 120) -> None:
         env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-u", str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            env=env,
+            [sys.executable, "-u", str(script), *args], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, env=env,
         )  # fmt: skip
         self._buf = b""
         self.killed: set[int] = set()

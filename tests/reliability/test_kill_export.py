@@ -11,13 +11,8 @@ a few seconds).
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import select
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,9 +21,10 @@ import pytest
 
 from napari_featup import io
 
+from .conftest import SRC, Forker
+
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="fork and SIGKILL are POSIX")
 
-SRC = Path(__file__).resolve().parents[2] / "src"
 WRITER = Path(__file__).with_name("_kill_writer.py")
 POINTS = int(os.environ.get("NAPARI_FEATUP_KILL_POINTS", "4"))
 EXTS = (".npz", ".zarr", ".tif", ".npy")
@@ -36,60 +32,21 @@ TEMP = re.compile(io._TEMP)
 TALLY = dict.fromkeys(["kills", "mid_write", "absent", "complete_old", "complete_new"], 0)
 
 
-class Writer:
+class Writer(Forker):
     """The forking writer process (tests/reliability/_kill_writer.py)."""
 
     def __init__(self) -> None:
-        env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-u", str(WRITER), str(SRC)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-        )
-        self._buf = b""
-        self.killed: set[int] = set()
-        assert self._line(60) == "up"
-
-    def _line(self, timeout: float) -> str:
-        end = time.monotonic() + timeout
-        while b"\n" not in self._buf:
-            left = end - time.monotonic()
-            if left <= 0 or not select.select([self.proc.stdout], [], [], left)[0]:
-                raise TimeoutError("the writer process did not answer")
-            chunk = os.read(self.proc.stdout.fileno(), 4096)
-            if not chunk:
-                raise EOFError("the writer process ended")
-            self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
-        return line.decode()
-
-    def _message(self, pid: int | None, kinds: tuple[str, ...], timeout: float) -> tuple:
-        """The next ``(kind, pid, rest)`` of child ``pid`` (any child if None) whose kind
-        is in ``kinds``; lines of killed children that arrive late are skipped."""
-        while True:
-            kind, who, rest = (self._line(timeout) + "  ").split(" ", 2)
-            if kind in kinds and (pid is None or int(who) == pid):
-                return kind, int(who), rest.strip()
-            assert int(who) in self.killed, f"unexpected line: {kind} {who} {rest}"
+        super().__init__(WRITER, str(SRC), start_timeout=60)
 
     def start(self, out: Path, seed: int, overwrite: bool) -> int:
-        request = {"out": str(out), "seed": seed, "overwrite": overwrite}
-        self.proc.stdin.write((json.dumps(request) + "\n").encode())
-        self.proc.stdin.flush()
-        return self._message(None, ("ready",), 30)[1]
+        return super().start(out=str(out), seed=seed, overwrite=overwrite)
 
     def finish(self, pid: int) -> tuple[str, str]:
         """('done', seconds) or ('error', message) of child ``pid``."""
-        kind, _, rest = self._message(pid, ("done", "error"), 60)
-        return kind, rest
+        return super().finish(pid, 60)
 
     def write(self, out: Path, seed: int, overwrite: bool = False) -> tuple[str, str]:
         return self.finish(self.start(out, seed, overwrite))
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -98,21 +55,6 @@ def writer():
     yield w
     w.close()
     print(f"\nkill tests: {TALLY}")
-
-
-def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return  # it finished (and was reaped) before the kill point
-    end = time.monotonic() + 10
-    while time.monotonic() < end:  # reaped by the writer (SIGCHLD ignored)
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.001)
-    raise TimeoutError(f"child {pid} survived SIGKILL")
 
 
 def _expected(seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -162,8 +104,7 @@ def test_kill_during_export(writer, tmp_path, ext, scenario):
             assert writer.write(out, seed=2)[0] == "done"
         pid = writer.start(out, seed=1, overwrite=scenario == "overwrite")
         time.sleep(span * 1.2 * i / max(POINTS - 1, 1))
-        _kill(pid)
-        writer.killed.add(pid)
+        writer.kill(pid)
         TALLY["kills"] += 1
         # nothing partial under the final name: absent, the old file, or the new one
         seed = _which(out)

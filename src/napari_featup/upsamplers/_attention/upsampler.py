@@ -79,9 +79,32 @@ class AttentionUpsampler(Upsampler):
         self._cache: tuple | None = None
         self._work: torch.Tensor | None = None  # working buffers kept between calls
 
+    #: GroupNorm groups of the per-pixel encoders
+    groups: ClassVar[int] = 8
+
     # ------------------------------------------------------------ subclass hooks
+    def encoder_extras(self, like: torch.Tensor) -> dict:
+        """Model-specific :class:`EncoderWeights` fields (JAFAR: the query norm and its
+        guidance normalisation)."""
+        return {}
+
     def encoder_weights(self, like: torch.Tensor) -> EncoderWeights:
-        raise NotImplementedError
+        """The per-pixel encoders as matrices (both models name their modules alike)."""
+
+        def blocks(seq):
+            return [self.block(b.parts(), like) for b in seq[1:]]
+
+        return EncoderWeights(
+            w0=conv_mat(self.image_encoder[0], like),
+            image=blocks(self.image_encoder),
+            freqs=self.rope.freqs.detach().to(like),
+            wk0=conv_mat(self.key_encoder[0], like),
+            wq0=conv_mat(self.query_encoder[0], like),
+            key=blocks(self.key_encoder),
+            query=blocks(self.query_encoder),
+            groups=self.groups,
+            **self.encoder_extras(like),
+        )
 
     def key_head(self, pooled: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         """Keys before their RMSNorm, (h*w, D), from the pooled image keys (h, w, D)

@@ -21,12 +21,10 @@ from typing import Any
 import torch
 
 from ...errors import UpsamplerError
-from .._attention.encoder import EncoderWeights
 from .._attention.upsampler import (
     RANDOM_LABEL,
     AttentionUpsampler,
     Prepared,
-    conv_mat,
     read_state,
     release_file,
     release_path,
@@ -90,6 +88,7 @@ class AnyUp(AttentionUpsampler):
     ``"random"`` (seeded, untrained: shows it runs, nothing more)."""
 
     release_name = "anyup"
+    groups = GROUPS
 
     def __init__(self, memory_mb: int = AnyUpOptions.memory_mb):
         super().__init__(memory_mb)
@@ -132,21 +131,6 @@ class AnyUp(AttentionUpsampler):
         return up
 
     # ------------------------------------------------------------ model pieces
-    def encoder_weights(self, like: torch.Tensor) -> EncoderWeights:
-        def blocks(seq):
-            return [self.block(b.parts(), like) for b in seq[1:]]
-
-        return EncoderWeights(
-            w0=conv_mat(self.image_encoder[0], like),
-            image=blocks(self.image_encoder),
-            freqs=self.rope.freqs.detach().to(like),
-            wk0=conv_mat(self.key_encoder[0], like),
-            wq0=conv_mat(self.query_encoder[0], like),
-            key=blocks(self.key_encoder),
-            query=blocks(self.query_encoder),
-            groups=GROUPS,
-        )
-
     def key_head(self, pooled: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         return key_head(self, pooled, feats)
 

@@ -22,12 +22,11 @@ import torch
 
 from ...errors import UpsamplerError, WeightsFileError
 from .._attention.encoded import guidance_affine
-from .._attention.encoder import IMAGENET_MEAN, IMAGENET_STD, EncoderWeights
+from .._attention.encoder import IMAGENET_MEAN, IMAGENET_STD
 from .._attention.upsampler import (
     RANDOM_LABEL,
     AttentionUpsampler,
     Prepared,
-    conv_mat,
     read_state,
     release_file,
     release_path,
@@ -145,6 +144,8 @@ def download_weights(backbones: list[str], progress: bool = True) -> list[tuple[
 class JAFAR(AttentionUpsampler):
     """JAFAR for ``channels``-d features (see the module docstring)."""
 
+    groups = GROUPS
+
     def __init__(
         self,
         channels: int,
@@ -242,22 +243,8 @@ class JAFAR(AttentionUpsampler):
                 f"(published: {', '.join(f'{r.key} {r.dim}-d' for r in RELEASES)}) or use anyup"
             )
 
-    def encoder_weights(self, like: torch.Tensor) -> EncoderWeights:
-        def blocks(seq):
-            return [self.block(b.parts(), like) for b in seq[1:]]
-
-        return EncoderWeights(
-            w0=conv_mat(self.image_encoder[0], like),
-            image=blocks(self.image_encoder),
-            freqs=self.rope.freqs.detach().to(like),
-            wk0=conv_mat(self.key_encoder[0], like),
-            wq0=conv_mat(self.query_encoder[0], like),
-            key=blocks(self.key_encoder),
-            query=blocks(self.query_encoder),
-            query_norm=True,
-            guidance=guidance_affine(self.mean, self.std, like),
-            groups=GROUPS,
-        )
+    def encoder_extras(self, like: torch.Tensor) -> dict:
+        return {"query_norm": True, "guidance": guidance_affine(self.mean, self.std, like)}
 
     def key_head(self, pooled: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         return key_head(self, pooled, feats)
