@@ -24,8 +24,8 @@ NEW = [
     "dinov3-convnext-s",
     "dinov3-convnext-b",
     "siglip2-b",
-    "radio-b",
     "siglip2-b-dense",
+    "radio-b",
 ]
 
 

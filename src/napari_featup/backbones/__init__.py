@@ -11,7 +11,7 @@ docs/backbones.md for the table, the exactness notes and the file formats accept
 from __future__ import annotations
 
 from ..errors import BackboneError
-from . import featup, modern, siglip, timm_any  # noqa: F401  (registration, in listing order)
+from . import featup, modern, timm_any  # noqa: F401  (registration, in listing order)
 from ._core import (
     RANDOM_SEED,
     Backbone,

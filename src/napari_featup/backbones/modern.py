@@ -110,6 +110,12 @@ register_backbone(
         mean=(0.5, 0.5, 0.5),
         std=(0.5, 0.5, 0.5),
     ),
+)(TimmDense)
+
+# listed next to siglip2-b: the same network through its pooling head (text queries)
+from . import siglip  # noqa: E402, F401
+
+register_backbone(
     BackboneSpec(
         "radio-b",
         "naflexvit_base_patch16_radio_v3.c_radio",
