@@ -60,3 +60,14 @@ def test_cancellable_passes_events_and_the_return_value():
     assert [e.message for e in events] == ["start", "step done"]
     assert stop.value.value == "finished"
     check_cancelled()  # reset after the generator ended
+
+
+def test_an_abandoned_cancellable_leaves_nothing_set():
+    """napari's worker stops iterating on abort without closing the generator: the
+    thread (pooled, reused) must not keep the old run's answer."""
+    polls: list = []
+    gen = cancellable(_long_step(polls), lambda: True)
+    next(gen)  # paused at a yield, then abandoned
+    check_cancelled()  # nothing set between steps
+    assert drive(_long_step(polls)) == "finished"
+    gen.close()

@@ -14,7 +14,6 @@ it raises :class:`Cancelled` as soon as the consumer asks, instead of after the 
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import math
 from collections.abc import Callable, Generator, Iterator
@@ -56,6 +55,9 @@ def cancellable(gen: Generator[Progress, None, T], should_cancel: Callable[[], b
     """``gen``, with :func:`check_cancelled` inside its steps answering ``should_cancel``
     (for consumers other than :func:`drive`, e.g. napari's thread worker).
 
+    The answer is set only while a step runs, so a generator left at a yield (napari's
+    worker abandons it on abort) leaves nothing behind in a pooled thread.
+
     Parameters
     ----------
     gen : generator of Progress
@@ -68,12 +70,18 @@ def cancellable(gen: Generator[Progress, None, T], should_cancel: Callable[[], b
     Progress
         ``gen``'s events; its return value is returned.
     """
-    token = _SHOULD_CANCEL.set(should_cancel)
     try:
-        return (yield from gen)
+        while True:
+            token = _SHOULD_CANCEL.set(should_cancel)
+            try:
+                ev = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            finally:
+                _SHOULD_CANCEL.reset(token)
+            yield ev
     finally:
-        with contextlib.suppress(ValueError):  # closed from another thread's context
-            _SHOULD_CANCEL.reset(token)
+        gen.close()  # closing this closes the work at the same point
 
 
 class Progress(NamedTuple):
