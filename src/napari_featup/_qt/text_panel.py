@@ -193,20 +193,29 @@ class TextPanel(QWidget):
         templates = self.templates_combo.currentData()
         self._refiner.cancel()  # the maps being refined are about to be replaced
         self.status.setText(f"encoding {len(prompts)} prompt(s)…")
-        self._worker = create_worker(
+        worker = self._worker = create_worker(
             _encode, dict(stack.metadata), prompts, templates, _start_thread=False
         )
-        self._worker.returned.connect(lambda enc: self._show(stack, prompts, enc, templates))
-        self._worker.errored.connect(
+        worker.returned.connect(lambda enc: self._encoded(worker, stack, prompts, enc, templates))
+        worker.errored.connect(
             lambda exc: self._notify_error(explain(exc, "encoding the text prompts"))
         )
-        self._worker.finished.connect(self._worker_done)
-        self._worker.start()
+        worker.finished.connect(lambda: self._worker_done(worker))
+        worker.start()
         return True
 
-    def _worker_done(self) -> None:
-        self._worker = None
-        self.status.setText("computing the exact maps…" if self._refiner.busy else "")
+    def _encoded(self, worker: Any, stack: Any, prompts: list[str], enc: Any, templates: str):
+        # done encoding: the next Enter may start at once, before the worker's own
+        # `finished` arrives (a user quick on the key; the maps are already shown)
+        if self._worker is worker:
+            self._worker = None
+        self._show(stack, prompts, enc, templates)
+
+    def _worker_done(self, worker: Any) -> None:
+        if self._worker is worker:
+            self._worker = None
+        if self._worker is None:  # not when a newer Enter is encoding
+            self.status.setText("computing the exact maps…" if self._refiner.busy else "")
 
     def _show(self, stack: Any, prompts: list[str], enc: Any, templates: str) -> None:
         try:
