@@ -151,21 +151,17 @@ def drive(
         work stopped inside a step, see :func:`check_cancelled`).
     """
     # an inner drive without its own should_cancel keeps the outer one
-    token = _SHOULD_CANCEL.set(should_cancel) if should_cancel is not None else None
-    try:
-        while True:
-            try:
-                ev = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            if on_event is not None:
-                on_event(ev)
-            if should_cancel is not None and should_cancel():
-                gen.close()
-                raise Cancelled(f"cancelled after {ev}")
-    finally:
-        if token is not None:
-            _SHOULD_CANCEL.reset(token)
+    steps = gen if should_cancel is None else cancellable(gen, should_cancel)
+    while True:
+        try:
+            ev = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        if on_event is not None:
+            on_event(ev)
+        if should_cancel is not None and should_cancel():
+            steps.close()
+            raise Cancelled(f"cancelled after {ev}")
 
 
 def relay(

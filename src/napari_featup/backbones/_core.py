@@ -289,8 +289,7 @@ def pretrained_cached(name: str) -> bool:
     bool
     """
     try:
-        spec = get_spec(name)
-        repo = spec.family.hub_repo(spec) if spec.family is not None else None
+        repo = get_spec(name).hub_repo
         if not repo:
             return False
         from huggingface_hub import try_to_load_from_cache

@@ -96,6 +96,12 @@ class BackboneSpec:
         return bool(featup_checkpoint_settings(self.name))
 
     @property
+    def hub_repo(self) -> str | None:
+        """The Hugging Face repository its pretrained weights come from (None: unknown),
+        as its family says (:meth:`BackboneFamily.hub_repo`)."""
+        return self.family.hub_repo(self) if self.family is not None else None
+
+    @property
     def learned_upsamplers(self) -> tuple[str, ...]:
         """Learned upsamplers with published weights for this backbone."""
         return ("featup-jbu",) if self.featup_checkpoint else ()

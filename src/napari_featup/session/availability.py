@@ -86,8 +86,7 @@ def _from_hub(backbone: str) -> bool:
     """Whether ``backbone``'s pretrained weights come from the Hugging Face hub (the
     only server the check knows how to reach)."""
     try:
-        spec = get_spec(backbone)
-        return spec.family is not None and spec.family.hub_repo(spec) is not None
+        return get_spec(backbone).hub_repo is not None
     except Exception:  # noqa: BLE001 - unknown: do not block the run
         return False
 

@@ -46,6 +46,19 @@ class TowerSpec:
     image_file: str  # where the pretrained image tower is, in the same repository
     checkpoint: str  # what the pretrained checkpoint is
 
+    @property
+    def text_cfg(self) -> dict:
+        """open_clip's ``text_cfg`` of the model (a fresh copy)."""
+        import open_clip
+
+        return open_clip.get_model_config(self.model)["text_cfg"]
+
+    @property
+    def hf_tokenizer(self) -> bool:
+        """Whether the tokenizer is a Hugging Face one with files of its own (SigLIP 2's
+        Gemma) rather than the BPE vocabulary open_clip ships."""
+        return bool(self.text_cfg.get("hf_tokenizer_name"))
+
 
 _OPENAI_B16 = TowerSpec(
     "ViT-B-16",
@@ -140,9 +153,9 @@ def make_tokenizer(backbone: str, weights_file: Path | None = None, download: bo
     import open_clip
 
     ts = tower_spec(backbone)
-    cfg = open_clip.get_model_config(ts.model)["text_cfg"]
-    if not cfg.get("hf_tokenizer_name"):
+    if not ts.hf_tokenizer:
         return open_clip.get_tokenizer(ts.model), "OpenAI BPE (open_clip's vocabulary)"
+    cfg = ts.text_cfg
     folder = files.tokenizer_folder(backbone, hub_repo(backbone), weights_file, download)
     try:
         import transformers  # noqa: F401  (open_clip's HFTokenizer runs on it)
@@ -419,9 +432,7 @@ def download_text_tower(backbone: str) -> Path:
     pathlib.Path
         open_clip's whole-model file in the cache.
     """
-    import open_clip
-
     path = pretrained_file(backbone, download=True)
-    if open_clip.get_model_config(tower_spec(backbone).model)["text_cfg"].get("hf_tokenizer_name"):
+    if tower_spec(backbone).hf_tokenizer:
         files.tokenizer_folder(get_spec(backbone).name, hub_repo(backbone), optional=True)
     return path

@@ -29,12 +29,6 @@ HUB_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
-def image_repo(backbone: str) -> str | None:
-    """The Hugging Face repository ``backbone``'s pretrained image tower is read from."""
-    spec = get_spec(backbone)
-    return spec.family.hub_repo(spec) if spec.family is not None else None
-
-
 def hub_repo(backbone: str, text_model: str, text_tag: str) -> str:
     """The Hugging Face repository both towers of ``backbone`` are read from.
 
@@ -44,7 +38,7 @@ def hub_repo(backbone: str, text_model: str, text_tag: str) -> str:
     import open_clip
 
     text = str(open_clip.get_pretrained_cfg(text_model, text_tag)["hf_hub"]).rstrip("/")
-    image = image_repo(backbone)
+    image = get_spec(backbone).hub_repo
     if image != text:
         raise BackboneError(
             f"backbone {backbone!r}: the image tower comes from {image!r} but the text "
